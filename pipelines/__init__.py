@@ -1,0 +1,1 @@
+"""LLMOps lifecycle stages: plain functions with typed configs, called by the CLI, `dvc repro` and Airflow."""

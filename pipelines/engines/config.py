@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+from pydantic import Field
+
+from pipelines.config import StageConfig
+
+
+class SparkConfig(StageConfig):
+    master: str = "local[2]"
+    app_name: str = "llmops"
+    driver_memory: str = "2g"
+    shuffle_partitions: int = 4
+    conf: dict[str, str] = Field(default_factory=dict)
+
+
+class RayConfig(StageConfig):
+    # None starts (or joins, inside a Ray job) a local instance; "auto" or "ray://host:10001" joins a cluster.
+    address: str | None = None
+    num_cpus: int | None = None
+    include_dashboard: bool = False
+
+
+class EnginesConfig(StageConfig):
+    spark: SparkConfig = SparkConfig()
+    ray: RayConfig = RayConfig()

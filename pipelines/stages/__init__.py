@@ -1,0 +1,1 @@
+"""One module per stage. Each exposes `Config` (its params.yaml section), `SECTION` and `run(cfg) -> dict`."""
