@@ -39,6 +39,14 @@ def run(
     typer.echo(json.dumps(report, indent=2, sort_keys=True, default=str))
 
 
+@app.command("summary")
+def summary(root: Path = typer.Option(Path("."), help="repository root")) -> None:
+    """Print the gate decision and where each stage's output lies."""
+    from pipelines.summary import render_summary
+
+    typer.echo(render_summary(root))
+
+
 @app.command("serve")
 def serve(
     params: Optional[Path] = typer.Option(None, "--params", "-p"),

@@ -1,0 +1,1 @@
+"""Helpers shared by the data stages (ingest, dedup, split): the corpus and rejects schemas, text normalization."""
