@@ -6,13 +6,16 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 export AIRFLOW_HOME ?= $(abspath .airflow)
+export AIRFLOW__CORE__DAGS_FOLDER ?= $(abspath dags)
+export AIRFLOW__CORE__PLUGINS_FOLDER ?= $(abspath plugins)
+export AIRFLOW__CORE__LOAD_EXAMPLES ?= False
 export PYTHONHASHSEED := 0
 # Offline by design: models come from packages, never from a hub.
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-fast lock clean-outputs airflow-standalone
+.PHONY: install demo test test-fast lock clean-outputs airflow-standalone airflow-dags-test
 
 install: $(STAMP)
 
@@ -43,8 +46,14 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -ra -m "not slow"
 
+# The Airflow UI on http://127.0.0.1:8080 with the llmops_lifecycle DAG (login printed by standalone).
 airflow-standalone: install
 	$(BIN)/airflow standalone
+
+# The DAG run once, in-process, exactly as the scheduler would run it.
+airflow-dags-test: install
+	$(BIN)/airflow db migrate
+	$(BIN)/airflow dags test llmops_lifecycle
 
 clean-outputs:
 	rm -rf data/interim data/curated data/rejects data/splits data/embeddings models metrics plots reports mlruns.db mlartifacts

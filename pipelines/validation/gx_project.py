@@ -7,7 +7,9 @@ inside their `run()`: importing GX takes ~15 s.
 """
 from __future__ import annotations
 
+import json
 import os
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -55,7 +57,8 @@ def open_context(gx_root: str | Path) -> FileDataContext:
 
     context = gx.get_context(mode="file", context_root_dir=str(Path(gx_root).resolve()))
     bars = context.config.progress_bars
-    if context.config.analytics_enabled is not False or bars is None or bars.globally:
+    bars_on = bars is None or (bars.get("globally") if isinstance(bars, dict) else bars.globally)
+    if context.config.analytics_enabled is not False or bars_on:
         # Written into the committed yml once: no telemetry, and no progress bars in task logs.
         context.config.analytics_enabled = False
         context.config.progress_bars = ProgressBarsConfig(globally=False)
@@ -79,6 +82,18 @@ def dataframe_batch(context: FileDataContext, asset: str, batch: str = "whole_da
         return data_asset.add_batch_definition_whole_dataframe(batch)
 
 
+def _with_stable_id(suite: str, expectation: gxe.Expectation) -> gxe.Expectation:
+    """Derive the id from the expectation's content. GX 1.24's add_or_update compares ids too, so a rebuilt
+    suite would get fresh uuids on every run and the committed JSON would churn; content ids do not."""
+    content = json.dumps(
+        {"suite": suite, "type": expectation.expectation_type, "config": expectation.configuration.kwargs},
+        sort_keys=True,
+        default=str,
+    )
+    expectation.id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"llmops-gx:{content}"))
+    return expectation
+
+
 def save_checkpoint(
     context: FileDataContext,
     name: str,
@@ -86,7 +101,8 @@ def save_checkpoint(
     batch: BatchDefinition,
 ) -> gx.Checkpoint:
     """(Re)build suite -> validation definition -> checkpoint under one name and save all three."""
-    suite = context.suites.add_or_update(gx.ExpectationSuite(name=name, expectations=suite_expectations()))
+    expectations = [_with_stable_id(name, e) for e in suite_expectations()]
+    suite = context.suites.add_or_update(gx.ExpectationSuite(name=name, expectations=expectations))
     definition = context.validation_definitions.add_or_update(
         gx.ValidationDefinition(name=name, data=batch, suite=suite)
     )
