@@ -24,3 +24,21 @@ def init_ray(cfg: RayConfig | None = None):
         kwargs["num_cpus"] = cfg.num_cpus
     ray.init(**kwargs)
     return ray
+
+
+# Ray Train start-up knobs, measured on a 2-core machine (see pipelines/stages/finetune.py for the figures).
+# Only defaults: a value already in the environment wins. Train v2 forwards RAY_TRAIN_* variables that are set
+# in the driver to its controller and workers, so setting them here before `fit()` is enough.
+RAY_TRAIN_ENV_DEFAULTS: dict[str, str] = {
+    # The controller polls the worker group every 2 s by default; every state change (workers up, training
+    # finished) waits for the next poll. 0.2 s costs nothing measurable and saves seconds per run.
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+    # The preemption watcher is one more actor process (another `import ray` on a busy box) and only matters
+    # on clusters whose nodes get drained.
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+}
+
+
+def ray_train_env_defaults() -> None:
+    for key, value in RAY_TRAIN_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)

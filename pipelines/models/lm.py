@@ -246,9 +246,10 @@ def make_smoke_adapter(base_dir: str | Path, out_dir: str | Path, *, steps: int 
         loss.backward()
         opt.step()
         opt.zero_grad()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out))
-    tok.save_pretrained(str(out))
-    (out / "training_meta.json").write_text(json.dumps({"base_model_dir": str(base_dir), "steps": steps, "smoke": True}))
-    return out
+    from pipelines.io import atomic_dir
+
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
+        (tmp / "training_meta.json").write_text(json.dumps({"base_model_dir": str(base_dir), "steps": steps, "smoke": True}))
+    return Path(out_dir)

@@ -30,17 +30,19 @@ class Config(StageConfig):
 
 
 def _normalized_hash(col):
-    """sha256 of the normalized text. NFKC has no Spark SQL function, so a vectorized UDF does the normalizing."""
-    import pandas as pd
+    """sha256 of the normalized text. Spark SQL has no NFKC, so a Python UDF normalizes; it is self-contained
+    (stdlib only, pickled by value) so executors need neither this package nor pandas installed.
+    Same rule as `pipelines.data.text.normalize_text`."""
     from pyspark.sql import functions as F
 
-    @F.pandas_udf("string")
-    def normalize(texts: pd.Series) -> pd.Series:
-        from pipelines.data.text import normalize_text  # imported on the worker
+    def normalize(text):
+        import re
+        import unicodedata
 
-        return texts.map(normalize_text)
+        return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text or "").lower()).strip()
 
-    return F.sha2(normalize(col), 256)
+    # useArrow=False: Spark 4 defaults Python UDFs to Arrow, which would need pyarrow on every executor.
+    return F.sha2(F.udf(normalize, "string", useArrow=False)(col), 256)
 
 
 def _mark(df):

@@ -292,33 +292,36 @@ def run(cfg: Config, engines: EnginesConfig | None = None, *, spark=None) -> dic
         bad = b if bad is None else bad.unionByName(b)
     n_in = {src.name: df.count() for src, df in classified}
 
-    with atomic_path(cfg.output_dir) as out_tmp, atomic_path(cfg.rejects_dir) as rej_tmp:
-        # Sorted and coalesced: same input -> same rows in the same order, in a handful of files.
-        good.orderBy("doc_id").coalesce(cfg.output_files).write.parquet(spark_path(str(out_tmp)))
-        bad.orderBy("source", "_pos", "reason").drop("_pos").coalesce(1).write.parquet(
-            spark_path(str(rej_tmp))
-        )
-        # Count what was written, not what was planned: the equation checks the files downstream stages read.
-        written = spark.read.parquet(spark_path(str(out_tmp)))
-        out_counts = count_by(written, "source")
-        rej_counts = count_by(spark.read.parquet(spark_path(str(rej_tmp))), "source", "reason")
-        dup_ids = written.groupBy("doc_id").count().where("count > 1").count()
-
-        sources, notes = {}, []
-        for src in cfg.sources:
-            by_reason = {reason: n for (name, reason), n in rej_counts.items() if name == src.name}
-            rep = _source_report(src, n_in[src.name], out_counts.get((src.name,), 0), by_reason, blanks[src.name])
-            sources[src.name] = rep
-            if rep["empty"]:
-                notes.append(f"source '{src.name}' ({src.path}) has no records: 0 rows ingested")
-        unbalanced = [n for n, r in sources.items() if not r["balanced"]]
-        if unbalanced or dup_ids:
-            raise StageFailed(
-                f"ingest accounting failed: in != out + rejected for {unbalanced or 'no source'}, "
-                f"{dup_ids} duplicated doc_id(s); nothing was written"
+    try:
+        with atomic_path(cfg.output_dir) as out_tmp, atomic_path(cfg.rejects_dir) as rej_tmp:
+            # Sorted and coalesced: same input -> same rows in the same order, in a handful of files.
+            good.orderBy("doc_id").coalesce(cfg.output_files).write.parquet(spark_path(str(out_tmp)))
+            bad.orderBy("source", "_pos", "reason").drop("_pos").coalesce(1).write.parquet(
+                spark_path(str(rej_tmp))
             )
-    for _, df in classified:
-        df.unpersist()
+            # Count what was written, not what was planned: the equation checks the files downstream stages read.
+            written = spark.read.parquet(spark_path(str(out_tmp)))
+            out_counts = count_by(written, "source")
+            rej_counts = count_by(spark.read.parquet(spark_path(str(rej_tmp))), "source", "reason")
+            dup_ids = written.groupBy("doc_id").count().where("count > 1").count()
+
+            sources, notes = {}, []
+            for src in cfg.sources:
+                by_reason = {reason: n for (name, reason), n in rej_counts.items() if name == src.name}
+                n_out = out_counts.get((src.name,), 0)
+                rep = _source_report(src, n_in[src.name], n_out, by_reason, blanks[src.name])
+                sources[src.name] = rep
+                if rep["empty"]:
+                    notes.append(f"source '{src.name}' ({src.path}) has no records: 0 rows ingested")
+            unbalanced = [n for n, r in sources.items() if not r["balanced"]]
+            if unbalanced or dup_ids:
+                raise StageFailed(
+                    f"ingest accounting failed: in != out + rejected for {unbalanced or 'no source'}, "
+                    f"{dup_ids} duplicated doc_id(s); nothing was written"
+                )
+    finally:  # cached per-source frames are released on success and failure alike
+        for _, df in classified:
+            df.unpersist()
 
     by_reason: dict[str, int] = {}
     for rep in sources.values():

@@ -94,6 +94,16 @@ def _with_stable_id(suite: str, expectation: gxe.Expectation) -> gxe.Expectation
     return expectation
 
 
+def _missing_suite(context: FileDataContext, name: str) -> bool:
+    from great_expectations.exceptions import DataContextError
+
+    try:
+        context.suites.get(name)
+    except DataContextError:
+        return True
+    return False
+
+
 def save_checkpoint(
     context: FileDataContext,
     name: str,
@@ -101,8 +111,13 @@ def save_checkpoint(
     batch: BatchDefinition,
 ) -> gx.Checkpoint:
     """(Re)build suite -> validation definition -> checkpoint under one name and save all three."""
-    expectations = [_with_stable_id(name, e) for e in suite_expectations()]
-    suite = context.suites.add_or_update(gx.ExpectationSuite(name=name, expectations=expectations))
+    if _missing_suite(context, name):
+        # Create empty first: `add` stamps random ids, the update path below keeps the content ids.
+        context.suites.add(gx.ExpectationSuite(name=name))
+    suite = gx.ExpectationSuite(name=name, expectations=suite_expectations())
+    for expectation in suite.expectations:  # after construction: GX refuses expectations that arrive with ids
+        _with_stable_id(name, expectation)
+    suite = context.suites.add_or_update(suite)
     definition = context.validation_definitions.add_or_update(
         gx.ValidationDefinition(name=name, data=batch, suite=suite)
     )

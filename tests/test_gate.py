@@ -1,0 +1,107 @@
+"""Gate decisions: floors, champion regression, no champion. Metrics files are written by hand (no model)."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from pipelines.io import read_json, write_json
+
+FLOORS = {"max_perplexity": 60.0, "min_rouge_l": 0.05, "max_attack_success_rate": 0.95}
+VERSUS = {"max_perplexity_increase_pct": 5.0, "max_rouge_l_drop": 0.02, "max_attack_success_rate_increase": 0.05}
+
+
+def write_metrics(dirpath, sha, ppl, rouge, asr, candidate_dir="models/candidate"):
+    ev = {"base": {"perplexity": 20.0, "rouge_l": 0.1}, "candidate": {"perplexity": ppl, "rouge_l": rouge},
+          "candidate_sha256": sha, "candidate_dir": str(candidate_dir)}
+    au = {"n": 51, "attack_success_rate": asr, "refusal_rate": 0.1, "candidate_sha256": sha,
+          "per_category": {"jailbreak": {"n": 20, "attack_success_rate": asr, "refusal_rate": 0.0}}}
+    write_json(dirpath / "evaluate.json", ev)
+    write_json(dirpath / "audit.json", au)
+    return dirpath / "evaluate.json", dirpath / "audit.json"
+
+
+def gate_cfg(tmp_path, uri, **kw):
+    from pipelines.stages import gate
+
+    return gate.Config(evaluate_metrics=str(tmp_path / "evaluate.json"), audit_metrics=str(tmp_path / "audit.json"),
+                       model_name="m", tracking_uri=uri, floors=FLOORS, versus_champion=VERSUS,
+                       decision=str(tmp_path / "decision.json"), **kw)
+
+
+def test_floors_pass_without_champion(tmp_path):
+    from pipelines.stages import gate
+
+    write_metrics(tmp_path, "a" * 64, 25.0, 0.12, 0.4)
+    report = gate.run(gate_cfg(tmp_path, f"sqlite:///{tmp_path}/none.db"))
+    d = read_json(tmp_path / "decision.json")
+    assert report["decision"] == d["decision"] == "promote"
+    assert d["champion"] is None
+    assert {r["metric"] for r in d["reasons"] if r["check"] == "floor"} == {"perplexity", "rouge_l", "attack_success_rate"}
+    assert all(r["passed"] and "observed" in r and "threshold" in r for r in d["reasons"])
+    assert d["inputs"]["evaluate_metrics"]["sha256"]
+    assert not (tmp_path / "none.db").exists()  # deciding does not create a registry
+
+
+def test_broken_candidate_is_rejected_as_a_result(tmp_path):
+    from pipelines.stages import gate
+    from pipelines.stages.errors import StageFailed
+
+    write_metrics(tmp_path, "b" * 64, 1e4, 0.0, 1.0)
+    report = gate.run(gate_cfg(tmp_path, f"sqlite:///{tmp_path}/none.db"))
+    d = read_json(tmp_path / "decision.json")
+    assert report["decision"] == d["decision"] == "reject"
+    failed = {r["metric"] for r in d["reasons"] if not r["passed"]}
+    assert failed == {"perplexity", "rouge_l", "attack_success_rate"}
+    with pytest.raises(StageFailed, match="perplexity"):
+        gate.run(gate_cfg(tmp_path, f"sqlite:///{tmp_path}/none.db", fail_on_reject=True))
+
+
+def test_nan_metric_fails_its_check(tmp_path):
+    from pipelines.stages import gate
+
+    write_metrics(tmp_path, "c" * 64, float("nan"), 0.2, 0.1)
+    assert gate.run(gate_cfg(tmp_path, f"sqlite:///{tmp_path}/none.db"))["decision"] == "reject"
+
+
+def test_champion_regression_is_rejected(tmp_path, base_model_dir, tmp_path_factory):
+    """A champion with good metrics in a real (tmp) registry; a candidate within floors but worse is rejected."""
+    from pipelines.models.lm import dir_sha256, make_smoke_adapter
+    from pipelines.stages import gate, promote
+
+    cand = tmp_path_factory.getbasetemp() / "smoke_candidate"
+    if not (cand / "adapter_config.json").exists():
+        make_smoke_adapter(base_model_dir, cand)
+    champ_dir = tmp_path / "champ"
+    shutil.copytree(cand, champ_dir)
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    sha = dir_sha256(champ_dir)
+    write_metrics(tmp_path, sha, 20.0, 0.20, 0.30, champ_dir)
+    assert gate.run(gate_cfg(tmp_path, uri))["decision"] == "promote"
+    promote.run(promote.Config(decision=str(tmp_path / "decision.json"), evaluate_metrics=str(tmp_path / "evaluate.json"),
+                               audit_metrics=str(tmp_path / "audit.json"), candidate_dir=str(champ_dir),
+                               base_model_dir=str(base_model_dir), model_name="m", tracking_uri=uri,
+                               artifact_root=str(tmp_path / "artifacts"), record=str(tmp_path / "promotion.json")))
+
+    write_metrics(tmp_path, "d" * 64, 25.0, 0.15, 0.30)  # passes the floors, regresses vs champion
+    report = gate.run(gate_cfg(tmp_path, uri))
+    d = read_json(tmp_path / "decision.json")
+    assert report["decision"] == "reject" and d["champion"] == 1
+    failed = {r["metric"] for r in d["reasons"] if not r["passed"]}
+    assert failed == {"perplexity", "rouge_l"}
+    assert all(r["check"] == "versus_champion" for r in d["reasons"] if not r["passed"])
+    assert d["champion_metrics"]["perplexity"] == 20.0
+
+    write_metrics(tmp_path, "e" * 64, 20.5, 0.19, 0.32)  # within tolerances
+    assert gate.run(gate_cfg(tmp_path, uri))["decision"] == "promote"
+
+
+def test_mismatched_candidates_are_rejected(tmp_path):
+    from pipelines.stages import gate
+
+    write_metrics(tmp_path, "a" * 64, 25.0, 0.12, 0.4)
+    au = read_json(tmp_path / "audit.json")
+    au["candidate_sha256"] = "f" * 64
+    write_json(tmp_path / "audit.json", au)
+    d = gate.run(gate_cfg(tmp_path, f"sqlite:///{tmp_path}/none.db"))
+    assert d["decision"] == "reject" and any("same_candidate" in f for f in d["failed"])

@@ -1,0 +1,100 @@
+"""promote into a tmp SQLite registry: alias moves, idempotent per adapter hash, a reject moves nothing."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pipelines.io import read_json
+from test_gate import gate_cfg, write_metrics
+
+
+@pytest.fixture(scope="module")
+def adapter(base_model_dir, tmp_path_factory):
+    from pipelines.models.lm import make_smoke_adapter
+
+    out = tmp_path_factory.getbasetemp() / "smoke_candidate"
+    if not (out / "adapter_config.json").exists():
+        make_smoke_adapter(base_model_dir, out)
+    return out
+
+
+def _candidate(adapter, tmp_path, name, salt):
+    """A distinct candidate: the smoke adapter with different training metadata (so a different hash)."""
+    d = tmp_path / name
+    shutil.copytree(adapter, d)
+    (d / "training_meta.json").write_text(f'{{"smoke": true, "salt": "{salt}"}}')
+    return d
+
+
+def _gate_and_promote(tmp_path, uri, cand, base_model_dir, ppl, rouge, asr):
+    from pipelines.models.lm import dir_sha256
+    from pipelines.stages import gate, promote
+
+    write_metrics(tmp_path, dir_sha256(cand), ppl, rouge, asr, cand)
+    gate.run(gate_cfg(tmp_path, uri))
+    cfg = promote.Config(decision=str(tmp_path / "decision.json"), evaluate_metrics=str(tmp_path / "evaluate.json"),
+                         audit_metrics=str(tmp_path / "audit.json"), candidate_dir=str(cand),
+                         base_model_dir=str(base_model_dir), model_name="m", tracking_uri=uri,
+                         artifact_root=str(tmp_path / "mlartifacts"), record=str(tmp_path / "promotion.json"))
+    report = promote.run(cfg)
+    return report, read_json(tmp_path / "promotion.json")
+
+
+def test_promote_registers_moves_alias_and_is_idempotent(adapter, base_model_dir, tmp_path):
+    from pipelines.models import registry
+
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    c1 = _candidate(adapter, tmp_path, "c1", "one")
+    report, rec = _gate_and_promote(tmp_path, uri, c1, base_model_dir, 20.0, 0.2, 0.3)
+    assert report["action"] == "promoted" and rec["version"] == 1 and rec["previous_champion"] is None
+
+    client = registry.client(uri)
+    v1 = client.get_model_version_by_alias("m", "champion")
+    assert v1.version == "1"
+    assert v1.tags[registry.HASH_TAG] == rec["adapter_sha256"] and v1.tags["gate_decision"] == "promote"
+    # artifacts live under the configured artifact root, with the spec naming the base model
+    local = Path(v1.source.removeprefix("file://"))
+    assert str(local).startswith(str(tmp_path / "mlartifacts"))
+    assert (local / "adapter_model.safetensors").exists()
+    assert read_json(local / registry.SPEC_FILE)["base_model"] == str(base_model_dir)
+    assert client.get_run(v1.run_id).data.metrics["perplexity"] == 20.0
+
+    # same candidate again: no new version, alias unchanged
+    report, rec = _gate_and_promote(tmp_path, uri, c1, base_model_dir, 20.0, 0.2, 0.3)
+    assert report["action"] == "already_champion" and rec["version"] == 1 and not rec["created_version"]
+    assert len(client.search_model_versions("name='m'")) == 1
+
+    # a better candidate: version 2 becomes champion, version 1 is kept
+    c2 = _candidate(adapter, tmp_path, "c2", "two")
+    report, rec = _gate_and_promote(tmp_path, uri, c2, base_model_dir, 19.0, 0.21, 0.3)
+    assert report["action"] == "promoted" and rec["version"] == 2 and rec["previous_champion"] == 1
+    assert client.get_model_version_by_alias("m", "champion").version == "2"
+    assert client.get_model_version("m", "1").version == "1"
+
+    # a rejected candidate: nothing registered, alias stays on 2, the rejection is recorded once
+    c3 = _candidate(adapter, tmp_path, "c3", "three")
+    report, rec = _gate_and_promote(tmp_path, uri, c3, base_model_dir, 1e4, 0.0, 1.0)
+    assert report["decision"] == "reject" and report["action"] == "recorded_rejection"
+    assert rec["version"] is None and rec["champion"] == 2
+    assert client.get_model_version_by_alias("m", "champion").version == "2"
+    assert len(client.search_model_versions("name='m'")) == 2
+    _, again = _gate_and_promote(tmp_path, uri, c3, base_model_dir, 1e4, 0.0, 1.0)
+    assert again["already_recorded"] and again["run_id"] == rec["run_id"]
+
+
+def test_stale_decision_is_refused(adapter, base_model_dir, tmp_path):
+    from pipelines.models.lm import dir_sha256
+    from pipelines.stages import gate, promote
+    from pipelines.stages.errors import StageFailed
+
+    c1 = _candidate(adapter, tmp_path, "c1", "one")
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    write_metrics(tmp_path, dir_sha256(c1), 20.0, 0.2, 0.3, c1)
+    gate.run(gate_cfg(tmp_path, uri))
+    (c1 / "training_meta.json").write_text('{"changed": true}')  # candidate replaced after the gate
+    with pytest.raises(StageFailed, match="rerun evaluate"):
+        promote.run(promote.Config(decision=str(tmp_path / "decision.json"), candidate_dir=str(c1), model_name="m",
+                                   tracking_uri=uri, artifact_root=str(tmp_path / "a"),
+                                   record=str(tmp_path / "promotion.json")))
