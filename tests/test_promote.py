@@ -52,7 +52,7 @@ def test_promote_registers_moves_alias_and_is_idempotent(adapter, base_model_dir
 
     client = registry.client(uri)
     v1 = client.get_model_version_by_alias("m", "champion")
-    assert v1.version == "1"
+    assert str(v1.version) == "1"
     assert v1.tags[registry.HASH_TAG] == rec["adapter_sha256"] and v1.tags["gate_decision"] == "promote"
     # artifacts live under the configured artifact root, with the spec naming the base model
     local = Path(v1.source.removeprefix("file://"))
@@ -70,15 +70,19 @@ def test_promote_registers_moves_alias_and_is_idempotent(adapter, base_model_dir
     c2 = _candidate(adapter, tmp_path, "c2", "two")
     report, rec = _gate_and_promote(tmp_path, uri, c2, base_model_dir, 19.0, 0.21, 0.3)
     assert report["action"] == "promoted" and rec["version"] == 2 and rec["previous_champion"] == 1
-    assert client.get_model_version_by_alias("m", "champion").version == "2"
-    assert client.get_model_version("m", "1").version == "1"
+    assert str(client.get_model_version_by_alias("m", "champion").version) == "2"
+    assert str(client.get_model_version("m", "1").version) == "1"
+    # rollback is moving the alias back
+    assert registry.set_alias(uri, "m", 1) == {"model_name": "m", "alias": "champion", "version": 1, "previous_version": 2}
+    assert str(client.get_model_version_by_alias("m", "champion").version) == "1"
+    registry.set_alias(uri, "m", 2)
 
     # a rejected candidate: nothing registered, alias stays on 2, the rejection is recorded once
     c3 = _candidate(adapter, tmp_path, "c3", "three")
     report, rec = _gate_and_promote(tmp_path, uri, c3, base_model_dir, 1e4, 0.0, 1.0)
     assert report["decision"] == "reject" and report["action"] == "recorded_rejection"
     assert rec["version"] is None and rec["champion"] == 2
-    assert client.get_model_version_by_alias("m", "champion").version == "2"
+    assert str(client.get_model_version_by_alias("m", "champion").version) == "2"
     assert len(client.search_model_versions("name='m'")) == 2
     _, again = _gate_and_promote(tmp_path, uri, c3, base_model_dir, 1e4, 0.0, 1.0)
     assert again["already_recorded"] and again["run_id"] == rec["run_id"]

@@ -22,7 +22,15 @@ def init_ray(cfg: RayConfig | None = None):
     }
     if address is None:
         kwargs["num_cpus"] = cfg.num_cpus
-    ray.init(**kwargs)
+    try:
+        ray.init(**kwargs)
+    except Exception as exc:
+        # Ray waits a fixed 30 s for a fresh local raylet to register; on a small, busy machine its Python
+        # agents can take longer to import, and the second attempt (warm file cache) usually makes it.
+        if address is not None or "timed out during startup" not in str(exc):
+            raise
+        ray.shutdown()
+        ray.init(**kwargs)
     return ray
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from pipelines.engines.config import SparkConfig
 
@@ -11,6 +12,9 @@ def get_spark(cfg: SparkConfig | None = None):
 
     cfg = cfg or SparkConfig()
     master = os.environ.get("LLMOPS_SPARK_MASTER", cfg.master)
+    # Python workers must run the interpreter that has this project's packages (not the system python3).
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     if master.startswith("local"):
         # Bind the driver to loopback: this machine's only reachable network, and no firewall prompts on laptops.
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")

@@ -63,10 +63,30 @@ def load_tokenizer(base_dir: str | Path, adapter_dir: str | Path | None = None):
     return tok
 
 
-def load_model(base_dir: str | Path, adapter_dir: str | Path | None = None, *, merge: bool = False) -> LoadedModel:
+_CACHE: dict[tuple, LoadedModel] = {}
+
+
+def load_model(base_dir: str | Path, adapter_dir: str | Path | None = None, *, merge: bool = False,
+               cache: bool = True) -> LoadedModel:
     """Base model in float32 on CPU, with the LoRA adapter from `adapter_dir` on top when given.
 
-    merge=True folds the adapter into the weights (faster generation) when the base is not needed separately."""
+    merge=True folds the adapter into the weights (faster generation) when the base is not needed separately.
+    Unmerged loads are kept (one entry, keyed by paths and adapter content hash) so stages run in one process
+    (tests, an Airflow worker running evaluate then audit) load the model once; merged ones are never shared."""
+    key = None
+    if cache and not merge:
+        key = (str(Path(base_dir).resolve()), str(Path(adapter_dir).resolve()) if adapter_dir else None,
+               dir_sha256(adapter_dir) if adapter_dir else None)
+        if key in _CACHE:
+            return _CACHE[key]
+    loaded = _load_model(base_dir, adapter_dir, merge=merge)
+    if key is not None:
+        _CACHE.clear()
+        _CACHE[key] = loaded
+    return loaded
+
+
+def _load_model(base_dir: str | Path, adapter_dir: str | Path | None, *, merge: bool) -> LoadedModel:
     import torch
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging

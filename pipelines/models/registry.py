@@ -80,3 +80,14 @@ def version_metrics(mlflow_client, version) -> dict[str, float]:
     if version is None or not version.run_id:
         return {}
     return dict(mlflow_client.get_run(version.run_id).data.metrics)
+
+
+def set_alias(tracking_uri: str, model_name: str, version: int | str, alias: str = CHAMPION) -> dict:
+    """Point `alias` at `version` (rollback = moving the champion back); returns the previous and new version.
+    A serving process picks the change up on `POST /admin/reload`."""
+    c = client(tracking_uri)
+    c.get_model_version(model_name, str(version))  # raises when the version does not exist
+    previous = get_alias_version(c, model_name, alias)
+    c.set_registered_model_alias(model_name, alias, str(version))
+    return {"model_name": model_name, "alias": alias, "version": int(version),
+            "previous_version": int(previous.version) if previous else None}

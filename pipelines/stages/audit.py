@@ -99,8 +99,9 @@ def run(cfg: Config) -> dict:
     prompts = load_prompts(cfg.prompts_path, cfg.max_prompts)
     if not prompts:
         raise StageFailed(f"audit: no prompts in {cfg.prompts_path}")
-    # Merged weights generate faster; keep the adapter separate only when the base is audited too.
-    loaded = lm.load_model(cfg.base_model_dir, cfg.candidate_dir, merge=not cfg.include_base)
+    # Unmerged (LoRA r=8 adds little to a forward pass): the same load serves evaluate and audit in one process,
+    # and the base can be audited with the adapter switched off.
+    loaded = lm.load_model(cfg.base_model_dir, cfg.candidate_dir)
     tok = loaded.tokenizer
 
     results, gen_seconds = _audit(loaded.model, tok, prompts, cfg)

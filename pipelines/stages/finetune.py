@@ -45,14 +45,14 @@ class Config(StageConfig):
     # CPUs reserved per worker, also its torch intra-op thread count
     cpus_per_worker: int = Field(1, gt=0)
     max_steps: int = Field(8, gt=0)
-    per_device_batch_size: int = Field(4, gt=0)
-    max_length: int = Field(256, gt=8)
+    per_device_batch_size: int = Field(2, gt=0)
+    max_length: int = Field(128, gt=8)
     learning_rate: float = Field(5e-4, gt=0)
     seed: int = 42
     # float32 trains well on CPU; bfloat16 halves memory (GPU)
     dtype: str = "float32"
     # cap on eval rows scored at the end (the eval loss is token-weighted over these)
-    max_eval_examples: int | None = Field(64, gt=0)
+    max_eval_examples: int | None = Field(32, gt=0)
     lora: LoraParams = LoraParams()
     # Ray Train storage for the checkpoint; null: a temp dir on this machine (set a shared path/URI on a cluster)
     storage_path: str | None = None
@@ -133,6 +133,8 @@ def run(cfg: Config, engines: EnginesConfig | None = None) -> dict:
             raise RuntimeError("finetune: the training run returned no checkpoint")
 
         losses = [float(x) for x in m["losses"]]
+        if not all(math.isfinite(x) for x in losses) or not math.isfinite(m["eval_loss"]):
+            raise RuntimeError(f"finetune: non-finite loss (train {losses}, eval {m['eval_loss']}); nothing saved")
         seconds = t_done - t_stage
         meta = {
             "base_model_dir": cfg.base_model_dir,
@@ -187,7 +189,5 @@ def run(cfg: Config, engines: EnginesConfig | None = None) -> dict:
         },
         "output_dir": cfg.output_dir,
     }
-    if not all(math.isfinite(x) for x in losses):
-        raise RuntimeError(f"finetune: non-finite training loss {losses}")
     write_json(_abs(cfg.metrics), report)
     return report
