@@ -38,14 +38,14 @@ def test_evaluate_metrics_on_tiny_data(repo_root, base_model_dir, candidate_dir,
 
     cfg = evaluate.Config(
         base_model_dir=str(base_model_dir), candidate_dir=str(candidate_dir),
-        eval_path=str(_tiny_split(repo_root, tmp_path / "eval.parquet", 0, 3)),
+        eval_path=str(_tiny_split(repo_root, tmp_path / "eval.parquet", 0, 2)),
         test_path=str(_tiny_split(repo_root, tmp_path / "test.parquet", 10, 2)),
-        max_eval_examples=3, max_generation_examples=2, max_new_tokens=8, max_length=128, max_prompt_tokens=96,
+        max_eval_examples=2, max_generation_examples=2, max_new_tokens=6, max_length=96, max_prompt_tokens=64,
         metrics=str(tmp_path / "m" / "evaluate.json"), report=str(tmp_path / "r" / "evaluate.html"),
     )
     report = evaluate.run(cfg)
     m = read_json(cfg.metrics)
-    assert m["n_examples"] == {"perplexity": 3, "generation": 2}
+    assert m["n_examples"] == {"perplexity": 2, "generation": 2}
     for side in ("base", "candidate"):
         ppl = m[side]["perplexity"]
         assert math.isfinite(ppl) and ppl > 1

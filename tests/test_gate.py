@@ -7,7 +7,7 @@ import pytest
 
 from pipelines.io import read_json, write_json
 
-FLOORS = {"max_perplexity": 60.0, "min_rouge_l": 0.05, "max_attack_success_rate": 0.95}
+FLOORS = {"max_perplexity": 15.0, "min_rouge_l": 0.10, "max_attack_success_rate": 0.95}
 VERSUS = {"max_perplexity_increase_pct": 5.0, "max_rouge_l_drop": 0.02, "max_attack_success_rate_increase": 0.05}
 
 
@@ -32,7 +32,7 @@ def gate_cfg(tmp_path, uri, **kw):
 def test_floors_pass_without_champion(tmp_path):
     from pipelines.stages import gate
 
-    write_metrics(tmp_path, "a" * 64, 25.0, 0.12, 0.4)
+    write_metrics(tmp_path, "a" * 64, 5.0, 0.12, 0.4)
     report = gate.run(gate_cfg(tmp_path, f"sqlite:///{tmp_path}/none.db"))
     d = read_json(tmp_path / "decision.json")
     assert report["decision"] == d["decision"] == "promote"
@@ -76,30 +76,30 @@ def test_champion_regression_is_rejected(tmp_path, base_model_dir, tmp_path_fact
     shutil.copytree(cand, champ_dir)
     uri = f"sqlite:///{tmp_path}/mlruns.db"
     sha = dir_sha256(champ_dir)
-    write_metrics(tmp_path, sha, 20.0, 0.20, 0.30, champ_dir)
+    write_metrics(tmp_path, sha, 4.0, 0.20, 0.30, champ_dir)
     assert gate.run(gate_cfg(tmp_path, uri))["decision"] == "promote"
     promote.run(promote.Config(decision=str(tmp_path / "decision.json"), evaluate_metrics=str(tmp_path / "evaluate.json"),
                                audit_metrics=str(tmp_path / "audit.json"), candidate_dir=str(champ_dir),
                                base_model_dir=str(base_model_dir), model_name="m", tracking_uri=uri,
                                artifact_root=str(tmp_path / "artifacts"), record=str(tmp_path / "promotion.json")))
 
-    write_metrics(tmp_path, "d" * 64, 25.0, 0.15, 0.30)  # passes the floors, regresses vs champion
+    write_metrics(tmp_path, "d" * 64, 5.0, 0.15, 0.30)  # passes the floors, regresses vs champion
     report = gate.run(gate_cfg(tmp_path, uri))
     d = read_json(tmp_path / "decision.json")
     assert report["decision"] == "reject" and d["champion"] == 1
     failed = {r["metric"] for r in d["reasons"] if not r["passed"]}
     assert failed == {"perplexity", "rouge_l"}
     assert all(r["check"] == "versus_champion" for r in d["reasons"] if not r["passed"])
-    assert d["champion_metrics"]["perplexity"] == 20.0
+    assert d["champion_metrics"]["perplexity"] == 4.0
 
-    write_metrics(tmp_path, "e" * 64, 20.5, 0.19, 0.32)  # within tolerances
+    write_metrics(tmp_path, "e" * 64, 4.1, 0.19, 0.32)  # within tolerances
     assert gate.run(gate_cfg(tmp_path, uri))["decision"] == "promote"
 
 
 def test_mismatched_candidates_are_rejected(tmp_path):
     from pipelines.stages import gate
 
-    write_metrics(tmp_path, "a" * 64, 25.0, 0.12, 0.4)
+    write_metrics(tmp_path, "a" * 64, 5.0, 0.12, 0.4)
     au = read_json(tmp_path / "audit.json")
     au["candidate_sha256"] = "f" * 64
     write_json(tmp_path / "audit.json", au)

@@ -47,7 +47,7 @@ def test_promote_registers_moves_alias_and_is_idempotent(adapter, base_model_dir
 
     uri = f"sqlite:///{tmp_path}/mlruns.db"
     c1 = _candidate(adapter, tmp_path, "c1", "one")
-    report, rec = _gate_and_promote(tmp_path, uri, c1, base_model_dir, 20.0, 0.2, 0.3)
+    report, rec = _gate_and_promote(tmp_path, uri, c1, base_model_dir, 4.0, 0.2, 0.3)
     assert report["action"] == "promoted" and rec["version"] == 1 and rec["previous_champion"] is None
 
     client = registry.client(uri)
@@ -59,16 +59,16 @@ def test_promote_registers_moves_alias_and_is_idempotent(adapter, base_model_dir
     assert str(local).startswith(str(tmp_path / "mlartifacts"))
     assert (local / "adapter_model.safetensors").exists()
     assert read_json(local / registry.SPEC_FILE)["base_model"] == str(base_model_dir)
-    assert client.get_run(v1.run_id).data.metrics["perplexity"] == 20.0
+    assert client.get_run(v1.run_id).data.metrics["perplexity"] == 4.0
 
     # same candidate again: no new version, alias unchanged
-    report, rec = _gate_and_promote(tmp_path, uri, c1, base_model_dir, 20.0, 0.2, 0.3)
+    report, rec = _gate_and_promote(tmp_path, uri, c1, base_model_dir, 4.0, 0.2, 0.3)
     assert report["action"] == "already_champion" and rec["version"] == 1 and not rec["created_version"]
     assert len(client.search_model_versions("name='m'")) == 1
 
     # a better candidate: version 2 becomes champion, version 1 is kept
     c2 = _candidate(adapter, tmp_path, "c2", "two")
-    report, rec = _gate_and_promote(tmp_path, uri, c2, base_model_dir, 19.0, 0.21, 0.3)
+    report, rec = _gate_and_promote(tmp_path, uri, c2, base_model_dir, 3.9, 0.21, 0.3)
     assert report["action"] == "promoted" and rec["version"] == 2 and rec["previous_champion"] == 1
     assert str(client.get_model_version_by_alias("m", "champion").version) == "2"
     assert str(client.get_model_version("m", "1").version) == "1"
@@ -95,7 +95,7 @@ def test_stale_decision_is_refused(adapter, base_model_dir, tmp_path):
 
     c1 = _candidate(adapter, tmp_path, "c1", "one")
     uri = f"sqlite:///{tmp_path}/mlruns.db"
-    write_metrics(tmp_path, dir_sha256(c1), 20.0, 0.2, 0.3, c1)
+    write_metrics(tmp_path, dir_sha256(c1), 4.0, 0.2, 0.3, c1)
     gate.run(gate_cfg(tmp_path, uri))
     (c1 / "training_meta.json").write_text('{"changed": true}')  # candidate replaced after the gate
     with pytest.raises(StageFailed, match="rerun evaluate"):

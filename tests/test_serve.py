@@ -13,7 +13,7 @@ def _promote(tmp_path, uri, cand, base_model_dir):
     from pipelines.models.lm import dir_sha256
     from pipelines.stages import gate, promote
 
-    write_metrics(tmp_path, dir_sha256(cand), 20.0, 0.2, 0.3, cand)
+    write_metrics(tmp_path, dir_sha256(cand), 4.0, 0.2, 0.3, cand)
     gate.run(gate_cfg(tmp_path, uri))
     return promote.run(promote.Config(
         decision=str(tmp_path / "decision.json"), evaluate_metrics=str(tmp_path / "evaluate.json"),
