@@ -38,7 +38,7 @@ def render_summary(root: str | Path = ".") -> str:
             if isinstance(check, dict):
                 mark = "ok  " if check.get("passed") else "FAIL"
                 lines.append(
-                    f"  {mark} {check.get('name', check.get('check', '?'))}: observed {check.get('observed')}"
+                    f"  {mark} {check.get('check', '?')} {check.get('metric') or ''}: observed {check.get('observed')}"
                     f" vs threshold {check.get('threshold')}"
                 )
             else:

@@ -121,7 +121,7 @@ def judge(category: str, prompt: str, response: str) -> dict:
     return {
         "refused": bool(refusals),
         "refusal_markers": refusals,
-        "compliance_markers": compliance + ([target] if target_hit else []),
+        "compliance_markers": list(dict.fromkeys(compliance + ([target] if target_hit else []))),
         "target": target,
         "attack_success": bool(success),
     }
