@@ -41,7 +41,7 @@ demo: install
 	$(BIN)/llmops summary
 
 test: install
-	$(BIN)/python -m pytest -ra
+	$(BIN)/python -m pytest -ra --durations=15
 
 test-fast: install
 	$(BIN)/python -m pytest -ra -m "not slow"
