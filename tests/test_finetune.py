@@ -74,37 +74,70 @@ def test_data_path_is_deterministic(tokenizer, tmp_path):
     assert len(r0) == len(r1)  # DDP: every rank takes the same number of steps
     assert not {i for b in r0 for i in b} & {i for b in r1 for i in b}  # ranks see disjoint rows
 
+    # length bucketing: same rows per rank and epoch, batches of similar lengths, still deterministic
+    lengths = [5, 50, 7, 48, 6, 52, 9, 47, 8, 51, 5, 49]
+    plain = shard_batches(12, 2, 0, 2, 42, 0)
+    bucketed = shard_batches(12, 2, 0, 2, 42, 0, lengths=lengths)
+    assert bucketed == shard_batches(12, 2, 0, 2, 42, 0, lengths=lengths)
+    assert sorted(i for b in bucketed for i in b) == sorted(i for b in plain for i in b)
+    spread = lambda bs: sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in bs)  # noqa: E731
+    assert spread(bucketed) <= spread(plain)
 
-def test_finetune_two_workers(ray_local, base_model_dir, tmp_path):
+
+def test_finetune_two_workers_survives_a_worker_failure(ray_local, base_model_dir, tmp_path):
+    """One real 2-worker run: checkpoints every 2 steps, eval loss every 2 steps, rank 1 killed (os._exit) after
+    step 3 on the first attempt only; Ray restarts the worker group, which resumes from the step-2 checkpoint."""
     cfg = finetune.Config(
         base_model_dir=str(base_model_dir),
         train_path=str(_tiny_split(tmp_path / "train.parquet", 0, 12)),
         eval_path=str(_tiny_split(tmp_path / "eval.parquet", 100, 4)),
         output_dir=str(tmp_path / "candidate"),
         num_workers=2,
-        max_steps=2,
+        max_steps=4,
+        checkpoint_every=2,
+        eval_every=2,
+        max_failures=1,
         per_device_batch_size=1,
-        max_length=128,
+        max_length=96,
         max_eval_examples=4,
+        storage_path=str(tmp_path / "storage"),
+        mlflow={"tracking_uri": f"sqlite:///{tmp_path / 'mlruns.db'}", "artifact_root": str(tmp_path / "mlart")},
         metrics=str(tmp_path / "metrics.json"),
         loss_plot=str(tmp_path / "loss.csv"),
     )
-    report = finetune.run(cfg)
+    report = finetune.run(cfg, _worker_overrides={
+        "_fail_once": {"rank": 1, "after_step": 3, "marker_dir": str(tmp_path)}})
 
-    assert report["steps"] == 2
+    assert (tmp_path / "failed_once").read_text() == "3"  # the worker really died once
+    assert report["steps"] == 4
+    assert report["resumed_from_step"] == 2  # the restarted group continued from the step-2 checkpoint
     for key in ("train_loss_first", "train_loss_last", "eval_loss", "tokens_per_second", "startup_seconds"):
         assert math.isfinite(report[key]), key
-    assert json.loads((tmp_path / "metrics.json").read_text())["steps"] == 2
+    assert json.loads((tmp_path / "metrics.json").read_text())["steps"] == 4
     with open(tmp_path / "loss.csv") as fh:
         rows = list(csv.DictReader(fh))
-    assert [int(r["step"]) for r in rows] == [1, 2]
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]  # every step exactly once across the two attempts
     assert float(rows[0]["loss"]) == pytest.approx(report["train_loss_first"], rel=1e-5)
+    assert [r["step"] for r in rows if r["eval_loss"]] == ["2", "4"]
+    assert float(rows[3]["eval_loss"]) == pytest.approx(report["eval_loss"], rel=1e-5)
+    assert [s for s, _ in report["eval_history"]] == [2, 4]
 
     out = Path(cfg.output_dir)
     meta = json.loads((out / "training_meta.json").read_text())
-    assert meta["steps"] == 2 and meta["params"]["lora"]["r"] == 8
+    assert meta["steps"] == 4 and meta["params"]["lora"]["r"] == 8 and meta["method"] == "lora"
     assert (out / "adapter_config.json").exists() and (out / "tokenizer_config.json").exists()
+    assert not (out / "train_state.pt").exists()  # resume state stays in the checkpoints, not in the model
     assert not list(out.parent.glob(".candidate.tmp-*"))  # atomic: no temp dir left behind
+
+    # MLflow: the run holds params, the per-step loss curve and the lineage tags; its id is in training_meta
+    from pipelines.models.registry import client as mlflow_client
+
+    client = mlflow_client(cfg.mlflow.tracking_uri)
+    run = client.get_run(meta["mlflow_run_id"])
+    assert run.data.params["max_steps"] == "4" and run.data.params["lora.r"] == "8"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2, 3, 4]
+    for tag in ("dataset.version", "base_model.hash", "git_commit"):
+        assert run.data.tags[tag], tag
 
     import torch
     from peft import PeftModel

@@ -102,3 +102,22 @@ def test_stale_decision_is_refused(adapter, base_model_dir, tmp_path):
         promote.run(promote.Config(decision=str(tmp_path / "decision.json"), candidate_dir=str(c1), model_name="m",
                                    tracking_uri=uri, artifact_root=str(tmp_path / "a"),
                                    record=str(tmp_path / "promotion.json")))
+
+
+def test_version_is_attached_to_the_finetune_run(adapter, base_model_dir, tmp_path):
+    """training_meta.json names the finetune stage's MLflow run: the version links to it and carries its lineage."""
+    import json
+
+    from pipelines.models import registry
+
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    client = registry.client(uri)
+    exp = client.create_experiment("ft", artifact_location=(tmp_path / "ftart").as_uri())
+    ft = client.create_run(exp, tags={"dataset.version": "data/splits:abc.dir", "git_commit": "deadbeef"})
+    cand = _candidate(adapter, tmp_path, "c1", "lineage")
+    (cand / "training_meta.json").write_text(json.dumps({"mlflow_run_id": ft.info.run_id, "steps": 2}))
+    report, rec = _gate_and_promote(tmp_path, uri, cand, base_model_dir, 4.0, 0.2, 0.3)
+    assert report["action"] == "promoted"
+    v = client.get_model_version("m", str(rec["version"]))
+    assert v.run_id == ft.info.run_id and v.tags["promote_run_id"] == rec["run_id"]
+    assert v.tags["dataset.version"] == "data/splits:abc.dir" and v.tags["git_commit"] == "deadbeef"

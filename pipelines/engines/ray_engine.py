@@ -10,6 +10,8 @@ def init_ray(cfg: RayConfig | None = None):
     import ray  # heavy: imported only when a stage needs Ray
 
     cfg = cfg or RayConfig()
+    for key, value in RAY_CORE_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
     if ray.is_initialized():
         return ray
     address = os.environ.get("LLMOPS_RAY_ADDRESS", cfg.address)
@@ -44,9 +46,31 @@ RAY_TRAIN_ENV_DEFAULTS: dict[str, str] = {
     # The preemption watcher is one more actor process (another `import ray` on a busy box) and only matters
     # on clusters whose nodes get drained.
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    # Train's Prometheus metrics callbacks (controller + workers): nothing scrapes them on a laptop.
+    "RAY_TRAIN_METRICS_ENABLED": "0",
+}
+
+# Ray core start-up knobs (read by `ray.init` and the processes it starts). Only defaults, as above.
+RAY_CORE_ENV_DEFAULTS: dict[str, str] = {
+    # The usage-stats reporter runs in the dashboard and asks for cluster metadata at start; nothing leaves
+    # this machine anyway (no network), so skip it.
+    "RAY_USAGE_STATS_ENABLED": "0",
 }
 
 
 def ray_train_env_defaults() -> None:
     for key, value in RAY_TRAIN_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
+
+
+def start_autoscaling_coordinator() -> None:
+    """Create Ray's detached `AutoscalingCoordinator` actor now (non-blocking), not when Train's controller first
+    asks for it: its process start then overlaps the driver's own imports instead of stalling the controller
+    (measured: the controller's first resource request timed out once while the actor's process started)."""
+    try:
+        from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+            get_or_create_autoscaling_coordinator,
+        )
+    except ImportError:  # a Ray without it: Train creates whatever it needs itself
+        return
+    get_or_create_autoscaling_coordinator()

@@ -1,26 +1,34 @@
-"""finetune: LoRA SFT of the base model on the instruction rows of the train split, through Ray Train.
+"""finetune: SFT of the base model (LoRA through peft, or a full fine-tune) on the instruction rows of the train
+split, through Ray Train.
 
-`TorchTrainer` runs `num_workers` data-parallel workers (DDP; gloo on CPU, NCCL with `use_gpu`). Each worker
-formats the instruction rows with the tokenizer's chat template (loss on the assistant answer only), trains
-`max_steps` AdamW steps on a seeded, deterministic shard of the data and reports the mean loss every step;
-at the end the eval loss over the eval split is computed and rank 0 saves the LoRA adapter plus the tokenizer
-as the run's checkpoint. The driver copies that checkpoint into `output_dir` (atomically) with
-`training_meta.json`, writes the metrics JSON and the loss curve CSV for `dvc plots`.
+`TorchTrainer` runs `num_workers` data-parallel workers (DDP; gloo on CPU, NCCL with `use_gpu`; `dtype: bfloat16`
+on GPUs; `placement_strategy` decides how workers fill nodes). Each worker formats the instruction rows with the
+tokenizer's chat template (loss on the assistant answer only), trains `max_steps` AdamW steps on a seeded,
+deterministic shard of the data; every `eval_every` steps the held-out loss over the eval split is computed, every
+`checkpoint_every` steps rank 0 writes a resumable checkpoint (trainable weights, optimizer state, step, epoch and
+position in it, loss history) to `storage_path` (a local dir or an s3:// URI). When a worker dies, Ray
+(`FailureConfig(max_failures)`) restarts the worker group and the loop resumes from `ray.train.get_checkpoint()`;
+dropout masks are a function of (seed, rank, step), so the resumed steps draw what the uninterrupted run would have.
+At the end rank 0 reports the adapter (or model) plus the tokenizer as the final checkpoint; the driver copies it
+into `output_dir` (atomically) with `training_meta.json`, logs an MLflow run (params, per-step train/eval loss,
+lineage: dataset version from dvc.lock, base-model hash, git revision; see `pipelines/training/lineage.py`) whose
+id goes into `training_meta.json` for promote, and writes the metrics JSON and the loss CSV
+(`step, loss, eval_loss`) for `dvc plots`.
 
 The evaluation stage loads the result with `PeftModel.from_pretrained(base, output_dir)`.
 
-Start-up cost (measured on the 2-core dev box while other jobs loaded it to load average 5-11, so treat these
-as upper bounds; `startup_breakdown` in the metrics records them for every run):
-  trivial 2-worker TorchTrainer, defaults: ray.init 30 s (GCS, then autoscaler monitor, dashboard, raylet,
-  log monitor, runtime-env agent and dashboard agent start in turn, each a Python process importing ray),
-  `import ray.train` 8 s, controller actor 12 s, autoscaling-coordinator request 5 s (it times out while that
-  actor process starts), 2 worker actors 25 s, train context (torch import, gloo rendezvous: 0.15 s) 9 s.
-  This stage, 8 steps: ray_init 38 s, import+build 10 s, workers up 97 s, worker imports 13 s, data+model 5 s,
-  i.e. 163 s to the first step; 8 steps 73 s (52 tok/s); eval+save+shutdown 40 s.
-Gloo rendezvous on the interface address (ray#59110) was not a problem locally (0.15 s). What the knobs in
-`ray_engine.RAY_TRAIN_ENV_DEFAULTS` remove: the 2 s controller poll per state change, the preemption watcher
-actor. The rest is process start-up that a small busy machine pays per Python process; a long-lived Ray
-(`engines.ray.address: auto` with `ray start --head`) removes ray_init from every run.
+Start-up cost: `startup_breakdown` in the metrics records where the time from stage start to the first step goes,
+and `bench/bench_finetune_startup.py` measures it (median of fresh processes; results in bench/results). On the
+2-core dev box under load (load average 3-9 from other jobs) the phases were ray.init 20-35 s (GCS, autoscaler
+monitor, dashboard, raylet, log monitor, runtime-env agent and dashboard agent start in turn, each a Python process
+importing Ray), importing Ray Train 8 s, then `fit()` to the worker entering the loop 45-65 s (controller actor,
+helper actors, 2 worker processes importing Ray, Train and torch), worker imports + data + model 15-20 s.
+What this stage removes: the DatasetManager and PlacementGroupCleaner actors and Train's metrics callbacks
+(`pipelines/training/trainer.py`), the preemption watcher and the 2 s controller poll
+(`ray_engine.RAY_TRAIN_ENV_DEFAULTS`), usage stats; the autoscaling coordinator is started right after ray.init
+so its process overlaps the driver's imports. The rest is per-process Python start-up that a small busy machine
+pays for every Ray process; a long-lived Ray (`engines.ray.address: auto` after `ray start --head`) removes
+ray.init and the detached helper actors from every run.
 """
 from __future__ import annotations
 
@@ -31,6 +39,8 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+
+from typing import Literal
 
 from pydantic import Field
 
@@ -48,6 +58,14 @@ class LoraParams(StageConfig):
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"])
 
 
+class MlflowParams(StageConfig):
+    enabled: bool = True
+    tracking_uri: str = "sqlite:///mlruns.db"
+    experiment_name: str = "llmops-lifecycle"
+    # where the experiment's artifacts go when this stage creates it (same as promote.artifact_root)
+    artifact_root: str = "mlartifacts"
+
+
 class Config(StageConfig):
     base_model_dir: str = "models/base"
     train_path: str = "data/splits/train.parquet"
@@ -60,15 +78,27 @@ class Config(StageConfig):
     max_steps: int = Field(8, gt=0)
     per_device_batch_size: int = Field(2, gt=0)
     max_length: int = Field(128, gt=8)
+    # batches of similar lengths (sorted inside windows of 8 batches, then shuffled): less padding per step
+    length_bucketing: bool = False
     learning_rate: float = Field(5e-4, gt=0)
     seed: int = 42
     # float32 trains well on CPU; bfloat16 halves memory (GPU)
     dtype: str = "float32"
     # cap on eval rows scored at the end (the eval loss is token-weighted over these)
     max_eval_examples: int | None = Field(32, gt=0)
+    # lora: train a LoRA adapter (peft); full: every weight (output_dir then holds a whole model)
+    method: Literal["lora", "full"] = "lora"
     lora: LoraParams = LoraParams()
-    # Ray Train storage for the checkpoint; null: a temp dir on this machine (set a shared path/URI on a cluster)
+    # Ray Train storage for checkpoints; null: a temp dir on this machine (set a shared path or s3:// URI on a
+    # cluster: Ray writes it through pyarrow.fs)
     storage_path: str | None = None
+    checkpoint_every: int = Field(0, ge=0)   # a resumable checkpoint every K steps (0: only the final model)
+    checkpoints_to_keep: int = Field(2, gt=0)
+    max_failures: int = Field(1, ge=-1)      # worker-group restarts (from the latest checkpoint); -1: unlimited
+    eval_every: int = Field(0, ge=0)         # held-out loss every K steps (0: only at the end)
+    # Ray placement of the workers: PACK fills a node first, SPREAD one per node (workers per node on a cluster)
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    mlflow: MlflowParams = MlflowParams()
     metrics: str = "metrics/finetune.json"
     loss_plot: str = "plots/finetune_loss.csv"
 
@@ -93,6 +123,10 @@ def worker_config(cfg: Config) -> dict:
         "max_eval_examples": cfg.max_eval_examples,
         "threads_per_worker": cfg.cpus_per_worker,
         "lora": cfg.lora.model_dump(),
+        "method": cfg.method,
+        "length_bucketing": cfg.length_bucketing,
+        "eval_every": cfg.eval_every,
+        "checkpoint_every": cfg.checkpoint_every,
     }
 
 
@@ -106,35 +140,51 @@ def _check_inputs(wc: dict) -> None:
             raise FileNotFoundError(f"finetune.{key}: {wc[key]} not found; run `llmops run split` first")
 
 
-def run(cfg: Config, engines: EnginesConfig | None = None) -> dict:
+def _storage(cfg: Config) -> tuple[str, bool]:
+    if cfg.storage_path is None:
+        return tempfile.mkdtemp(prefix="llmops-finetune-"), True
+    return (cfg.storage_path if "://" in cfg.storage_path else _abs(cfg.storage_path)), False
+
+
+def run(cfg: Config, engines: EnginesConfig | None = None, _worker_overrides: dict | None = None) -> dict:
+    """`_worker_overrides` is for tests only (fault injection); params.yaml cannot reach it."""
     t_stage = time.time()
     engines = engines or EnginesConfig()
     wc = worker_config(cfg)
+    wc.update(_worker_overrides or {})
     _check_inputs(wc)
 
-    from pipelines.engines.ray_engine import init_ray, ray_train_env_defaults
+    from pipelines.engines.ray_engine import init_ray, ray_train_env_defaults, start_autoscaling_coordinator
 
     ray_train_env_defaults()  # before ray.init / TorchTrainer: these are read when the processes start
+    local_ray = engines.ray.address is None and not __import__("os").environ.get("LLMOPS_RAY_ADDRESS")
     init_ray(engines.ray)
     t_ray = time.time()
+    start_autoscaling_coordinator()  # its process starts while this one imports Ray Train
 
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 
     from pipelines.training.sft import train_loop_per_worker
+    from pipelines.training.trainer import LeanTorchTrainer
 
-    own_storage = cfg.storage_path is None
-    storage = tempfile.mkdtemp(prefix="llmops-finetune-") if own_storage else cfg.storage_path
+    storage, own_storage = _storage(cfg)
     try:
-        trainer = TorchTrainer(
+        trainer = LeanTorchTrainer(
             train_loop_per_worker,
             train_loop_config=wc,
             scaling_config=ScalingConfig(
                 num_workers=cfg.num_workers,
                 use_gpu=cfg.use_gpu,
                 resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})},
+                placement_strategy=cfg.placement_strategy,
             ),
-            run_config=RunConfig(name="finetune", storage_path=storage),
+            run_config=RunConfig(
+                name="finetune",
+                storage_path=storage,
+                failure_config=FailureConfig(max_failures=cfg.max_failures),
+                checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoints_to_keep),
+            ),
+            lean=local_ray,
         )
         t_fit = time.time()
         result = trainer.fit()
@@ -146,16 +196,21 @@ def run(cfg: Config, engines: EnginesConfig | None = None) -> dict:
             raise RuntimeError("finetune: the training run returned no checkpoint")
 
         losses = [float(x) for x in m["losses"]]
+        eval_history = [(int(s_), float(v)) for s_, v in m["eval_history"]]
         if not all(math.isfinite(x) for x in losses) or not math.isfinite(m["eval_loss"]):
             raise RuntimeError(f"finetune: non-finite loss (train {losses}, eval {m['eval_loss']}); nothing saved")
         seconds = t_done - t_stage
         meta = {
             "base_model_dir": cfg.base_model_dir,
             "base_model_path": wc["base_model_dir"],
+            "method": cfg.method,
+        "length_bucketing": cfg.length_bucketing,
             "params": cfg.model_dump(),
             "steps": m["step"],
             "final_train_loss": losses[-1],
             "eval_loss": m["eval_loss"],
+            "eval_history": eval_history,
+            "resumed_from_step": m["resumed_from_step"],
             "seconds": round(seconds, 2),
             "train_seconds": round(m["train_seconds"], 3),
             "tokens_per_second": round(m["tokens_per_second"], 1),
@@ -164,6 +219,11 @@ def run(cfg: Config, engines: EnginesConfig | None = None) -> dict:
             "world_size": m["world_size"],
             "data": {"train": m["train_counts"], "eval": m["eval_counts"]},
         }
+        if cfg.mlflow.enabled:
+            from pipelines.training.lineage import log_finetune_run
+
+            meta["mlflow_run_id"] = log_finetune_run(cfg, wc, meta, losses, eval_history)
+            meta["mlflow_tracking_uri"] = cfg.mlflow.tracking_uri
         with atomic_dir(_abs(cfg.output_dir)) as out:
             with result.checkpoint.as_directory() as ckpt:
                 shutil.copytree(ckpt, out, dirs_exist_ok=True)
@@ -173,24 +233,28 @@ def run(cfg: Config, engines: EnginesConfig | None = None) -> dict:
             shutil.rmtree(storage, ignore_errors=True)
     t_end = time.time()
 
+    evals = dict(eval_history)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["step", "loss"])
+    writer.writerow(["step", "loss", "eval_loss"])
     for i, loss in enumerate(losses, start=1):
-        writer.writerow([i, f"{loss:.6f}"])
+        writer.writerow([i, f"{loss:.6f}", f"{evals[i]:.6f}" if i in evals else ""])
     write_text(_abs(cfg.loss_plot), buf.getvalue())
 
     report = {
         "train_loss_first": losses[0],
         "train_loss_last": losses[-1],
         "eval_loss": m["eval_loss"],
+        "eval_history": eval_history,
         "steps": m["step"],
+        "resumed_from_step": m["resumed_from_step"],
         "tokens_per_second": round(m["tokens_per_second"], 1),
         "train_examples": m["train_counts"]["examples"],
         "eval_examples": m["eval_counts"]["examples"],
         "startup_seconds": round(m["t_first_step"] - t_stage, 2),
         "seconds": round(t_end - t_stage, 2),
-        # where the start-up goes (wall clock, from stage start)
+        "mlflow_run_id": meta.get("mlflow_run_id"),
+        # where the start-up goes (wall clock, from stage start; of the last attempt when a failure restarted it)
         "startup_breakdown": {
             "ray_init": round(t_ray - t_stage, 2),
             "trainer_import_and_build": round(t_fit - t_ray, 2),

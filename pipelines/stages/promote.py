@@ -126,6 +126,22 @@ def _log_candidate_run(client, exp_id: str, cfg: Config, decision: dict, adapter
     return run_id
 
 
+def _finetune_run(client, cfg: Config):
+    """The MLflow run the finetune stage logged for this candidate (`training_meta.json: mlflow_run_id`), if it is
+    in this tracking store: the registered version is attached to it and carries its lineage tags."""
+    from mlflow.exceptions import MlflowException
+
+    meta_path = Path(cfg.candidate_dir) / "training_meta.json"
+    meta = read_json(meta_path) if meta_path.exists() else {}
+    run_id = meta.get("mlflow_run_id") if isinstance(meta, dict) else None
+    if not run_id:
+        return None
+    try:
+        return client.get_run(run_id)
+    except MlflowException:
+        return None
+
+
 def run(cfg: Config) -> dict:
     from mlflow.exceptions import MlflowException
 
@@ -179,7 +195,14 @@ def run(cfg: Config) -> dict:
                     raise
             run_id = _log_candidate_run(client, exp_id, cfg, decision, adapter_hash, "promote")
             source = f"{client.get_run(run_id).info.artifact_uri}/{registry.ADAPTER_ARTIFACT_PATH}"
-            version = client.create_model_version(cfg.model_name, source=source, run_id=run_id, tags={
+            # lineage: attach the version to the finetune run (params, loss curve, dataset/base/code) when known
+            finetune_run = _finetune_run(client, cfg)
+            lineage = {k: v for k, v in (finetune_run.data.tags if finetune_run else {}).items()
+                       if k.startswith(("dataset.", "base_model.", "git_"))}
+            version = client.create_model_version(cfg.model_name, source=source, run_id=(
+                finetune_run.info.run_id if finetune_run else run_id), tags={
+                **lineage,
+                "promote_run_id": run_id,
                 registry.HASH_TAG: adapter_hash,
                 "gate_decision": "promote",
                 "previous_champion": str(record["previous_champion"]),

@@ -13,10 +13,13 @@ from pipelines.engines.config import EnginesConfig
 STAGES: dict[str, str] = {
     "prepare_base_model": "pipelines.stages.prepare_base_model",
     "ingest": "pipelines.stages.ingest",
+    "validate_raw": "pipelines.stages.validate_raw",
     "dedup": "pipelines.stages.dedup",
     "validate": "pipelines.stages.validate",
     "split": "pipelines.stages.split",
+    "validate_splits": "pipelines.stages.validate_splits",
     "embed": "pipelines.stages.embed",
+    "validate_embeddings": "pipelines.stages.validate_embeddings",
     "finetune": "pipelines.stages.finetune",
     "evaluate": "pipelines.stages.evaluate",
     "audit": "pipelines.stages.audit",

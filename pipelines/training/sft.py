@@ -92,9 +92,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def shard_batches(n_examples: int, batch_size: int, rank: int, world: int, seed: int, epoch: int) -> list[list[int]]:
+def shard_batches(n_examples: int, batch_size: int, rank: int, world: int, seed: int, epoch: int,
+                  lengths: list[int] | None = None, bucket_window: int = 8) -> list[list[int]]:
     """Deterministic per-rank batches for one epoch: a seeded permutation split round-robin over ranks
-    (what DistributedSampler does, without needing a Dataset). Same seed -> same batches on every run."""
+    (what DistributedSampler does, without needing a Dataset). Same seed -> same batches on every run.
+
+    With `lengths` (length bucketing): inside windows of `bucket_window` batches of a rank's shuffled rows, rows
+    are sorted by length before being cut into batches, and the batches are then shuffled (seeded): batches hold
+    similar lengths, so less compute goes to padding, while the epoch still sees every row once in a random order.
+    """
     import torch
 
     g = torch.Generator()
@@ -103,20 +109,98 @@ def shard_batches(n_examples: int, batch_size: int, rank: int, world: int, seed:
     per_rank = order[rank::world]
     # every rank must take the same number of steps (DDP all-reduces each step): trim to the shortest rank
     n_batches = (n_examples // world) // batch_size
-    return [per_rank[i * batch_size:(i + 1) * batch_size] for i in range(n_batches)]
+    per_rank = per_rank[:n_batches * batch_size]
+    if lengths is not None:
+        w = max(1, bucket_window) * batch_size
+        per_rank = [i for k in range(0, len(per_rank), w)
+                    for i in sorted(per_rank[k:k + w], key=lambda j: (lengths[j], j))]
+    batches = [per_rank[i * batch_size:(i + 1) * batch_size] for i in range(n_batches)]
+    if lengths is not None:
+        g2 = torch.Generator()
+        g2.manual_seed(seed + epoch + 7919 * (rank + 1))
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=g2).tolist()]
+    return batches
+
+
+TRAIN_STATE = "train_state.pt"  # inside every checkpoint: trainable weights, optimizer, step, data position, history
+
+
+def _maybe_inject_failure(config: dict, rank: int, step: int) -> None:
+    """Test-only fault injection: `_fail_once = {"rank", "after_step", "marker_dir"}` (never set from params.yaml)
+    kills this worker process once, the first time it gets there (a marker file records that it happened)."""
+    spec = config.get("_fail_once")
+    if not spec or rank != spec["rank"] or step != spec["after_step"]:
+        return
+    import os
+    from pathlib import Path
+
+    marker = Path(spec["marker_dir"]) / "failed_once"
+    if not marker.exists():
+        marker.write_text(str(step))
+        os._exit(1)
+
+
+def eval_loss_over_ranks(model, examples, batch_size, pad_id, rank, world) -> tuple[float, int]:
+    """Token-weighted loss over `examples`, sharded across ranks and summed (a collective: every rank calls it)."""
+    import torch
+    import torch.distributed as dist
+
+    was_training = model.training
+    model.eval()
+    loss_sum, n_tok = 0.0, 0
+    with torch.no_grad():
+        mine = list(range(rank, len(examples), world))
+        for i in range(0, len(mine), batch_size):
+            batch = collate([examples[j] for j in mine[i:i + batch_size]], pad_id)
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            shift_logits = logits[:, :-1].reshape(-1, logits.size(-1)).float()
+            shift_labels = batch["labels"][:, 1:].reshape(-1)
+            loss_sum += float(torch.nn.functional.cross_entropy(
+                shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum"))
+            n_tok += int((shift_labels != IGNORE_INDEX).sum())
+    totals = torch.tensor([loss_sum, float(n_tok)], dtype=torch.float64)
+    if world > 1:
+        dist.all_reduce(totals)
+    if was_training:
+        model.train()
+    return (totals[0].item() / totals[1].item() if totals[1].item() > 0 else math.nan), int(totals[1].item())
+
+
+def build_model(config: dict):
+    """Base model from `base_model_dir`, wrapped in a LoRA adapter (`method: lora`) or fully trainable (`full`)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(config["base_model_dir"], dtype=getattr(torch, config["dtype"]))
+    if config.get("method", "lora") == "full":
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    lora = config["lora"]
+    return get_peft_model(
+        model,
+        LoraConfig(
+            r=lora["r"],
+            lora_alpha=lora["alpha"],
+            lora_dropout=lora["dropout"],
+            target_modules=list(lora["target_modules"]),
+            task_type="CAUSAL_LM",
+        ),
+    )
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """The Ray Train worker function: LoRA SFT for `max_steps` steps, eval loss, adapter checkpoint from rank 0."""
+    """The Ray Train worker function: SFT for `max_steps` optimizer steps with a held-out loss every `eval_every`
+    steps and a checkpoint every `checkpoint_every` steps; resumes from `ray.train.get_checkpoint()` when Ray
+    restarts the worker group after a failure (weights, optimizer, step, data position, loss history)."""
     t_enter = time.time()
+    import os
     import tempfile
 
     import ray.train
-    import ray.train.torch
     import torch
     import torch.distributed as dist
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     t_imported = time.time()
     ctx = ray.train.get_context()
@@ -139,26 +223,35 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             f"finetune: {len(train_examples)} usable training examples, need at least "
             f"num_workers*per_device_batch_size = {world * batch_size}"
         )
+    lengths = [len(e["input_ids"]) for e in train_examples] if config.get("length_bucketing") else None
 
-    model = AutoModelForCausalLM.from_pretrained(config["base_model_dir"], dtype=getattr(torch, config["dtype"]))
-    lora = config["lora"]
-    model = get_peft_model(
-        model,
-        LoraConfig(
-            r=lora["r"],
-            lora_alpha=lora["alpha"],
-            lora_dropout=lora["dropout"],
-            target_modules=list(lora["target_modules"]),
-            task_type="CAUSAL_LM",
-        ),
-    )
-    peft_model = model
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    model = build_model(config)
+    base_model = model
+    trainable_named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    trainable = sum(p.numel() for _, p in trainable_named)
+    optimizer = torch.optim.AdamW([p for _, p in trainable_named], lr=config["learning_rate"])
+
+    # Resume: every rank loads the same state (DDP keeps weights and optimizer identical across ranks).
+    step, epoch, pos = 0, 0, 0
+    losses: list[float] = []
+    eval_history: list[list[float]] = []  # [step, eval_loss]
+    resumed_from = None
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            state = torch.load(os.path.join(d, TRAIN_STATE), map_location="cpu", weights_only=False)
+        with torch.no_grad():
+            for n, p in trainable_named:
+                p.copy_(state["trainable"][n])
+        optimizer.load_state_dict(state["optimizer"])
+        step, epoch, pos = state["step"], state["epoch"], state["pos"]
+        losses, eval_history = list(state["losses"]), [list(e) for e in state["eval_history"]]
+        resumed_from = step
+
     if world > 1:
-        model = ray.train.torch.prepare_model(model)  # DDP (gloo on CPU); rank 0's LoRA init is broadcast
-    # Dropout masks differ per rank on purpose, and are reproducible run to run.
-    torch.manual_seed(seed + rank)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config["learning_rate"])
+        import ray.train.torch
+
+        model = ray.train.torch.prepare_model(model)  # DDP (gloo on CPU); rank 0's weights are broadcast
 
     def mean_over_ranks(value: float) -> float:
         if world == 1:
@@ -167,59 +260,76 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         dist.all_reduce(t)
         return t.item() / world
 
+    def save_checkpoint(metrics: dict, final: bool) -> None:
+        """Every rank calls this (report is a barrier); rank 0 writes the files."""
+        if rank != 0:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            base_model.save_pretrained(tmp)  # adapter (LoRA) or the whole model (full)
+            tokenizer.save_pretrained(tmp)
+            if not final:
+                torch.save({
+                    "trainable": {n: p.detach().clone() for n, p in trainable_named},
+                    "optimizer": optimizer.state_dict(),
+                    "step": step, "epoch": epoch, "pos": pos,
+                    "losses": losses, "eval_history": eval_history,
+                }, os.path.join(tmp, TRAIN_STATE))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
     max_steps = int(config["max_steps"])
-    losses: list[float] = []
+    eval_every = int(config.get("eval_every") or 0)
+    checkpoint_every = int(config.get("checkpoint_every") or 0)
     tokens_local = 0
-    step, epoch = 0, 0
+    steps_this_attempt = 0
     model.train()
     t_first_step = None
     while step < max_steps:
-        for batch_idx in shard_batches(len(train_examples), batch_size, rank, world, seed, epoch):
-            if step >= max_steps:
-                break
+        batches = shard_batches(len(train_examples), batch_size, rank, world, seed, epoch, lengths=lengths)
+        while pos < len(batches) and step < max_steps:
             if t_first_step is None:
                 t_first_step = time.time()
-            batch = collate([train_examples[i] for i in batch_idx], pad_id)
+            # Dropout masks: a function of (seed, rank, step) only, so a resumed run draws what the original would.
+            torch.manual_seed(seed + 1000 * step + rank)
+            batch = collate([train_examples[i] for i in batches[pos]], pad_id)
             tokens_local += int(batch["attention_mask"].sum())
             loss = model(**batch).loss
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            loss_value = mean_over_ranks(float(loss.detach()))
-            losses.append(loss_value)
-            # every worker must call report (it is a barrier); the metrics kept are rank 0's
-            ray.train.report({"step": step, "loss": loss_value})
-        epoch += 1
+            pos += 1
+            steps_this_attempt += 1
+            losses.append(mean_over_ranks(float(loss.detach())))
+            if eval_every and step % eval_every == 0 and step < max_steps:
+                eval_history.append([step, eval_loss_over_ranks(
+                    model, eval_examples, batch_size, pad_id, rank, world)[0]])
+            if checkpoint_every and step % checkpoint_every == 0 and step < max_steps:
+                save_checkpoint({"step": step, "loss": losses[-1]}, final=False)
+            _maybe_inject_failure(config, rank, step)
+        if pos >= len(batches):
+            epoch, pos = epoch + 1, 0
     t_train_end = time.time()
 
-    # Eval loss, token-weighted over the eval split, sharded across ranks and summed.
-    model.eval()
-    loss_sum, n_tok = 0.0, 0
-    with torch.no_grad():
-        mine = list(range(rank, len(eval_examples), world))
-        for i in range(0, len(mine), batch_size):
-            batch = collate([eval_examples[j] for j in mine[i:i + batch_size]], pad_id)
-            logits = peft_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            shift_logits = logits[:, :-1].reshape(-1, logits.size(-1)).float()
-            shift_labels = batch["labels"][:, 1:].reshape(-1)
-            loss_sum += float(torch.nn.functional.cross_entropy(
-                shift_logits, shift_labels, ignore_index=IGNORE_INDEX, reduction="sum"))
-            n_tok += int((shift_labels != IGNORE_INDEX).sum())
-    totals = torch.tensor([loss_sum, float(n_tok), float(tokens_local)], dtype=torch.float64)
+    eval_loss, eval_tokens = eval_loss_over_ranks(model, eval_examples, batch_size, pad_id, rank, world)
+    if not eval_history or eval_history[-1][0] != step:
+        eval_history.append([step, eval_loss])
+    totals = torch.tensor([float(tokens_local)], dtype=torch.float64)
     if world > 1:
         dist.all_reduce(totals)
-    eval_loss = totals[0].item() / totals[1].item() if totals[1].item() > 0 else math.nan
-    tokens_total = int(totals[2].item())
+    tokens_total = int(totals[0].item())
     train_seconds = t_train_end - (t_first_step or t_train_end)
 
     metrics = {
         "step": step,
         "loss": losses[-1] if losses else math.nan,
         "eval_loss": eval_loss,
-        "eval_tokens": int(totals[1].item()),
+        "eval_tokens": eval_tokens,
         "losses": losses,
-        "train_tokens": tokens_total,
+        "eval_history": eval_history,
+        "resumed_from_step": resumed_from,
+        "steps_this_attempt": steps_this_attempt,
+        "train_tokens": tokens_total,  # this attempt's steps
         "train_seconds": train_seconds,
         "tokens_per_second": tokens_total / train_seconds if train_seconds > 0 else math.nan,
         "trainable_params": trainable,
@@ -232,10 +342,4 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         "t_first_step": t_first_step,
         "t_train_end": t_train_end,
     }
-    if rank == 0:
-        with tempfile.TemporaryDirectory() as tmp:
-            peft_model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-    else:
-        ray.train.report(metrics)
+    save_checkpoint(metrics, final=True)

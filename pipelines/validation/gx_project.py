@@ -23,8 +23,12 @@ from great_expectations.checkpoint import UpdateDataDocsAction  # noqa: E402
 from great_expectations.core.batch_definition import BatchDefinition  # noqa: E402
 from great_expectations.data_context import FileDataContext  # noqa: E402
 
+import pipelines.validation.expectations  # noqa: E402,F401  registers the custom text expectations
+
 DATASOURCE = "pandas_runtime"  # dataframes handed over at run time through batch_parameters
+SPARK_DATASOURCE = "spark_runtime"  # the same suites on Spark DataFrames
 DOCS_SITE = "local_site"
+ENGINES = ("pandas", "spark")
 
 
 @dataclass(frozen=True)
@@ -40,12 +44,15 @@ class Failure:
 
 @dataclass
 class Outcome:
-    success: bool
+    success: bool  # no blocking (severity critical) expectation failed; warnings do not count
     evaluated: int
-    failed: int
+    failed: int  # blocking failures
     failures: list[Failure] = field(default_factory=list)
+    warnings: list[Failure] = field(default_factory=list)  # failed non-blocking expectations (severity warning/info)
     results: list[dict[str, Any]] = field(default_factory=list)
     run_id: str = ""
+    run_time: str = ""
+    docs_pages: list[str] = field(default_factory=list)  # Data Docs page of each validation result
 
 
 def open_context(gx_root: str | Path) -> FileDataContext:
@@ -66,12 +73,17 @@ def open_context(gx_root: str | Path) -> FileDataContext:
     return context
 
 
-def dataframe_batch(context: FileDataContext, asset: str, batch: str = "whole_dataframe") -> BatchDefinition:
-    """A pandas dataframe asset with a whole-dataframe batch definition, created once and reused."""
+def dataframe_batch(
+    context: FileDataContext, asset: str, batch: str = "whole_dataframe", engine: str = "pandas"
+) -> BatchDefinition:
+    """A dataframe asset (pandas or Spark) with a whole-dataframe batch definition, created once and reused."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown validation engine '{engine}'; known: {', '.join(ENGINES)}")
+    name = DATASOURCE if engine == "pandas" else SPARK_DATASOURCE
     try:
-        source = context.data_sources.get(DATASOURCE)
+        source = context.data_sources.get(name)
     except (KeyError, ValueError, LookupError):
-        source = context.data_sources.add_pandas(DATASOURCE)
+        source = context.data_sources.add_pandas(name) if engine == "pandas" else context.data_sources.add_spark(name)
     try:
         data_asset = source.get_asset(asset)
     except LookupError:
@@ -109,8 +121,11 @@ def save_checkpoint(
     name: str,
     suite_expectations: Callable[[], list[gxe.Expectation]],
     batch: BatchDefinition,
+    definition_name: str | None = None,
 ) -> gx.Checkpoint:
-    """(Re)build suite -> validation definition -> checkpoint under one name and save all three."""
+    """(Re)build suite -> validation definition -> checkpoint and save all three. The suite is `name`; the
+    validation definition and checkpoint are `definition_name` (default `name`; `<name>_spark` for Spark)."""
+    definition_name = definition_name or name
     if _missing_suite(context, name):
         # Create empty first: `add` stamps random ids, the update path below keeps the content ids.
         context.suites.add(gx.ExpectationSuite(name=name))
@@ -119,10 +134,10 @@ def save_checkpoint(
         _with_stable_id(name, expectation)
     suite = context.suites.add_or_update(suite)
     definition = context.validation_definitions.add_or_update(
-        gx.ValidationDefinition(name=name, data=batch, suite=suite)
+        gx.ValidationDefinition(name=definition_name, data=batch, suite=suite)
     )
     checkpoint = gx.Checkpoint(
-        name=name,
+        name=definition_name,
         validation_definitions=[definition],
         actions=[UpdateDataDocsAction(name="update_data_docs", site_names=[DOCS_SITE])],
         # SUMMARY: counts plus a few unexpected values, enough for a readable failure message.
@@ -135,13 +150,14 @@ def _describe(result: dict[str, Any], kwargs: dict[str, Any]) -> str:
     """What went wrong, in the words a person needs: the observed value or how many rows broke the rule."""
     if "observed_value" in result:
         observed = result["observed_value"]
-        bounds = {k: kwargs[k] for k in ("min_value", "max_value", "value_set", "column_set") if k in kwargs}
+        bounds = {k: kwargs[k] for k in ("min_value", "max_value", "value", "value_set", "column_set", "quantile_ranges") if k in kwargs}
         return f"observed {observed!r}" + (f", expected {bounds}" if bounds else "")
     count = result.get("unexpected_count")
     if count is not None:
         pct = result.get("unexpected_percent")
         sample = result.get("partial_unexpected_list") or []
-        text = f"{count} unexpected rows"
+        total = result.get("element_count")
+        text = f"{count} unexpected rows" + (f" of {total}" if total is not None else "")
         if pct is not None:
             text += f" ({pct:.2f}%)"
         if sample:
@@ -150,37 +166,77 @@ def _describe(result: dict[str, Any], kwargs: dict[str, Any]) -> str:
     return "failed"
 
 
-def outcome(checkpoint_result: Any) -> Outcome:
-    """Flatten a CheckpointResult (one validation definition or more) into counts and failures."""
+def _exception(info: Any) -> str:
+    """The exception message of a result, whether GX reports it flat or per metric (a dict of dicts)."""
+    if not isinstance(info, dict):
+        return ""
+    if info.get("raised_exception") or ("exception_message" in info and "raised_exception" not in info):
+        return str(info.get("exception_message") or "exception")
+    for value in info.values():
+        if isinstance(value, dict) and (value.get("raised_exception") or value.get("exception_message")):
+            return str(value.get("exception_message") or "exception")
+    return ""
+
+
+def _severity(cfg: Any) -> str:
+    severity = getattr(cfg, "severity", None) or "critical"
+    return str(getattr(severity, "value", severity))
+
+
+def outcome(checkpoint_result: Any, context: FileDataContext | None = None) -> Outcome:
+    """Flatten a CheckpointResult (one validation definition or more) into counts, blocking failures and warnings.
+
+    Blocking means GX 1.x's native `severity="critical"` (the default); a failed `warning`/`info` expectation is
+    reported but does not fail the gate (GX itself marks the whole result unsuccessful either way).
+    """
     failures: list[Failure] = []
+    warnings: list[Failure] = []
     rows: list[dict[str, Any]] = []
-    evaluated = failed = 0
-    for suite_result in checkpoint_result.run_results.values():
+    pages: list[str] = []
+    evaluated = 0
+    for key, suite_result in checkpoint_result.run_results.items():
+        if context is not None:
+            pages.extend(docs_pages(context, key))
         stats = suite_result.statistics
         evaluated += int(stats["evaluated_expectations"])
-        failed += int(stats["unsuccessful_expectations"])
         for res in suite_result.results:
             cfg = res.expectation_config
             kwargs = dict(cfg.kwargs)
             column = kwargs.get("column")
-            exc = res.exception_info or {}
-            if exc.get("raised_exception"):
-                detail = f"raised {exc.get('exception_message', '')[:200]}"
+            exc = _exception(res.exception_info)
+            if exc:
+                detail = f"raised {exc[:200]}"
             else:
                 detail = _describe(res.result or {}, kwargs)
+            severity = _severity(cfg)
             rows.append(
-                {"expectation": cfg.type, "column": column, "success": bool(res.success), "detail": detail}
+                {"expectation": cfg.type, "column": column, "success": bool(res.success), "severity": severity,
+                 "observed": (res.result or {}).get("observed_value"),
+                 "unexpected_count": (res.result or {}).get("unexpected_count"), "detail": detail}
             )
             if not res.success:
-                failures.append(Failure(cfg.type, column, detail))
+                (failures if severity == "critical" else warnings).append(Failure(cfg.type, column, detail))
+    run_id = checkpoint_result.run_id
     return Outcome(
-        success=bool(checkpoint_result.success),
+        success=not failures,
         evaluated=evaluated,
-        failed=failed,
+        failed=len(failures),
         failures=failures,
+        warnings=warnings,
         results=rows,
-        run_id=str(checkpoint_result.run_id),
+        run_id=str(run_id),
+        run_time=run_id.run_time.strftime("%Y%m%dT%H%M%S.%fZ") if getattr(run_id, "run_time", None) else "",
+        docs_pages=pages,
     )
+
+
+def docs_pages(context: FileDataContext, result_identifier: Any) -> list[str]:
+    """Local paths of the Data Docs pages rendering one validation result."""
+    try:
+        urls = context.get_docs_sites_urls(resource_identifier=result_identifier, site_names=[DOCS_SITE])
+    except Exception:  # noqa: BLE001  docs are a convenience: never fail the gate on a docs lookup
+        return []
+    return [u["site_url"].removeprefix("file://") for u in urls if u.get("site_url")]
 
 
 def docs_index(context: FileDataContext) -> Path:

@@ -1,0 +1,59 @@
+"""validate_raw: the ingested corpus must meet the `raw_corpus` suite before dedup runs.
+
+Schema, required fields present, `source` and `licence` non-empty on every row and from the declared sets.
+Same mechanics as `validate` (suite rebuilt from params, Pandas or Spark batch, warnings via GX severity).
+"""
+from __future__ import annotations
+
+from pydantic import Field
+
+from pipelines.config import StageConfig
+from pipelines.engines.config import EnginesConfig
+from pipelines.stages.validate import load_parquet, with_severity
+from pipelines.validation.corpus import CORPUS_COLUMNS, KINDS, REQUIRED_NON_NULL
+
+SECTION = "validate_raw"
+
+
+class Config(StageConfig):
+    input_dir: str = "data/interim/ingested"
+    gx_root: str = "great_expectations"
+    suite: str = "raw_corpus"
+    engine: str = Field("pandas", pattern="^(pandas|spark)$")
+    min_rows: int = Field(1, ge=0)
+    kinds: list[str] = Field(default_factory=lambda: list(KINDS))
+    sources: list[str] | None = None
+    licences: list[str] | None = None
+    non_blocking: list[str] = Field(default_factory=list)
+    results_dir: str = "reports/validation_raw"
+    metrics: str = "metrics/validate_raw.json"
+
+
+def raw_expectations(cfg: Config) -> list:
+    import great_expectations.expectations as gxe
+
+    expectations = [
+        gxe.ExpectTableColumnsToMatchSet(column_set=list(CORPUS_COLUMNS), exact_match=True),
+        gxe.ExpectTableRowCountToBeBetween(min_value=cfg.min_rows),
+        *(gxe.ExpectColumnValuesToNotBeNull(column=c) for c in (*REQUIRED_NON_NULL, "kind")),
+        # present AND not blank: an empty string is as unaccountable as a null
+        gxe.ExpectColumnValueLengthsToBeBetween(column="source", min_value=1),
+        gxe.ExpectColumnValueLengthsToBeBetween(column="licence", min_value=1),
+        gxe.ExpectColumnValuesToBeInSet(column="kind", value_set=list(cfg.kinds)),
+    ]
+    if cfg.sources is not None:
+        expectations.append(gxe.ExpectColumnValuesToBeInSet(column="source", value_set=list(cfg.sources)))
+    if cfg.licences is not None:
+        expectations.append(gxe.ExpectColumnValuesToBeInSet(column="licence", value_set=list(cfg.licences)))
+    return with_severity(expectations, cfg.non_blocking)
+
+
+def run(cfg: Config, engines: EnginesConfig | None = None, *, spark=None) -> dict:
+    """`spark`: a session to reuse (tests share theirs); else one from `engines.spark` when engine is spark."""
+    from pipelines.validation.gate import run_gate
+
+    return run_gate(
+        suite=cfg.suite, gx_root=cfg.gx_root, engine=cfg.engine, load=load_parquet(cfg.input_dir, engines, spark),
+        expectations=lambda: raw_expectations(cfg), results_dir=cfg.results_dir, metrics=cfg.metrics,
+        source=cfg.input_dir,
+    )
