@@ -33,7 +33,8 @@ $(STAMP): requirements.lock pyproject.toml
 	touch $(STAMP)
 
 lock:
-	$(BIN)/uv pip compile -q --python $(BIN)/python requirements.in --no-header -o requirements.lock.new
+	$(BIN)/uv pip compile -q --python $(BIN)/python requirements.in --no-header --no-annotate \
+		--find-links $${PIP_FIND_LINKS:-/opt/wheels} -o requirements.lock.new
 	grep -v -E '^torch==' requirements.lock.new > requirements.lock && rm requirements.lock.new
 
 demo: install
