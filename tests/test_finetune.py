@@ -84,9 +84,15 @@ def test_data_path_is_deterministic(tokenizer, tmp_path):
     assert spread(bucketed) <= spread(plain)
 
 
-def test_finetune_two_workers_survives_a_worker_failure(ray_local, base_model_dir, tmp_path):
-    """One real 2-worker run: checkpoints every 2 steps, eval loss every 2 steps, rank 1 killed (os._exit) after
-    step 3 on the first attempt only; Ray restarts the worker group, which resumes from the step-2 checkpoint."""
+def test_finetune_two_workers_survives_a_worker_failure(ray_local, base_model_dir, tmp_path, s3_bucket,
+                                                        s3_server, monkeypatch):
+    """One real 2-worker run: checkpoints every 2 steps to S3 (moto_server), eval loss every 2 steps, rank 1
+    killed (os._exit) after step 3 on the first attempt only; Ray restarts the worker group, which resumes from
+    the step-2 checkpoint it reads back from S3."""
+    bucket, s3 = s3_bucket
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server["endpoint_url"])
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server["aws_access_key_id"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server["aws_secret_access_key"])
     cfg = finetune.Config(
         base_model_dir=str(base_model_dir),
         train_path=str(_tiny_split(tmp_path / "train.parquet", 0, 12)),
@@ -100,7 +106,7 @@ def test_finetune_two_workers_survives_a_worker_failure(ray_local, base_model_di
         per_device_batch_size=1,
         max_length=96,
         max_eval_examples=4,
-        storage_path=str(tmp_path / "storage"),
+        storage_path=f"s3://{bucket}/ray-train",
         mlflow={"tracking_uri": f"sqlite:///{tmp_path / 'mlruns.db'}", "artifact_root": str(tmp_path / "mlart")},
         metrics=str(tmp_path / "metrics.json"),
         loss_plot=str(tmp_path / "loss.csv"),
@@ -109,6 +115,9 @@ def test_finetune_two_workers_survives_a_worker_failure(ray_local, base_model_di
         "_fail_once": {"rank": 1, "after_step": 3, "marker_dir": str(tmp_path)}})
 
     assert (tmp_path / "failed_once").read_text() == "3"  # the worker really died once
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="ray-train/finetune/").get("Contents", [])]
+    # the resumable state (weights, optimizer, step, data position) was written to S3
+    assert any("checkpoint_" in k and k.endswith("train_state.pt") for k in keys), keys
     assert report["steps"] == 4
     assert report["resumed_from_step"] == 2  # the restarted group continued from the step-2 checkpoint
     for key in ("train_loss_first", "train_loss_last", "eval_loss", "tokens_per_second", "startup_seconds"):

@@ -140,10 +140,17 @@ def _check_inputs(wc: dict) -> None:
             raise FileNotFoundError(f"finetune.{key}: {wc[key]} not found; run `llmops run split` first")
 
 
-def _storage(cfg: Config) -> tuple[str, bool]:
+def _storage(cfg: Config) -> tuple[str, object | None, bool]:
+    """(storage_path, pyarrow filesystem or None, whether this run owns a temp dir to delete afterwards)."""
     if cfg.storage_path is None:
-        return tempfile.mkdtemp(prefix="llmops-finetune-"), True
-    return (cfg.storage_path if "://" in cfg.storage_path else _abs(cfg.storage_path)), False
+        return tempfile.mkdtemp(prefix="llmops-finetune-"), None, True
+    if cfg.storage_path.startswith(("s3://", "s3a://")):
+        from pipelines.storage.s3 import arrow_filesystem, split_uri
+
+        # Ray takes a scheme-less path when handed the filesystem (endpoint + credentials from the environment).
+        bucket, key = split_uri(cfg.storage_path)
+        return f"{bucket}/{key}".rstrip("/"), arrow_filesystem(), False
+    return (cfg.storage_path if "://" in cfg.storage_path else _abs(cfg.storage_path)), None, False
 
 
 def run(cfg: Config, engines: EnginesConfig | None = None, _worker_overrides: dict | None = None) -> dict:
@@ -167,7 +174,7 @@ def run(cfg: Config, engines: EnginesConfig | None = None, _worker_overrides: di
     from pipelines.training.sft import train_loop_per_worker
     from pipelines.training.trainer import LeanTorchTrainer
 
-    storage, own_storage = _storage(cfg)
+    storage, storage_fs, own_storage = _storage(cfg)
     try:
         trainer = LeanTorchTrainer(
             train_loop_per_worker,
@@ -181,6 +188,7 @@ def run(cfg: Config, engines: EnginesConfig | None = None, _worker_overrides: di
             run_config=RunConfig(
                 name="finetune",
                 storage_path=storage,
+                storage_filesystem=storage_fs,
                 failure_config=FailureConfig(max_failures=cfg.max_failures),
                 checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoints_to_keep),
             ),

@@ -1,0 +1,51 @@
+"""S3 settings from the environment, for boto3 and for pyarrow (Ray Train storage, Ray Data reads).
+
+Nothing here is read from params.yaml or the repository: the endpoint comes from `AWS_ENDPOINT_URL_S3` or
+`AWS_ENDPOINT_URL` (the AWS SDKs' own variables; unset means AWS itself), credentials from the standard chain
+(`AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` / `AWS_SESSION_TOKEN`, a profile, or an instance role).
+"""
+from __future__ import annotations
+
+import os
+from urllib.parse import urlparse
+
+
+def endpoint_url() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def boto3_kwargs() -> dict:
+    """Keyword arguments for `boto3.client("s3", **kw)`; empty values are left to boto3's own chain."""
+    kw = {"endpoint_url": endpoint_url(),
+          "region_name": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")}
+    return {k: v for k, v in kw.items() if v}
+
+
+def arrow_filesystem():
+    """A pyarrow S3FileSystem for the configured endpoint.
+
+    Built explicitly (not from the URI) because Ray pickles it into every worker: workers of an already running
+    Ray instance did not inherit this process's environment, so credentials and endpoint must travel with it.
+    """
+    from pyarrow import fs
+
+    kw: dict = {"region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"}
+    endpoint = endpoint_url()
+    if endpoint:
+        parsed = urlparse(endpoint)
+        kw["endpoint_override"] = parsed.netloc or parsed.path
+        kw["scheme"] = parsed.scheme or "https"
+    if os.environ.get("AWS_ACCESS_KEY_ID"):
+        kw["access_key"] = os.environ["AWS_ACCESS_KEY_ID"]
+        kw["secret_key"] = os.environ.get("AWS_SECRET_ACCESS_KEY", "")
+        if os.environ.get("AWS_SESSION_TOKEN"):
+            kw["session_token"] = os.environ["AWS_SESSION_TOKEN"]
+    return fs.S3FileSystem(**kw)
+
+
+def split_uri(uri: str) -> tuple[str, str]:
+    """s3://bucket/key/prefix -> ("bucket", "key/prefix")."""
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("s3", "s3a"):
+        raise ValueError(f"not an s3:// URI: {uri}")
+    return parsed.netloc, parsed.path.lstrip("/")
