@@ -65,6 +65,27 @@ def _set_params(ws: Path, updates: dict[tuple[str, ...], object]) -> None:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+def _shrink_sample(ws: Path, per_source: int = 60, xquad_articles: int = 8) -> None:
+    """Cut the shipped sample to a test-sized one (compute cost is per document: embedding 840 documents alone
+    takes minutes on a 2-core CPU) while keeping what the stages must find: exact duplicates (a verbatim copy
+    and a case/whitespace-noisy copy) and XQuAD paragraphs whose questions the retrieval evaluation asks."""
+    raw = ws / "data" / "sample" / "raw"
+    roleplay = json.loads((raw / "gpteacher_roleplay.json").read_text())[:per_source]
+    roleplay += [dict(r) for r in roleplay[:2]]
+    codegen = json.loads((raw / "gpteacher_codegen.json").read_text())[:per_source]
+    codegen.append({**codegen[0], "instruction": "  " + codegen[0]["instruction"].upper() + "  "})
+    (raw / "gpteacher_roleplay.json").write_text(json.dumps(roleplay, indent=1))
+    (raw / "gpteacher_codegen.json").write_text(json.dumps(codegen, indent=1))
+    xquad_path = ws / "data" / "sample" / "rag" / "xquad.en.json"
+    xquad = json.loads(xquad_path.read_text())
+    xquad["data"] = xquad["data"][:xquad_articles]
+    xquad_path.write_text(json.dumps(xquad))
+    titles = {a["title"] for a in xquad["data"]}
+    lines = (raw / "xquad_en_paragraphs.jsonl").read_text().splitlines()
+    kept = [line for line in lines if line.strip() and json.loads(line)["title"] in titles]
+    (raw / "xquad_en_paragraphs.jsonl").write_text("\n".join(kept) + "\n")
+
+
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, repo_root, base_model_dir) -> Path:
     ws = tmp_path_factory.mktemp("e2e") / "repo"
@@ -75,6 +96,7 @@ def workspace(tmp_path_factory, repo_root, base_model_dir) -> Path:
         if src.is_file():
             (ws / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, ws / rel)
+    _shrink_sample(ws)
     _set_params(ws, {**TEST_PARAMS, ("prepare_base_model", "model_path"): str(base_model_dir)})
     for args in (["git", "init", "-q"], ["git", "add", "-A"],
                  ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
