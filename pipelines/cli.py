@@ -67,6 +67,204 @@ def serve(
     uvicorn.run(create_app(cfg), host=host or cfg.host, port=port or cfg.port, log_level="info")
 
 
+@app.command("retrieve")
+def retrieve(
+    query: str = typer.Argument(..., help="the question or passage to search for"),
+    k: int = typer.Option(5, "--k", "-k", help="number of chunks"),
+    source: Optional[list[str]] = typer.Option(None, "--source", "-s", help="only chunks of this source (repeatable)"),
+    index_dir: Optional[Path] = typer.Option(None, help="embed output (default: params.yaml embed.output_dir)"),
+    as_json: bool = typer.Option(False, "--json", help="print the hits as JSON"),
+) -> None:
+    """Top-k chunks of the embedded corpus for a query, with scores (the RAG retriever)."""
+    from pipelines.config import load_params
+    from pipelines.embeddings.retrieval import Retriever
+
+    try:
+        directory = index_dir or Path(load_params()["embed"]["output_dir"])
+        hits = Retriever(directory).search(query, k, sources=source or None)
+    except (ConfigError, KeyError, FileNotFoundError, ValueError) as exc:
+        typer.secho(f"retrieve: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2)
+    if as_json:
+        typer.echo(json.dumps([h.to_dict() for h in hits], indent=2))
+        return
+    for rank, h in enumerate(hits, 1):
+        snippet = " ".join(h.text.split())
+        typer.echo(f"{rank}. {h.score:.3f}  {h.source}  {h.chunk_id}\n   {snippet[:200]}")
+
+
+data_app = typer.Typer(add_completion=False, no_args_is_help=True,
+                       help="Dataset and embedding versions (dvc.lock history) and DVC remotes (local, S3).")
+app.add_typer(data_app, name="data")
+
+
+def _data_root(root: Optional[Path]) -> Path:
+    from pipelines.config import project_root
+
+    return (root or project_root()).resolve()
+
+
+def _data_fail(exc: Exception) -> None:
+    typer.secho(str(exc), fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+@data_app.command("remote")
+def data_remote(
+    name: str = typer.Option("s3", help="remote name to write into .dvc/config.local"),
+    default: bool = typer.Option(False, "--default", help="also make it the default remote (locally)"),
+    check: bool = typer.Option(True, help="check endpoint, credentials and bucket afterwards"),
+    root: Optional[Path] = typer.Option(None, help="repository root"),
+) -> None:
+    """Write the S3 remote from LLMOPS_S3_BUCKET / LLMOPS_S3_PREFIX / LLMOPS_S3_ENDPOINT_URL (no credentials)."""
+    from pipelines.versioning.remote import RemoteError, S3Settings, check_s3, configure_s3_remote
+
+    repo = _data_root(root)
+    try:
+        section = configure_s3_remote(repo, S3Settings.from_env(), name)
+        if default:
+            from dvc.config import Config
+
+            with Config(dvc_dir=str(repo / ".dvc")).edit("local") as conf:
+                conf.setdefault("core", {})["remote"] = name
+        typer.echo(f"remote '{name}' -> {section['url']}" + (f" at {section['endpointurl']}"
+                                                           if "endpointurl" in section else "")
+                   + " (written to .dvc/config.local; credentials come from the AWS environment)")
+        if check:
+            typer.echo(f"reachable: {check_s3(section, name)}")
+    except RemoteError as exc:
+        _data_fail(exc)
+
+
+@data_app.command("push")
+def data_push(
+    targets: Optional[list[str]] = typer.Argument(None, help="outputs to push (default: all)"),
+    remote: Optional[str] = typer.Option(None, "--remote", "-r", help="DVC remote (default: core.remote)"),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j"),
+    root: Optional[Path] = typer.Option(None, help="repository root"),
+) -> None:
+    """Check the remote and the cache, then `dvc push`."""
+    from pipelines.versioning.remote import RemoteError
+    from pipelines.versioning.sync import push
+
+    try:
+        report = push(_data_root(root), remote, targets, jobs)
+    except RemoteError as exc:
+        _data_fail(exc)
+    typer.echo(f"{report['pushed']} file(s) pushed to '{report['remote']}' ({report['url']})")
+
+
+@data_app.command("pull")
+def data_pull(
+    targets: Optional[list[str]] = typer.Argument(None, help="outputs to pull (default: all)"),
+    remote: Optional[str] = typer.Option(None, "--remote", "-r", help="DVC remote (default: core.remote)"),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j"),
+    root: Optional[Path] = typer.Option(None, help="repository root"),
+) -> None:
+    """Check the remote and the cache, then `dvc pull` (fetch + checkout)."""
+    from pipelines.versioning.remote import RemoteError
+    from pipelines.versioning.sync import pull
+
+    try:
+        report = pull(_data_root(root), remote, targets, jobs)
+    except RemoteError as exc:
+        _data_fail(exc)
+    typer.echo(f"pulled from '{report['remote']}' ({report['url']}): "
+               + ", ".join(f"{k} {v}" for k, v in report.items() if k not in {"remote", "url"}))
+
+
+@data_app.command("verify")
+def data_verify(
+    targets: Optional[list[str]] = typer.Argument(None, help="outputs to check (default: all)"),
+    quarantine: bool = typer.Option(False, "--quarantine", help="move corrupted objects to .dvc/tmp/corrupted/"),
+    root: Optional[Path] = typer.Option(None, help="repository root"),
+) -> None:
+    """Hash every local cache object behind the tracked outputs; exit 1 when one is missing or corrupted."""
+    from pipelines.versioning import cache
+
+    repo = _data_root(root)
+    problems = cache.verify_cache(repo, targets)
+    for p in problems:
+        typer.echo(p.describe())
+    if quarantine:
+        for moved in cache.quarantine(repo, problems):
+            typer.echo(f"moved aside: {moved}")
+    if problems:
+        raise typer.Exit(code=1)
+    typer.echo("cache ok")
+
+
+@data_app.command("versions")
+def data_versions(
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+    all_outs: bool = typer.Option(False, "--all", help="every dvc.lock output, not only data/"),
+    max_count: int = typer.Option(50, "--max-count", "-n", help="newest N commits of dvc.lock"),
+    root: Optional[Path] = typer.Option(None, help="repository root"),
+) -> None:
+    """List dataset and embedding versions: git revision, date, DVC hash, files, size, rows."""
+    from pipelines.versioning.history import DATA_PREFIXES, VersionError, versions
+
+    try:
+        entries = versions(_data_root(root), None if all_outs else DATA_PREFIXES, max_count)
+    except VersionError as exc:
+        _data_fail(exc)
+    if as_json:
+        typer.echo(json.dumps(entries, indent=2, default=str))
+        return
+    if not entries:
+        typer.echo("no versions: dvc.lock has never been committed (run `dvc repro`, then commit dvc.lock)")
+        return
+    header = f"{'revision':<10} {'date':<20} {'output':<34} {'md5':<12} {'files':>6} {'size':>10} {'rows':>8}"
+    typer.echo(header)
+    typer.echo("-" * len(header))
+    for entry in entries:
+        typer.echo(f"{entry['short']:<10} {entry['date'][:19]:<20} {entry['subject'][:60]}")
+        for out in entry["outs"]:
+            typer.echo(f"{'':<10} {'':<20} {out['path'][:34]:<34} {out['md5'][:10]:<12} "
+                       f"{out['nfiles'] or '':>6} {out['size'] or '':>10} "
+                       f"{'' if out['rows'] is None else out['rows']:>8}")
+
+
+@data_app.command("diff")
+def data_diff(
+    rev_a: str = typer.Argument(..., help="older revision (commit, tag, HEAD~1, or 'workspace')"),
+    rev_b: str = typer.Argument("workspace", help="newer revision (default: the workspace dvc.lock)"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+    all_outs: bool = typer.Option(False, "--all", help="every dvc.lock output, not only data/"),
+    root: Optional[Path] = typer.Option(None, help="repository root"),
+) -> None:
+    """What changed between two versions: outputs whose hash moved, rows added/removed per source, embeddings."""
+    from pipelines.versioning.history import DATA_PREFIXES, VersionError, diff
+
+    try:
+        result = diff(_data_root(root), rev_a, rev_b, None if all_outs else DATA_PREFIXES)
+    except VersionError as exc:
+        _data_fail(exc)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, default=str))
+        return
+    a, b = result["a"], result["b"]
+    typer.echo(f"{a['rev']} ({a['short']}) -> {b['rev']} ({b['short']})")
+    for ch in result["changes"]:
+        hashes = f"{(ch['md5_a'] or '-')[:10]} -> {(ch['md5_b'] or '-')[:10]}"
+        typer.echo(f"{ch['path']:<34} {ch['status']:<9} {hashes if ch['status'] != 'unchanged' else ''}".rstrip())
+        if ch["status"] == "unchanged":
+            continue
+        if ch.get("source_of_counts") == "data":
+            label = "embeddings" if ch.get("embeddings") else "rows"
+            delta = ch["rows_b"] - ch["rows_a"]
+            typer.echo(f"    {label} {ch['rows_a']} -> {ch['rows_b']} ({delta:+d}): +{ch['added']} / -{ch['removed']}")
+            for src, d in ch["by_source"].items():
+                typer.echo(f"      {src:<28} +{d['added']} / -{d['removed']}  ({d['rows_a']} -> {d['rows_b']})")
+        else:
+            typer.echo(f"    rows {ch['rows_a'] if ch['rows_a'] is not None else '?'} -> "
+                       f"{ch['rows_b'] if ch['rows_b'] is not None else '?'} (metrics)")
+            for src, d in (ch.get("by_source_counts") or {}).items():
+                typer.echo(f"      {src:<28} {d['rows_a']} -> {d['rows_b']}")
+            if ch.get("note"):
+                typer.echo(f"    note: {ch['note']}")
+
+
 def main() -> None:  # pragma: no cover - console entry
     app()
 

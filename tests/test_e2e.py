@@ -28,6 +28,8 @@ TEST_PARAMS = {
     ("evaluate", "max_new_tokens"): 32,
     ("audit", "max_prompts"): 12,
     ("audit", "max_new_tokens"): 24,
+    ("embed", "concurrency"): 1,              # one model actor: one process start instead of two
+    ("evaluate_retrieval", "max_questions"): 60,
 }
 
 

@@ -40,13 +40,13 @@ def _doc_lines() -> list[str]:
 def _sources(raw) -> list[dict]:
     return [
         {"name": "instr", "path": str(raw / "instr.json"), "format": "json", "kind": "instruction",
-         "licence": "MIT", "fields": {"prompt": ["instruction", "input"], "response": "response"}},
+         "licence": "MIT", "pii": "redact", "fields": {"prompt": ["instruction", "input"], "response": "response"}},
         {"name": "docs", "path": str(raw / "docs.jsonl"), "format": "jsonl", "kind": "document",
-         "licence": "CC-BY-SA-4.0", "fields": {"text": "text", "title": "title"}},
+         "licence": "CC-BY-SA-4.0", "pii": "redact", "fields": {"text": "text", "title": "title"}},
         {"name": "empty", "path": str(raw / "empty.jsonl"), "format": "jsonl", "kind": "document",
-         "licence": "CC0-1.0", "fields": {"text": "text"}},
+         "licence": "CC0-1.0", "pii": "keep", "fields": {"text": "text"}},
         {"name": "broken", "path": str(raw / "broken.json"), "format": "json", "kind": "instruction",
-         "licence": "MIT", "fields": {"prompt": "instruction", "response": "response"}},
+         "licence": "MIT", "pii": "drop", "fields": {"prompt": "instruction", "response": "response"}},
     ]
 
 
@@ -175,3 +175,208 @@ def test_missing_file_fails_before_spark(raw, tmp_path):
     sources[0]["path"] = str(tmp_path / "nope.json")
     with pytest.raises(FileNotFoundError, match="'instr'"):
         ingest.run(ingest.Config(sources=sources), spark=object())
+
+
+# --- every format and the bad inputs of the issue, in one run ------------------------------------------------
+
+PII_DOC = ("Contact our office by mail at jane.doe@example.org or pay with card 4111 1111 1111 1111 before "
+           "the end of the month, then the team will ship the order to your home address.")
+GOOD_DOC = "The river flows through the old town and past the market square where people meet every morning."
+CLEAN_RULES = {
+    "language": {"allowed": ["en"], "min_confidence": 0.5, "min_chars": 20},
+    "quality": {"max_chars": 100_000, "min_words": 5, "max_duplicate_ngram_char_fraction": {5: 0.15},
+                "bad_phrases": ["lorem ipsum"]},
+}
+
+
+def _bad_jsonl_lines() -> list[bytes]:
+    def j(rec):
+        return json.dumps(rec).encode()
+
+    binary = bytes(b for b in range(256) if b not in (10, 13)) * 2
+    return [
+        j({"id": "pii", "text": PII_DOC}),
+        b'{"id": "latin1", "text": "caf\xe9 au lait is a drink that many people enjoy in the morning"}',
+        binary,
+        j({"id": "null", "text": None}),
+        j({"id": "blank", "text": "   "}),
+        j({"id": "dup", "text": GOOD_DOC}),
+        j({"id": "dup", "text": "A second record that reuses the id of an earlier one in this file."}),
+        j({"id": "de", "text": "Der Fluss fließt durch die Altstadt und am Marktplatz vorbei, wo sich morgens "
+                               "alle treffen."}),
+        j({"id": "rep", "text": "buy cheap shoes now " * 40}),
+        j({"id": "big", "text": "word " * 2_100_000}),  # a 10 MB single document
+        j({"id": "lorem", "text": "Welcome to our site, this page is lorem ipsum dolor sit amet placeholder text."}),
+        j({"id": "ctrl", "text": "Tabs\tand\u0000 control\u0007 characters are removed from this little text here."}),
+    ]
+
+
+@pytest.fixture(scope="module")
+def formats_raw(tmp_path_factory):
+    import gzip
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    raw = tmp_path_factory.mktemp("formats")
+    with gzip.open(raw / "docs.jsonl.gz", "wb") as fh:
+        fh.write(b"\n".join(_bad_jsonl_lines()) + b"\n")
+    (raw / "pairs.csv").write_text(
+        "prompt,completion\n"
+        '"What is the capital of France, in one word?",Paris is the capital of France.\n'
+        '"Write two lines\nabout the sea.","The sea is wide and deep, and the waves roll in."\n'
+        "My SSN is 123-45-6789 so can you store it safely?,No I should not store that number anywhere.\n"
+        "only,two,extra,fields\n"
+    )
+    (raw / "missing.csv").write_text("prompt,other\nhello there my good friend,x\n")
+    pq.write_table(pa.table({"body": [f"{GOOD_DOC} Write to bob@example.com.", None], "n": [1, 2]}),
+                   raw / "table.parquet")
+    texts = raw / "texts"
+    (texts / "sub").mkdir(parents=True)
+    (texts / "a.txt").write_text(GOOD_DOC)
+    (texts / "sub" / "b.txt").write_text("A plain text file in a sub folder becomes one more document here.")
+    (texts / "bin.dat").write_bytes(bytes(range(256)) * 8)
+    (texts / "empty.txt").write_text("")  # an empty file holds no record (Spark lists no row), like an empty JSONL
+    (texts / "blank.txt").write_text("  \n\n  ")
+    return raw
+
+
+def _format_sources(raw) -> list[dict]:
+    return [
+        {"name": "gz", "path": str(raw / "docs.jsonl.gz"), "format": "jsonl", "kind": "document",
+         "licence": "CC0-1.0", "pii": "redact", "fields": {"text": "text", "id": "id"}},
+        {"name": "csv", "path": str(raw / "pairs.csv"), "format": "csv", "kind": "instruction",
+         "licence": "MIT", "pii": "drop", "fields": {"prompt": "prompt", "response": "completion"}},
+        {"name": "csv_missing", "path": str(raw / "missing.csv"), "format": "csv", "kind": "instruction",
+         "licence": "MIT", "pii": "drop", "fields": {"prompt": "prompt", "response": "completion"}},
+        {"name": "pq", "path": str(raw / "table.parquet"), "format": "parquet", "kind": "document",
+         "licence": "MIT", "pii": "keep", "fields": {"text": "body"}},
+        {"name": "txt", "path": str(raw / "texts"), "format": "text", "kind": "document",
+         "licence": "CC0-1.0", "pii": "redact", "fields": {"text": "text", "title": "file"}},
+    ]
+
+
+@pytest.fixture(scope="module")
+def formats_result(spark, formats_raw, tmp_path_factory):
+    out = tmp_path_factory.mktemp("formats_out")
+    cfg = ingest.Config(sources=_format_sources(formats_raw), output_dir=str(out / "ingested"),
+                        rejects_dir=str(out / "rejects"), metrics=str(out / "metrics.json"), **CLEAN_RULES)
+    report = ingest.run(cfg, spark=spark)
+    table = ds.dataset(cfg.output_dir, format="parquet").to_table().to_pylist()
+    rejects = ds.dataset(cfg.rejects_dir, format="parquet").to_table().to_pylist()
+    return report, table, rejects
+
+
+def _reasons(rejects, source):
+    return {(r["line"], r["reason"], r["rule"].split(":")[0]) for r in rejects if r["source"] == source}
+
+
+def test_bad_jsonl_inputs_are_all_accounted(formats_result):
+    report, table, rejects = formats_result
+    assert _reasons(rejects, "gz") == {
+        (2, "invalid_utf8", "bytes that are not valid UTF-8"),
+        (3, "binary_content", "NUL bytes or over 10% control/undecodable characters"),
+        (4, "missing_field", "text field 'text' absent or null"),
+        (5, "empty_text", "text is empty or whitespace only"),
+        (7, "duplicate_id", "source id repeated (first occurrence kept)"),
+        (8, "language", "allowed_languages"),
+        (9, "quality", "max_duplicate_5gram_char_fraction"),
+        (10, "quality", "max_chars"),
+        (11, "quality", "bad_phrases"),
+    }
+    gz = report["sources"]["gz"]
+    assert (gz["in"], gz["out"], gz["rejected"]) == (12, 3, 9)
+    assert gz["rejected_by_rule"]["quality"] == {"bad_phrases": 1, "max_chars": 1,
+                                                  "max_duplicate_5gram_char_fraction": 1}
+    big = next(r for r in rejects if r["line"] == 10)
+    assert len(big["raw"]) == 2000 and big["path"].endswith("docs.jsonl.gz")
+    texts = sorted(r["text"] for r in table if r["source"] == "gz")
+    assert texts[0].startswith("Contact our office by mail at <EMAIL> or pay with card <CREDIT_CARD> before")
+    assert any("Tabs\tand control characters are removed" in t for t in texts)  # NUL and BEL stripped, tab kept
+    assert gz["pii"]["redacted"] == {"CREDIT_CARD": 1, "EMAIL": 1} and gz["pii"]["docs_with_pii"] == 1
+    assert gz["languages"] == {"en": 3} and gz["normalized_changed"] == 1
+
+
+def test_csv_parquet_and_text_folders(formats_result):
+    report, table, rejects = formats_result
+    src = report["sources"]
+    csv_rows = {r["prompt"]: r for r in table if r["source"] == "csv"}
+    assert set(csv_rows) == {"What is the capital of France, in one word?", "Write two lines\nabout the sea."}
+    assert {(r["reason"], r["rule"].split(":")[0]) for r in rejects if r["source"] == "csv"} == {
+        ("pii", "US_SSN"), ("malformed_csv", "not a valid CSV row with the header's columns")}
+    assert src["csv"]["pii"]["spans_found"] == {"US_SSN": 1} and src["csv"]["pii"]["redacted"] == {}
+    # A column the CSV lacks: every row rejected, and a note says why.
+    assert src["csv_missing"]["rejected_by_reason"] == {"missing_field": 1}
+    assert any("completion missing from the CSV header" in n for n in report["notes"])
+    # pii: keep leaves the text as it is, but counts what it saw.
+    (pq_row,) = [r for r in table if r["source"] == "pq"]
+    assert "bob@example.com" in pq_row["text"] and src["pq"]["pii"]["spans_found"] == {"EMAIL": 1}
+    assert src["pq"]["rejected_by_reason"] == {"missing_field": 1}
+    txt = {r["title"]: r["text"] for r in table if r["source"] == "txt"}
+    assert set(txt) == {"a.txt", "sub/b.txt"} and txt["a.txt"] == GOOD_DOC
+    assert src["txt"]["rejected_by_reason"] == {"binary_content": 1, "empty_text": 1}
+    assert {r["path"].rsplit("/", 1)[-1] for r in rejects if r["source"] == "txt"} == {"bin.dat", "blank.txt"}
+
+
+def test_formats_accounting(formats_result):
+    report, table, rejects = formats_result
+    for name, rep in report["sources"].items():
+        assert rep["balanced"] and rep["in"] == rep["out"] + rep["rejected"], name
+        assert rep["rejected"] == sum(sum(rules.values()) for rules in rep["rejected_by_rule"].values()), name
+    total = report["total"]
+    assert (total["out"], total["rejected"]) == (len(table), len(rejects)) and total["balanced"]
+    assert total["pii_redacted"] == {"CREDIT_CARD": 1, "EMAIL": 1}
+    assert len({r["doc_id"] for r in table}) == len(table)
+
+
+def test_source_without_pii_policy_is_refused(raw):
+    sources = _sources(raw)
+    del sources[1]["pii"]
+    with pytest.raises(ValidationError, match="source 'docs' declares no PII policy"):
+        ingest.Config(sources=sources)
+    sources[1]["pii"] = "mask"
+    with pytest.raises(ValidationError, match="pii must be one of redact, drop, keep"):
+        ingest.Config(sources=sources)
+    sources[1]["pii"] = "keep"
+    sources[1]["skip_rules"] = ["min_wordz"]
+    with pytest.raises(ValidationError, match="unknown rule"):
+        ingest.Config(sources=sources)
+
+
+# --- s3:// sources against moto_server ----------------------------------------------------------------------
+
+
+@pytest.fixture()
+def s3_env(s3_server, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server["endpoint_url"])
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server["aws_access_key_id"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server["aws_secret_access_key"])
+    monkeypatch.setenv("AWS_DEFAULT_REGION", s3_server["region_name"])
+
+
+def test_s3_sources(spark, s3_bucket, s3_env, tmp_path):
+    bucket, client = s3_bucket
+    doc = lambda t: json.dumps({"text": t}) + "\n"  # noqa: E731
+    client.put_object(Bucket=bucket, Key="raw/one.jsonl", Body=doc(GOOD_DOC) + "{broken\n")
+    client.put_object(Bucket=bucket, Key="raw/many/a.jsonl", Body=doc("First file in the prefix has this text."))
+    client.put_object(Bucket=bucket, Key="raw/many/b.jsonl", Body=doc("Second file in the prefix has this text."))
+    sources = [
+        {"name": "one", "path": f"s3://{bucket}/raw/one.jsonl", "format": "jsonl", "kind": "document",
+         "licence": "CC0-1.0", "pii": "redact", "fields": {"text": "text"}},
+        {"name": "many", "path": f"s3://{bucket}/raw/many", "format": "jsonl", "kind": "document",
+         "licence": "CC0-1.0", "pii": "redact", "fields": {"text": "text"}},
+    ]
+    cfg = ingest.Config(sources=sources, output_dir=str(tmp_path / "out"), rejects_dir=str(tmp_path / "rej"),
+                        metrics=str(tmp_path / "m.json"), staging_dir=str(tmp_path / "staging"))
+    report = ingest.run(cfg, spark=spark)
+    assert (report["sources"]["one"]["out"], report["sources"]["many"]["out"]) == (1, 2)
+    (rej,) = ds.dataset(cfg.rejects_dir, format="parquet").to_table().to_pylist()
+    assert (rej["path"], rej["line"], rej["reason"]) == (f"s3://{bucket}/raw/one.jsonl", 2, "malformed_json")
+    assert not list((tmp_path / "staging").glob(".*tmp-*"))
+
+    missing = [dict(sources[0], path=f"s3://{bucket}-nope/raw/one.jsonl")]
+    with pytest.raises(FileNotFoundError, match=r"ingest source 'one': bucket '.*-nope' .* not found"):
+        ingest.run(ingest.Config(sources=missing), spark=object())
+    missing = [dict(sources[0], path=f"s3://{bucket}/raw/nothing-here")]
+    with pytest.raises(FileNotFoundError, match="no object at"):
+        ingest.run(ingest.Config(sources=missing), spark=object())

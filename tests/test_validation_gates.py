@@ -239,42 +239,56 @@ def test_splits_gate(tmp_path, gx_root, repo_root):
 # ------------------------------------------------------------------------------------------ embeddings
 
 
-def write_embeddings(root: Path, ids: list[str], vectors: list[list[float]], index_ids: list[str]) -> Path:
+def write_embeddings(root: Path, chunks: pd.DataFrame, vectors, index_ids: list[str]) -> Path:
     root.mkdir(parents=True)
-    pd.DataFrame({"doc_id": ids, "source": "s", "vector": [np.asarray(v, dtype=np.float32) for v in vectors]}
-                 ).to_parquet(root / "vectors.parquet", index=False)
+    chunks = chunks.assign(source="s", vector=[np.asarray(v, dtype=np.float32) for v in vectors])
+    chunks.to_parquet(root / "chunks.parquet", index=False)
     (root / "index_ids.json").write_text(json.dumps(index_ids))
     return root
+
+
+def two_chunks_per_doc(df: pd.DataFrame) -> pd.DataFrame:
+    """Two overlapping chunks per document, with their character spans, as the embed stage writes them."""
+    rows = []
+    for doc_id, text in zip(df["doc_id"], df["text"]):
+        half = len(text) // 2
+        for ordinal, (start, end) in enumerate([(0, half + 10), (half - 10, len(text))]):
+            rows.append({"chunk_id": f"{doc_id}:{ordinal:04d}", "doc_id": doc_id, "ordinal": ordinal,
+                         "start": start, "end": end, "text": text[start:end]})
+    return pd.DataFrame(rows)
 
 
 def test_embeddings_gate(tmp_path, gx_root, repo_root):
     df = tiny_corpus()
     corpus = write_spark_like(df, tmp_path / "corpus")
-    ids = list(df["doc_id"])
+    chunks = two_chunks_per_doc(df)
+    ids = list(chunks["chunk_id"])
     rng = np.random.default_rng(0)
     vecs = rng.normal(size=(len(ids), 384))  # params.yaml's dim, so the committed suite applies
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-    emb = write_embeddings(tmp_path / "emb", ids, vecs.tolist(), ids)
+    emb = write_embeddings(tmp_path / "emb", chunks, vecs.tolist(), ids)
     cfg = cfg_for(validate_embeddings, tmp_path, gx_root, repo_root, embeddings_dir=str(emb),
                   corpus_dir=str(corpus))
     report = validate_embeddings.run(cfg)
-    assert report["success"] and report["expected_rows"] == 20
+    assert report["success"] and report["expected_documents"] == 20 and report["index_rows"] == 40
     assert_committed_in_sync(gx_root, repo_root, "embeddings")
 
     bad = [list(v) for v in vecs]
     bad[0] = bad[0][:4]                       # wrong dimension
     bad[1][0] = float("nan")                  # non-finite
     bad[2] = [2 * x for x in bad[2]]          # not unit norm
-    bad_ids = ids[:-1] + ["stranger"]         # one document without a vector, one vector without a document
-    bad_ids[4] = bad_ids[3]                   # two vectors for one document
-    emb2 = write_embeddings(tmp_path / "emb2", bad_ids[:-1] + ["stranger"], bad, bad_ids[5:])
+    broken = chunks.copy()
+    broken.loc[3, "doc_id"] = "stranger"      # a chunk of no curated document
+    broken.loc[4, "text"] = "not what the document says at this span"
+    broken.loc[6, "chunk_id"] = broken.loc[5, "chunk_id"]  # duplicated chunk id
+    broken = broken.drop(index=[36, 37, 38, 39]).reset_index(drop=True)  # the last two documents have no chunk
+    emb2 = write_embeddings(tmp_path / "emb2", broken, bad[:36], list(broken["chunk_id"])[:-3])  # 3 not indexed
     cfg2 = cfg.model_copy(update={"embeddings_dir": str(emb2)})
     assert_fails_with(cfg2, validate_embeddings, [
         "expect_column_values_to_be_between on 'dim'", "expect_column_values_to_be_in_set on 'finite'",
         "expect_column_values_to_be_between on 'norm'", "expect_column_values_to_be_in_set on 'in_corpus'",
-        "expect_column_values_to_be_in_set on 'in_index'", "expect_column_values_to_be_unique on 'doc_id'",
+        "expect_column_values_to_be_in_set on 'span_ok'", "expect_column_values_to_be_in_set on 'in_index'",
+        "expect_column_values_to_be_unique on 'chunk_id'",
+        "expect_column_unique_value_count_to_be_between on 'doc_id'",
+        "expect_table_row_count_to_equal: observed 36, expected {'value': 33}",
     ])
-    # one vector per expected chunk: a missing vector changes the row count
-    emb3 = write_embeddings(tmp_path / "emb3", ids[:-1], vecs[:-1].tolist(), ids)
-    assert_fails_with(cfg.model_copy(update={"embeddings_dir": str(emb3)}), validate_embeddings,
-                      ["expect_table_row_count_to_equal: observed 19, expected {'value': 20}"])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +52,9 @@ def encode(model: Any, texts: list[str], batch_size: int = 64) -> np.ndarray:
 class Embedder:
     """Ray Data callable class: each actor loads the model once and embeds many batches.
 
-    One vector per document for now; texts over the model's max_seq_length (256 word pieces) are truncated.
-    Chunking long documents into passages comes with the RAG chunking issue.
+    Input batches carry a `text` column and any id columns; the output keeps the id columns and replaces `text`
+    by `vector`. The embed stage hands it chunks of at most `embed.chunking.max_tokens` word pieces, so nothing is
+    truncated at the model's max_seq_length.
     """
 
     def __init__(self, model_dir: str, threads: int = 1, encode_batch_size: int = 64):
@@ -61,8 +63,11 @@ class Embedder:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         texts = [str(t) for t in batch["text"]]
-        return {
-            "doc_id": batch["doc_id"],
-            "source": batch["source"],
-            "vector": encode(self.model, texts, self.encode_batch_size),
-        }
+        out = {k: v for k, v in batch.items() if k != "text"}
+        started = time.time()
+        out["vector"] = encode(self.model, texts, self.encode_batch_size)
+        # When this batch ran (wall clock): the driver derives the steady-state time (first batch start to last
+        # batch end), which excludes the actors' start-up (process, imports, model load).
+        out["_t_start"] = np.full(len(texts), started)
+        out["_t_end"] = np.full(len(texts), time.time())
+        return out

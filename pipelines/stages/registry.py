@@ -20,6 +20,7 @@ STAGES: dict[str, str] = {
     "validate_splits": "pipelines.stages.validate_splits",
     "embed": "pipelines.stages.embed",
     "validate_embeddings": "pipelines.stages.validate_embeddings",
+    "evaluate_retrieval": "pipelines.stages.evaluate_retrieval",
     "finetune": "pipelines.stages.finetune",
     "evaluate": "pipelines.stages.evaluate",
     "audit": "pipelines.stages.audit",

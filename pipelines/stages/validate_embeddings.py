@@ -1,10 +1,11 @@
-"""validate_embeddings: the vectors must have the model's dimension, finite values, unit norms, and exactly one
-vector per curated document (the embedding unit today), each also present in the FAISS id list.
+"""validate_embeddings: the chunk vectors must have the model's dimension, finite values and unit norms; every
+curated document must have at least one chunk, every chunk must belong to a curated document and map back to its
+text (`text == document[start:end]`), chunk ids must be unique, and every chunk must be in the FAISS index at its row.
 
-vectors.parquet holds list<float32> columns, which GX's built-ins do not inspect; the loader derives one row per
-vector (`dim`, `norm`, `finite`, `in_corpus`, `in_index`) and the suite checks those with built-in expectations.
-The expected row count is a GX suite parameter (`$PARAMETER: expected_rows`), bound at run time, so the committed
-suite stays byte-stable while the corpus grows.
+chunks.parquet holds list<float32> columns, which GX's built-ins do not inspect; the loader derives one row per
+chunk (`dim`, `norm`, `finite`, `in_corpus`, `span_ok`, `in_index`) and the suite checks those with built-in
+expectations. The corpus size and the index size are GX suite parameters (`$PARAMETER: expected_documents`,
+`index_rows`), bound at run time, so the committed suite stays byte-stable while the corpus grows.
 """
 from __future__ import annotations
 
@@ -39,52 +40,69 @@ def embedding_expectations(cfg: Config) -> list:
     import great_expectations.expectations as gxe
 
     expectations = [
-        gxe.ExpectTableRowCountToEqual(value={"$PARAMETER": "expected_rows"}),
-        gxe.ExpectColumnValuesToBeUnique(column="doc_id"),
+        # one row per vector in the index (with in_index below: the index holds exactly these chunks)
+        gxe.ExpectTableRowCountToEqual(value={"$PARAMETER": "index_rows"}),
+        gxe.ExpectColumnValuesToBeUnique(column="chunk_id"),
+        gxe.ExpectColumnValuesToNotBeNull(column="doc_id"),
+        # with in_corpus below: every curated document has at least one chunk
+        gxe.ExpectColumnUniqueValueCountToBeBetween(
+            column="doc_id", min_value={"$PARAMETER": "expected_documents"},
+            max_value={"$PARAMETER": "expected_documents"}),
         gxe.ExpectColumnValuesToBeBetween(column="dim", min_value=cfg.dim, max_value=cfg.dim),
         gxe.ExpectColumnValuesToBeInSet(column="finite", value_set=[True]),
         gxe.ExpectColumnValuesToBeBetween(column="norm", min_value=cfg.min_norm, max_value=cfg.max_norm),
         gxe.ExpectColumnValuesToBeInSet(column="in_corpus", value_set=[True]),
+        gxe.ExpectColumnValuesToBeInSet(column="span_ok", value_set=[True]),
         gxe.ExpectColumnValuesToBeInSet(column="in_index", value_set=[True]),
     ]
     return with_severity(expectations, cfg.non_blocking)
 
 
 def vector_frame(cfg: Config):
-    """One row per stored vector with the derived columns the suite checks; plus the expected row count."""
+    """One row per stored chunk with the derived columns the suite checks; plus the suite parameters."""
     import numpy as np
     import pandas as pd
 
+    from pipelines.embeddings.index import CHUNKS, IDS
+
     root = Path(cfg.embeddings_dir)
-    if not (root / "vectors.parquet").exists():
-        raise FileNotFoundError(f"validate_embeddings: {root / 'vectors.parquet'} missing; run embed first")
-    vec = pd.read_parquet(root / "vectors.parquet", columns=["doc_id", "vector"])
-    ids_path = root / "index_ids.json"
-    index_ids = set(json.loads(ids_path.read_text())) if ids_path.exists() else set()
-    corpus_ids = set(read_corpus(cfg.corpus_dir, columns=["doc_id"])["doc_id"])
-    dims, norms, finite = [], [], []
-    for v in vec["vector"]:
+    if not (root / CHUNKS).exists():
+        raise FileNotFoundError(f"validate_embeddings: {root / CHUNKS} missing; run embed first")
+    chunks = pd.read_parquet(root / CHUNKS, columns=["chunk_id", "doc_id", "start", "end", "text", "vector"])
+    ids_path = root / IDS
+    index_ids = json.loads(ids_path.read_text()) if ids_path.exists() else []
+    corpus = read_corpus(cfg.corpus_dir, columns=["doc_id", "text"])
+    doc_text = dict(zip(corpus["doc_id"], corpus["text"]))
+    dims, norms, finite, span_ok = [], [], [], []
+    for v, doc_id, start, end, text in zip(chunks["vector"], chunks["doc_id"], chunks["start"], chunks["end"],
+                                          chunks["text"]):
         a = np.asarray(v if v is not None else [], dtype=np.float64)
         dims.append(int(a.size))
         ok = bool(a.size) and bool(np.isfinite(a).all())
         finite.append(ok)
         norms.append(float(np.linalg.norm(a)) if ok else float("nan"))
+        doc = doc_text.get(doc_id)
+        span_ok.append(doc is not None and doc[int(start):int(end)] == text)
+    position = {c: i for i, c in enumerate(index_ids)}
     df = pd.DataFrame({
-        "doc_id": vec["doc_id"],
+        "chunk_id": chunks["chunk_id"],
+        "doc_id": chunks["doc_id"],
         "dim": dims,
         "norm": norms,
         "finite": finite,
-        "in_corpus": vec["doc_id"].isin(corpus_ids),
-        "in_index": vec["doc_id"].isin(index_ids),
+        "in_corpus": chunks["doc_id"].isin(doc_text.keys()),
+        "span_ok": span_ok,
+        # in the index at its own row: row i of chunks.parquet is vector i of the FAISS index
+        "in_index": [position.get(c) == i for i, c in enumerate(chunks["chunk_id"])],
     })
-    return df, len(corpus_ids)
+    return df, {"expected_documents": len(doc_text), "index_rows": len(index_ids)}
 
 
 def run(cfg: Config, engines: EnginesConfig | None = None, *, spark=None) -> dict:
     """`spark`: a session to reuse (tests share theirs); else one from `engines.spark` when engine is spark."""
     from pipelines.validation.gate import run_gate
 
-    df, expected = vector_frame(cfg)
+    df, parameters = vector_frame(cfg)
 
     def load(engine: str):
         if engine == "pandas":
@@ -96,6 +114,5 @@ def run(cfg: Config, engines: EnginesConfig | None = None, *, spark=None) -> dic
     return run_gate(
         suite=cfg.suite, gx_root=cfg.gx_root, engine=cfg.engine, load=load,
         expectations=lambda: embedding_expectations(cfg), results_dir=cfg.results_dir, metrics=cfg.metrics,
-        source=cfg.embeddings_dir, expectation_parameters={"expected_rows": expected},
-        extra={"expected_rows": expected},
+        source=cfg.embeddings_dir, expectation_parameters=parameters, extra=dict(parameters),
     )

@@ -1,0 +1,105 @@
+"""Benchmark: the ingest stage (parse + normalize + quality rules + language id + PII redaction) on the t0 corpus.
+
+Data: ../shared/data/corpus/t0_train_50k/data_per_template (55,185 JSONL prompt/completion rows in 283 files, one
+per prompt template, 61 MB), read as ONE jsonl directory source (`kind: instruction`, `pii: redact`), with the
+cleaning sections (normalize, language, quality, pii_entities) of params.yaml's `ingest`. Spark from
+params.yaml's engines.spark (local[2] by default); session start is timed apart. Two runs: the first pays the
+Python worker start-up and imports, the second is warm. docs/s = records in / wall seconds of `ingest.run`.
+
+    .venv/bin/python bench/bench_ingest.py            # writes bench/results/ingest.json
+    .venv/bin/python bench/bench_ingest.py --files 40 --runs 1   # a quick look on the first 40 template files
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+T0 = REPO.parent / "shared" / "data" / "corpus" / "t0_train_50k" / "data_per_template"
+RUNS = 2
+
+
+def main() -> dict:
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--files", type=int, default=0, help="only the first N template files (0: all)")
+    ap.add_argument("--runs", type=int, default=RUNS)
+    args = ap.parse_args()
+    if not T0.exists():
+        raise SystemExit(f"t0 corpus not found at {T0}")
+    from pipelines.config import load_params, parse_section
+    from pipelines.engines.config import EnginesConfig
+    from pipelines.engines.spark import get_spark
+    from pipelines.stages import ingest
+
+    params = load_params(REPO / "params.yaml")
+    engines = parse_section(params, "engines", EnginesConfig)
+    section = dict(params["ingest"])
+    work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    src_path = T0
+    if args.files:
+        src_path = work / "subset"
+        src_path.mkdir()
+        for f in sorted(T0.glob("*.jsonl"))[: args.files]:
+            (src_path / f.name).symlink_to(f)
+    section.update(
+        sources=[{"name": "t0_train_50k", "path": str(src_path), "format": "jsonl", "kind": "instruction",
+                  "licence": "Apache-2.0", "pii": "redact", "fields": {"prompt": "prompt", "response": "completion"}}],
+        output_dir=str(work / "ingested"), rejects_dir=str(work / "rejects"), metrics=str(work / "ingest.json"),
+    )
+    cfg = ingest.Config.model_validate(section)
+
+    t0 = time.perf_counter()
+    spark = get_spark(engines.spark)
+    session_s = time.perf_counter() - t0
+    runs: list[float] = []
+    result: dict = {}
+    try:
+        for _ in range(args.runs):
+            t0 = time.perf_counter()
+            report = ingest.run(cfg, spark=spark)
+            runs.append(time.perf_counter() - t0)
+            result = _result(report, runs, session_s, engines, src_path)  # written after every run
+    finally:
+        spark.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(result, indent=2))
+    return result
+
+
+def _result(report: dict, runs: list[float], session_s: float, engines, src_path: Path) -> dict:
+    total = report["total"]
+    result = {
+        "data": str(T0.relative_to(REPO.parent)),
+        "files": len(list(Path(src_path).glob("*.jsonl"))),
+        "spark_master": engines.spark.master,
+        "cpu_count": os.cpu_count(),
+        "load_average_at_end": [round(x, 1) for x in os.getloadavg()],
+        "session_start_s": round(session_s, 2),
+        "run_wall_s": [round(r, 2) for r in runs],
+        "docs_in": total["in"],
+        "docs_per_s_first_run": round(total["in"] / runs[0], 1),
+        "docs_per_s_best": round(total["in"] / min(runs), 1),
+        "out": total["out"],
+        "rejected_by_reason": total["rejected_by_reason"],
+        "rejected_by_rule": total["rejected_by_rule"],
+        "pii_redacted": total["pii_redacted"],
+        "languages_kept": dict(sorted(total["languages"].items(), key=lambda kv: -kv[1])[:10]),
+        "normalized_changed": total["normalized_changed"],
+        "balanced": total["balanced"],
+    }
+    out = REPO / "bench" / "results" / "ingest.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
