@@ -43,7 +43,7 @@ class Config(StageConfig):
     fetch_k: int = Field(50, ge=1)  # chunks per question before collapsing to documents
     batch_size: int = Field(64, ge=1)  # questions per encode call
     min_fuzzy_ratio: float = Field(0.9, gt=0, le=1)
-    max_unmapped_fraction: float = Field(0.01, ge=0, le=1)
+    max_unmapped_fraction: float = Field(0.05, ge=0, le=1)
     metrics: str = "metrics/evaluate_retrieval.json"
     plot: str = "plots/retrieval_recall_at_k.csv"
 
