@@ -47,8 +47,8 @@ def ray_run(steps: int) -> dict:
         return json.loads(line[len("BENCH_JSON "):])
 
 
-def plain_run(steps: int) -> dict:
-    """Single process, 2 threads, the same per-step examples as the 2 Ray workers together."""
+def plain_run(steps: int, threads: int | None = None) -> dict:
+    """Single process, 2 threads (or `threads`), the same per-step examples as the 2 Ray workers together."""
     import torch
 
     from pipelines.stages import finetune
@@ -58,7 +58,7 @@ def plain_run(steps: int) -> dict:
     cfg = finetune.Config()
     wc = finetune.worker_config(cfg)
     world, bs, seed = cfg.num_workers, cfg.per_device_batch_size, cfg.seed
-    torch.set_num_threads(world * cfg.cpus_per_worker)
+    torch.set_num_threads(threads or world * cfg.cpus_per_worker)
     seed_everything(seed)
     tok = AutoTokenizer.from_pretrained(wc["base_model_dir"])
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -86,18 +86,24 @@ def plain_run(steps: int) -> dict:
     return {"tokens_per_second": tokens / secs, "train_seconds": secs}
 
 
+LOAD_AT_START = os.getloadavg()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--steps", type=int, default=12)
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    ray_runs, plain_runs = [], []
+    ray_runs, plain_runs, plain1_runs = [], [], []
     for i in range(args.runs):  # interleaved so both see the same machine load
         ray_runs.append(ray_run(args.steps))
         plain_runs.append(plain_run(args.steps))
+        # One thread: shows whether 2-thread intra-op parallelism (not Ray) is what differs on 2 shared vCPUs.
+        plain1_runs.append(plain_run(args.steps, threads=1))
         print(f"run {i + 1}: ray {ray_runs[-1]['tokens_per_second']:.1f} tok/s, "
-              f"plain {plain_runs[-1]['tokens_per_second']:.1f} tok/s", flush=True)
+              f"plain {plain_runs[-1]['tokens_per_second']:.1f} tok/s, "
+              f"plain 1 thread {plain1_runs[-1]['tokens_per_second']:.1f} tok/s", flush=True)
     ray_med = statistics.median(r["tokens_per_second"] for r in ray_runs)
     plain_med = statistics.median(r["tokens_per_second"] for r in plain_runs)
     from pipelines.stages import finetune
@@ -108,6 +114,9 @@ def main() -> None:
                   "per_device_batch_size": cfg.per_device_batch_size, "max_length": cfg.max_length,
                   "lora": cfg.lora.model_dump(), "cpus": os.cpu_count()},
         "ray_tokens_per_second": ray_runs, "plain_tokens_per_second": plain_runs,
+        "plain_1thread_tokens_per_second": plain1_runs,
+        "plain_1thread_median": round(statistics.median(r["tokens_per_second"] for r in plain1_runs), 1),
+        "load_avg_at_start": LOAD_AT_START,
         "ray_median": round(ray_med, 1), "plain_median": round(plain_med, 1),
         "ratio": round(ray_med / plain_med, 3), "target_ratio": 0.95,
         "load_avg_at_end": os.getloadavg(),
