@@ -63,14 +63,6 @@ def base_model_dir(tmp_path_factory) -> Path:
     return out
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def s3_server():
     """A real S3 HTTP server (moto_server) on loopback for the whole session.
@@ -78,25 +70,9 @@ def s3_server():
     Yields a dict with `endpoint_url` and dummy credentials; tests create their own bucket (uuid-named) through
     boto3 with these settings. Nothing outside 127.0.0.1 is contacted.
     """
-    import subprocess
-    import time
-    import urllib.request
+    from pipelines.versioning.local_s3 import spawn
 
-    port = _free_port()
-    moto = Path(sys.executable).parent / "moto_server"
-    proc = subprocess.Popen([str(moto), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(endpoint, timeout=2)
-            break
-        except Exception:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError(f"moto_server did not start on {endpoint}")
-            time.sleep(0.2)
+    proc, endpoint = spawn()
     settings = {"endpoint_url": endpoint, "aws_access_key_id": "testing", "aws_secret_access_key": "testing",
                 "region_name": "us-east-1"}
     yield settings

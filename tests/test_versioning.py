@@ -10,11 +10,9 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -208,32 +206,12 @@ def test_local_default_remote_round_trip(work, monkeypatch):
 
 # -- bad input: each case names the problem and leaves the workspace untouched -----------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3_with_auth():
     """A second moto_server that checks access keys (INITIAL_NO_AUTH_ACTION_COUNT=0): unknown keys are refused."""
-    port = _free_port()
-    env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="0")
-    proc = subprocess.Popen([str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(endpoint, timeout=2)
-            break
-        except urllib.error.HTTPError:
-            break           # answering (with an auth error) is up
-        except Exception:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError("moto_server with auth did not start")
-            time.sleep(0.2)
+    from pipelines.versioning.local_s3 import spawn
+
+    proc, endpoint = spawn(env=dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="0"))
     yield endpoint
     proc.terminate()
     proc.wait(timeout=10)
@@ -255,7 +233,9 @@ def _bad_remote_case(work, monkeypatch, env, action: str, expected: str) -> None
 
 @pytest.mark.parametrize("action", ["push", "pull"])
 def test_unreachable_endpoint(work, monkeypatch, action):
-    dead = f"http://127.0.0.1:{_free_port()}"
+    from pipelines.versioning.local_s3 import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}"
     env = {"LLMOPS_S3_BUCKET": "llmops-data", "LLMOPS_S3_ENDPOINT_URL": dead, "AWS_ACCESS_KEY_ID": "testing",
            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
     _bad_remote_case(work, monkeypatch, env, action, f"cannot reach S3 endpoint {dead}")
@@ -380,7 +360,7 @@ def test_make_s3_local_starts_moto_with_a_bucket_and_stops_it(tmp_path, monkeypa
 
     (tmp_path / "params.yaml").write_text("{}\n")
     monkeypatch.setenv("LLMOPS_ROOT", str(tmp_path))
-    port = _free_port()
+    port = local_s3.free_port()
     endpoint = local_s3.start(port, "dev-bucket")
     try:
         assert endpoint == f"http://127.0.0.1:{port}"

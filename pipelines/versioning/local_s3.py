@@ -11,9 +11,11 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -43,10 +45,36 @@ def _wait(endpoint: str, proc: subprocess.Popen | None, timeout: float = 60) -> 
         try:
             urllib.request.urlopen(endpoint, timeout=2)
             return
+        except urllib.error.HTTPError:
+            return  # answering, if only with an auth error (a server that checks keys): it is up
         except Exception:
             if (proc is not None and proc.poll() is not None) or time.monotonic() > deadline:
-                raise SystemExit(f"moto_server did not start on {endpoint}")
+                raise RuntimeError(f"moto_server did not start on {endpoint}")
             time.sleep(0.2)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def spawn(port: int | None = None, host: str = "127.0.0.1", env: dict | None = None,
+          log=subprocess.DEVNULL, **popen) -> tuple[subprocess.Popen, str]:
+    """Start a moto_server (a real S3 HTTP server) on loopback and wait until it answers: (process, endpoint).
+
+    The caller owns the process (tests and benchmarks terminate it; `start` below records its pid)."""
+    port = port or free_port(host)
+    moto = Path(sys.executable).parent / "moto_server"
+    proc = subprocess.Popen([str(moto), "-H", host, "-p", str(port)], stdout=log, stderr=log,
+                            env=env, **popen)
+    endpoint = f"http://{host}:{port}"
+    try:
+        _wait(endpoint, proc)
+    except RuntimeError:
+        proc.kill()
+        raise
+    return proc, endpoint
 
 
 def start(port: int, bucket: str, host: str = "127.0.0.1") -> str:
@@ -57,12 +85,13 @@ def start(port: int, bucket: str, host: str = "127.0.0.1") -> str:
         print(f"moto_server already running (pid {pid_file.read_text().strip()}) on {endpoint}")
         proc = None
     else:
-        moto = Path(sys.executable).parent / "moto_server"
         with open(log_file, "ab") as log:
-            proc = subprocess.Popen([str(moto), "-H", host, "-p", str(port)], stdout=log, stderr=log,
-                                    start_new_session=True)
+            try:
+                proc, _ = spawn(port, host, log=log, start_new_session=True)
+            except RuntimeError as exc:
+                raise SystemExit(str(exc)) from exc
         pid_file.write_text(str(proc.pid))
-    _wait(endpoint, proc)
+    _wait(endpoint, None, timeout=10)
     import boto3
 
     client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing",
