@@ -1,4 +1,4 @@
-"""S3 settings from the environment, for boto3 and for pyarrow (Ray Train storage, Ray Data reads).
+"""S3 settings from the environment for pyarrow (Ray Train checkpoint storage); boto3 reads the same variables itself.
 
 Nothing here is read from params.yaml or the repository: the endpoint comes from `AWS_ENDPOINT_URL_S3` or
 `AWS_ENDPOINT_URL` (the AWS SDKs' own variables; unset means AWS itself), credentials from the standard chain
@@ -12,13 +12,6 @@ from urllib.parse import urlparse
 
 def endpoint_url() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
-
-
-def boto3_kwargs() -> dict:
-    """Keyword arguments for `boto3.client("s3", **kw)`; empty values are left to boto3's own chain."""
-    kw = {"endpoint_url": endpoint_url(),
-          "region_name": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")}
-    return {k: v for k, v in kw.items() if v}
 
 
 def arrow_filesystem():
