@@ -156,3 +156,31 @@ def test_finetune_two_workers_survives_a_worker_failure(ray_local, base_model_di
     model = PeftModel.from_pretrained(base, out)
     lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
     assert lora_b and any(float(p.abs().sum()) > 0 for p in lora_b)  # the adapter was trained (B starts at 0)
+
+
+def test_checkpoint_file_is_read_whole_from_local_and_s3(tmp_path, s3_bucket, s3_server, monkeypatch):
+    """Resume reads the train state straight from the checkpoint's filesystem; concurrent readers of one S3
+    checkpoint each get the whole, identical file (Ray's shared as_directory download dir could hand one
+    reader a file another was re-downloading)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ray.train import Checkpoint
+
+    from pipelines.storage.s3 import arrow_filesystem
+    from pipelines.training.sft import read_checkpoint_file
+
+    payload = bytes(range(256)) * 4096  # 1 MiB
+    (tmp_path / "state.pt").write_bytes(payload)
+    assert read_checkpoint_file(Checkpoint.from_directory(str(tmp_path)), "state.pt").getvalue() == payload
+
+    bucket, s3 = s3_bucket
+    s3.put_object(Bucket=bucket, Key="run/ckpt_000001/state.pt", Body=payload)
+    for var, key in (("AWS_ENDPOINT_URL", "endpoint_url"), ("AWS_ACCESS_KEY_ID", "aws_access_key_id"),
+                     ("AWS_SECRET_ACCESS_KEY", "aws_secret_access_key")):
+        monkeypatch.setenv(var, s3_server[key])
+    remote = Checkpoint(path=f"{bucket}/run/ckpt_000001", filesystem=arrow_filesystem())
+    with ThreadPoolExecutor(4) as pool:
+        reads = list(pool.map(lambda _: read_checkpoint_file(remote, "state.pt").getvalue(), range(4)))
+    assert all(r == payload for r in reads)
+    with pytest.raises(FileNotFoundError):
+        read_checkpoint_file(remote, "missing.pt")

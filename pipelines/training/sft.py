@@ -5,6 +5,7 @@ by the driver, which should stay light while Ray starts, and by each Train worke
 """
 from __future__ import annotations
 
+import io
 import math
 import time
 from typing import Any
@@ -189,6 +190,18 @@ def build_model(config: dict):
     )
 
 
+def read_checkpoint_file(checkpoint, name: str) -> io.BytesIO:
+    """One file of a Ray checkpoint, read straight from its filesystem (local or S3) into memory.
+
+    Not `checkpoint.as_directory()`: for a remote checkpoint, ranks on one node share its download directory,
+    and a rank that arrives after another finished downloading downloads again into it, overwriting files the
+    first rank is reading (seen in CI as "PytorchStreamReader failed reading file"). Reading the one file we
+    need has no shared state.
+    """
+    with checkpoint.filesystem.open_input_stream(f"{checkpoint.path.rstrip('/')}/{name}") as stream:
+        return io.BytesIO(stream.read())
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """The Ray Train worker function: SFT for `max_steps` optimizer steps with a held-out loss every `eval_every`
     steps and a checkpoint every `checkpoint_every` steps; resumes from `ray.train.get_checkpoint()` when Ray
@@ -238,8 +251,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     resumed_from = None
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
-        with ckpt.as_directory() as d:
-            state = torch.load(os.path.join(d, TRAIN_STATE), map_location="cpu", weights_only=False)
+        state = torch.load(read_checkpoint_file(ckpt, TRAIN_STATE), map_location="cpu", weights_only=False)
         with torch.no_grad():
             for n, p in trainable_named:
                 p.copy_(state["trainable"][n])
