@@ -16,7 +16,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
 .PHONY: install demo test test-fast lock clean-outputs airflow-standalone airflow-dags-test
-.PHONY: s3-local s3-local-stop data-remote data-push data-pull data-versions
+.PHONY: s3-local s3-local-stop data-remote data-push data-pull data-versions ray-up ray-down
 
 install: $(STAMP)
 
@@ -49,6 +49,14 @@ test: install
 
 test-fast: install
 	$(BIN)/python -m pytest -ra -m "not slow"
+
+# A long-lived local Ray for repeated runs: stages join it with LLMOPS_RAY_ADDRESS=auto (or engines.ray.address)
+# instead of starting and stopping a Ray instance each time (saves ray.init, about 11 s of the finetune start-up).
+ray-up: install
+	RAY_USAGE_STATS_ENABLED=0 $(BIN)/ray start --head --num-cpus $$(nproc) --include-dashboard=false --disable-usage-stats
+
+ray-down:
+	$(BIN)/ray stop
 
 # The Airflow UI on http://127.0.0.1:8080 with the llmops_lifecycle DAG (login printed by standalone).
 airflow-standalone: install

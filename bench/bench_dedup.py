@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import shutil
 import statistics
@@ -201,7 +202,7 @@ def sample_families(texts_by_source: list[tuple[str, str]], target: int, seed: i
     return out
 
 
-def part_quality(spark, corpus_rows: list[tuple[str, str]], nd, target: int) -> dict:
+def part_quality(spark, corpus_rows: list[tuple[str, str]], nd, target: int, caps: list[int]) -> dict:
     import numpy as np
     import scipy.sparse as sp
 
@@ -233,10 +234,34 @@ def part_quality(spark, corpus_rows: list[tuple[str, str]], nd, target: int) -> 
         return {"found": len(found), "precision": round(p, 4), "recall": round(r, 4),
                 "f1": round(2 * p * r / (p + r), 4) if p + r else 0.0}
 
-    for name, cap in (("all_pairs_in_buckets", 10**9), (f"default_cap_{nd.max_bucket_size}", nd.max_bucket_size)):
-        edges = dedup.verified_edges(dedup.candidate_pairs(sig, cap), sig, nd.threshold)
+    def dropped(pairs: set) -> set:
+        """Documents a dedup with these verified pairs drops: every non-root member of a component."""
+        root = dedup.components_driver(list(pairs))
+        return {n for n, r in root.items() if n != r}
+
+    true_dropped = dropped(true)
+    out["documents_to_drop"] = len(true_dropped)
+
+    def score_dropped(found: set) -> dict:
+        got = dropped(found)
+        tp = len(got & true_dropped)
+        p = tp / len(got) if got else 1.0
+        r = tp / len(true_dropped) if true_dropped else 1.0
+        return {"dropped": len(got), "precision": round(p, 4), "recall": round(r, 4),
+                "f1": round(2 * p * r / (p + r), 4) if p + r else 0.0}
+
+    variants = [("all_pairs_in_buckets", 10**9)] + [
+        (f"{'default_' if c == nd.max_bucket_size else ''}cap_{c}", c) for c in sorted(set(caps) | {nd.max_bucket_size})]
+    for name, cap in variants:
+        candidates = dedup.candidate_pairs(sig, cap).cache()
+        t = time.perf_counter()
+        n_candidates = candidates.count()
+        edges = dedup.verified_edges(candidates, sig, nd.threshold)
         found = {(int(r["a"]), int(r["b"])) for r in edges.select("a", "b").collect()}
-        out[f"pairs_{name}"] = score(found)
+        out[f"pairs_{name}"] = {**score(found), "candidate_pairs": n_candidates,
+                                "seconds": round(time.perf_counter() - t, 2),
+                                "dropped_documents": score_dropped(found)}
+        candidates.unpersist()
         if name.startswith("default"):
             # What dedup decides: pairs put in one cluster (transitive, so some have J below the threshold).
             root = dedup.components_driver([(f"{i:07d}", f"{j:07d}") for i, j in found])
@@ -286,6 +311,8 @@ def part_speed(spark, work: Path, base: list[tuple[str, str, str]], nd, factors:
                 rep = dedup.run(cfg, spark=spark)
                 spark_t.append(time.perf_counter() - t)
             spark_peak.append(mem.peak_mib)
+            print(f"spark {len(docs)} docs: {spark_t[-1]:.1f} s, peak {mem.peak_mib:.0f} MiB, {rep['dropped_by_reason']}",
+                  flush=True)
             with PeakRSS() as mem:
                 ref = datasketch_dedup(texts, nd.shingle, nd.num_perm, nd.bands, nd.rows, nd.threshold)
             ds_t.append(ref["seconds"])
@@ -314,6 +341,8 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[1, 4, 10], help="replication factors of t0")
     ap.add_argument("--runs", type=int, default=3, help="runs per measurement at 55k (1 beyond)")
     ap.add_argument("--sample", type=int, default=5000)
+    ap.add_argument("--caps", type=int, nargs="*", default=[50, 200, 1000],
+                    help="max_bucket_size values scored in the quality part (besides all pairs and the default)")
     ap.add_argument("--skip", nargs="*", default=[], choices=["pipeline", "quality", "speed"])
     args = ap.parse_args()
     if not T0.exists():
@@ -332,8 +361,10 @@ def main() -> None:
                                   shuffle_partitions=8))
     work = Path(tempfile.mkdtemp(prefix="bench_dedup_"))
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    result = {"machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores (shared with other work)",
-              "spark_master": "local[2]", "params": nd.model_dump()}
+    # Parts not run this time keep their previous figures (each part records its own conditions).
+    result = json.loads(OUT.read_text()) if OUT.exists() else {}
+    result.update({"machine": f"{platform.machine()}, {os.cpu_count()} cores (shared with other work)",
+                   "spark_master": "local[2]", "params": nd.model_dump()})
     try:
         t0 = read_t0(spark)
         # Exact-deduplicated base (what near-dup sees), collected once for the quality and speed parts.
@@ -342,10 +373,12 @@ def main() -> None:
         result["t0_docs_exact_deduplicated"] = len(base)
         if "pipeline" not in args.skip:
             result["pipeline_t0"] = part_pipeline(spark, work, nd, args.runs)
+            result["pipeline_t0"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
             print(json.dumps(result["pipeline_t0"]), flush=True)
             OUT.write_text(json.dumps(result, indent=2) + "\n")
         if "quality" not in args.skip:
-            result["quality"] = part_quality(spark, [(s, t) for _, s, t in base], nd, args.sample)
+            result["quality"] = part_quality(spark, [(s, t) for _, s, t in base], nd, args.sample, args.caps)
+            result["quality"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
             print(json.dumps(result["quality"]), flush=True)
             OUT.write_text(json.dumps(result, indent=2) + "\n")
         if "speed" not in args.skip:
