@@ -3,7 +3,7 @@
 Ray Train v2 starts several helper actors per `fit()`, each one a Python process that imports Ray (about 8 s of CPU
 each on the 2-core dev box, all competing with the Train workers' own start-up):
 - `DatasetManager` (from `DatasetsCallback`), even when no Ray Dataset is passed. This stage reads its data in the
-  worker loop, so with `datasets` empty the callback is dropped.
+  worker loop, so with `datasets` empty the callback is dropped, on a local instance and on a cluster alike.
 - `PlacementGroupCleaner`, a detached actor that removes the run's placement group if the controller dies without
   cleaning up. On a local Ray instance that this process owns the whole instance goes away with the driver, so it
   is dropped there (`lean=True`); on a cluster (`engines.ray.address` set) it is kept.
@@ -23,10 +23,9 @@ class LeanTorchTrainer(TorchTrainer):
 
     def _create_default_callbacks(self):  # Ray Train v2 private hook, see module docstring
         callbacks = super()._create_default_callbacks()
-        if not getattr(self, "_lean", False):
-            return callbacks
         drop = set()
         if not getattr(self, "datasets", None):
             drop.add("DatasetsCallback")
-        drop.add("PlacementGroupCleanerCallback")
+        if getattr(self, "_lean", False):
+            drop.add("PlacementGroupCleanerCallback")
         return [cb for cb in callbacks if type(cb).__name__ not in drop]
