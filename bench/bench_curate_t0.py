@@ -34,6 +34,7 @@ def main() -> dict:
     if not T0.exists():
         raise SystemExit(f"t0 corpus not found at {T0}")
     from bench_dedup import PeakRSS
+    from bench_ingest import T0_SOURCE
 
     from pipelines.config import load_params, parse_section
     from pipelines.engines.config import EnginesConfig
@@ -51,9 +52,7 @@ def main() -> dict:
         for r in range(args.runs):
             ingest_cfg = ingest.Config.model_validate({
                 **params["ingest"],
-                "sources": [{"name": "t0_train_50k", "path": str(T0), "format": "jsonl", "kind": "instruction",
-                             "licence": "Apache-2.0", "pii": "redact",
-                             "fields": {"prompt": "prompt", "response": "completion"}}],
+                "sources": [{**T0_SOURCE, "path": str(T0)}],
                 "output_dir": str(work / f"ingested_{r}"), "rejects_dir": str(work / f"ingest_rejects_{r}"),
                 "metrics": str(work / "ingest.json"),
             })

@@ -202,6 +202,13 @@ def sample_families(texts_by_source: list[tuple[str, str]], target: int, seed: i
     return out
 
 
+def precision_recall_f1(found: set, truth: set) -> dict:
+    tp = len(found & truth)
+    p = tp / len(found) if found else 1.0
+    r = tp / len(truth) if truth else 1.0
+    return {"precision": round(p, 4), "recall": round(r, 4), "f1": round(2 * p * r / (p + r), 4) if p + r else 0.0}
+
+
 def part_quality(spark, corpus_rows: list[tuple[str, str]], nd, target: int, caps: list[int]) -> dict:
     import numpy as np
     import scipy.sparse as sp
@@ -228,11 +235,7 @@ def part_quality(spark, corpus_rows: list[tuple[str, str]], nd, target: int, cap
                np.histogram(jac[jac >= nd.threshold], bins=[nd.threshold, 0.85, 0.9, 0.95, 1.0001])[0].tolist()))}
 
     def score(found: set) -> dict:
-        tp = len(found & true)
-        p = tp / len(found) if found else 1.0
-        r = tp / len(true) if true else 1.0
-        return {"found": len(found), "precision": round(p, 4), "recall": round(r, 4),
-                "f1": round(2 * p * r / (p + r), 4) if p + r else 0.0}
+        return {"found": len(found), **precision_recall_f1(found, true)}
 
     def dropped(pairs: set) -> set:
         """Documents a dedup with these verified pairs drops: every non-root member of a component."""
@@ -244,11 +247,7 @@ def part_quality(spark, corpus_rows: list[tuple[str, str]], nd, target: int, cap
 
     def score_dropped(found: set) -> dict:
         got = dropped(found)
-        tp = len(got & true_dropped)
-        p = tp / len(got) if got else 1.0
-        r = tp / len(true_dropped) if true_dropped else 1.0
-        return {"dropped": len(got), "precision": round(p, 4), "recall": round(r, 4),
-                "f1": round(2 * p * r / (p + r), 4) if p + r else 0.0}
+        return {"dropped": len(got), **precision_recall_f1(got, true_dropped)}
 
     variants = [("all_pairs_in_buckets", 10**9)] + [
         (f"{'default_' if c == nd.max_bucket_size else ''}cap_{c}", c) for c in sorted(set(caps) | {nd.max_bucket_size})]

@@ -23,6 +23,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 T0 = REPO.parent / "shared" / "data" / "corpus" / "t0_train_50k" / "data_per_template"
 RUNS = 2
+# t0 as one ingest source (shared with bench_curate_t0.py); `path` is filled in by the caller.
+T0_SOURCE = {"name": "t0_train_50k", "format": "jsonl", "kind": "instruction", "licence": "Apache-2.0",
+             "pii": "redact", "fields": {"prompt": "prompt", "response": "completion"}}
 
 
 def main() -> dict:
@@ -50,8 +53,7 @@ def main() -> dict:
         for f in sorted(T0.glob("*.jsonl"))[: args.files]:
             (src_path / f.name).symlink_to(f)
     section.update(
-        sources=[{"name": "t0_train_50k", "path": str(src_path), "format": "jsonl", "kind": "instruction",
-                  "licence": "Apache-2.0", "pii": "redact", "fields": {"prompt": "prompt", "response": "completion"}}],
+        sources=[{**T0_SOURCE, "path": str(src_path)}],
         output_dir=str(work / "ingested"), rejects_dir=str(work / "rejects"), metrics=str(work / "ingest.json"),
     )
     cfg = ingest.Config.model_validate(section)
