@@ -51,12 +51,13 @@ test-fast: install
 	$(BIN)/python -m pytest -ra -m "not slow"
 
 # A long-lived local Ray for repeated runs: stages join it with LLMOPS_RAY_ADDRESS=auto (or engines.ray.address)
-# instead of starting and stopping a Ray instance each time (ray.init: 11-12 s -> 1-3 s on the 2-core dev box).
+# instead of starting and stopping a Ray instance each time, and Ray Train finds warm, pre-imported worker processes
+# (pipelines/engines/ray_warm_pool.py; `--no-warm-pool` to skip them).
 ray-up: install
-	RAY_USAGE_STATS_ENABLED=0 $(BIN)/ray start --head --num-cpus $$(nproc) --include-dashboard=false --disable-usage-stats
+	$(BIN)/llmops ray up
 
 ray-down:
-	$(BIN)/ray stop
+	$(BIN)/llmops ray down
 
 # The Airflow UI on http://127.0.0.1:8080 with the llmops_lifecycle DAG (login printed by standalone).
 airflow-standalone: install

@@ -265,6 +265,83 @@ def data_diff(
                 typer.echo(f"    note: {ch['note']}")
 
 
+ray_app = typer.Typer(add_completion=False, no_args_is_help=True,
+                      help="A long-lived local Ray for repeated runs, with a warm worker pool for Ray Train.")
+app.add_typer(ray_app, name="ray")
+
+
+def _finetune_workers(params: Optional[Path]) -> tuple[int, int]:
+    """(finetune.num_workers, engines.ray.warm_pool_keep_alive_s) from params.yaml."""
+    from pipelines.config import load_params, parse_section
+    from pipelines.engines.config import EnginesConfig
+    from pipelines.stages.finetune import SECTION, Config
+
+    all_params = load_params(params)
+    engines = parse_section(all_params, "engines", EnginesConfig) if "engines" in all_params else EnginesConfig()
+    finetune = parse_section(all_params, SECTION, Config) if SECTION in all_params else Config()
+    return finetune.num_workers, engines.ray.warm_pool_keep_alive_s
+
+
+@ray_app.command("up")
+def ray_up(
+    num_cpus: Optional[int] = typer.Option(None, help="CPUs the head offers (default: all)"),
+    warm_pool: bool = typer.Option(True, "--warm-pool/--no-warm-pool", help="preload Train's imports and prestart workers"),
+    params: Optional[Path] = typer.Option(None, "--params", "-p"),
+) -> None:
+    """`ray start --head` for stages to join (LLMOPS_RAY_ADDRESS=auto), with Ray Train's warm worker pool."""
+    import os
+    import shutil
+    import subprocess
+
+    from pipelines.engines import ray_warm_pool
+    from pipelines.engines.ray_engine import RAY_CORE_ENV_DEFAULTS
+
+    env = {**os.environ, **RAY_CORE_ENV_DEFAULTS}
+    if warm_pool:
+        env.update(ray_warm_pool.preload_env())
+    ray_bin = shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"
+    cmd = [ray_bin, "start", "--head", f"--num-cpus={num_cpus or os.cpu_count()}", "--include-dashboard=false",
+           "--disable-usage-stats"]
+    if subprocess.run(cmd, env=env).returncode != 0:
+        raise typer.Exit(code=2)
+    if warm_pool:
+        ray_warm(workers=None, params=params)
+
+
+@ray_app.command("warm")
+def ray_warm(
+    workers: Optional[int] = typer.Option(None, help="Train workers per run (default: finetune.num_workers)"),
+    params: Optional[Path] = typer.Option(None, "--params", "-p"),
+) -> None:
+    """Prestart idle, pre-imported processes for the next finetune run on the running Ray head."""
+    from pipelines.engines import ray_warm_pool
+    from pipelines.engines.config import RayConfig
+    from pipelines.engines.ray_engine import init_ray, ray_train_env_defaults, start_autoscaling_coordinator
+
+    num_workers, keep_alive = _finetune_workers(params)
+    ray_train_env_defaults()  # the runtime env the stage's Train run will have
+    init_ray(RayConfig(address="auto"))
+    # Ray Data's detached autoscaling coordinator, which Train's controller asks for resources: created now, it does
+    # not take a process from the pool on the first run.
+    start_autoscaling_coordinator()
+    started = ray_warm_pool.prestart_for_train_run(workers or num_workers, keep_alive)
+    if not started:
+        typer.secho("no workers prestarted (see the warning above); runs start their workers on demand", err=True)
+        raise typer.Exit(code=2)
+    typer.echo(f"prestarted {started} Ray worker processes for Ray Train (kept {keep_alive} s); "
+               f"they import {', '.join(ray_warm_pool.TRAIN_PRELOAD_MODULES)} in the background")
+
+
+@ray_app.command("down")
+def ray_down() -> None:
+    """`ray stop`."""
+    import shutil
+    import subprocess
+
+    ray_bin = shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"
+    raise typer.Exit(code=subprocess.run([ray_bin, "stop"]).returncode)
+
+
 def main() -> None:  # pragma: no cover - console entry
     app()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -184,3 +185,46 @@ def test_checkpoint_file_is_read_whole_from_local_and_s3(tmp_path, s3_bucket, s3
     assert all(r == payload for r in reads)
     with pytest.raises(FileNotFoundError):
         read_checkpoint_file(remote, "missing.pt")
+
+
+def test_warm_pool_processes_serve_the_train_workers(ray_local, tmp_path):
+    """Workers prestarted through the raylet with `train_runtime_env()` are the processes Ray Train runs its
+    workers in: if Train's runtime env (or Ray's matching of idle workers) changes, the pool silently stops
+    helping, and this fails."""
+    from ray.train import RunConfig, ScalingConfig
+
+    from pipelines.engines import ray_warm_pool
+    from pipelines.engines.ray_engine import ray_train_env_defaults, start_autoscaling_coordinator
+    from pipelines.training.trainer import LeanTorchTrainer
+
+    def report_pid_and_env(config):  # local: cloudpickle ships it by value (workers cannot import this module)
+        import json
+        import os
+        from pathlib import Path
+
+        import ray.train
+
+        rank = ray.train.get_context().get_world_rank()
+        env_vars = dict(ray.get_runtime_context().runtime_env.get("env_vars", {}))
+        Path(config["out"], f"rank{rank}.json").write_text(json.dumps({"pid": os.getpid(), "env_vars": env_vars}))
+
+    ray_train_env_defaults()
+    env_vars = ray_warm_pool.train_runtime_env()["env_vars"]
+    start_autoscaling_coordinator()  # as `llmops ray up` does: it must not take a pool process
+    before, _ = ray_warm_pool.pool_processes(env_vars)
+    assert ray_warm_pool.prestart_for_train_run(2, keep_alive_s=120) == 4  # controller, sync actor, 2 workers
+    warm, _ = ray_warm_pool.pool_processes(env_vars)
+    warm -= before
+    assert len(warm) == 4, warm
+
+    trainer = LeanTorchTrainer(
+        report_pid_and_env,
+        train_loop_config={"out": str(tmp_path)},
+        scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
+        run_config=RunConfig(name="warm-pool-test", storage_path=str(tmp_path / "storage")),
+    )
+    trainer.fit()
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert all(r["env_vars"] == env_vars for r in ranks), ranks
+    pids = {r["pid"] for r in ranks}
+    assert len(pids) == 2 and pids <= warm, (pids, warm)  # both workers ran in prestarted processes

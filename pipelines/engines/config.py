@@ -18,6 +18,10 @@ class RayConfig(StageConfig):
     address: str | None = None
     num_cpus: int | None = None
     include_dashboard: bool = False
+    # Keep idle, pre-imported worker processes for Ray Train on a long-lived Ray (pipelines/engines/ray_warm_pool.py):
+    # `make ray-up` fills the pool and every finetune run refills it for the next one.
+    warm_pool: bool = True
+    warm_pool_keep_alive_s: int = Field(3600, gt=0)
 
 
 class EnginesConfig(StageConfig):

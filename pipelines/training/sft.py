@@ -208,6 +208,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     restarts the worker group after a failure (weights, optimizer, step, data position, loss history)."""
     t_enter = time.time()
     import os
+    import sys
+
+    # whether this process came from Ray's warm pool with Train's imports done (pipelines/engines/ray_warm_pool.py)
+    preloaded = "peft" in sys.modules and "torch" in sys.modules
     import tempfile
 
     import ray.train
@@ -350,6 +354,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         "eval_counts": eval_counts,
         # wall-clock stamps (time.time()) so the driver can split start-up from training
         "t_worker_enter": t_enter,
+        "worker_preloaded": preloaded,
         "t_worker_imported": t_imported,
         "t_first_step": t_first_step,
         "t_train_end": t_train_end,
