@@ -14,7 +14,13 @@ def init_ray(cfg: RayConfig | None = None):
         os.environ.setdefault(key, value)
     if ray.is_initialized():
         return ray
+    global _JOINED_CLUSTER
     address = os.environ.get("LLMOPS_RAY_ADDRESS", cfg.address)
+    if address is None:
+        # A Ray that `ray start` left running here (`make ray-up`): join it, as plain `ray.init()` would, instead of
+        # failing on `num_cpus` (which only a new instance takes).
+        # ("auto", not the address itself: only that path picks up the head's auth token here, Ray 2.60.)
+        address = "auto" if running_ray_start_cluster() else None
     kwargs: dict = {
         "address": address,
         "include_dashboard": cfg.include_dashboard,
@@ -33,7 +39,28 @@ def init_ray(cfg: RayConfig | None = None):
             raise
         ray.shutdown()
         ray.init(**kwargs)
+    _JOINED_CLUSTER = address is not None
     return ray
+
+
+_JOINED_CLUSTER = False
+
+
+def joined_cluster() -> bool:
+    """Whether `init_ray` joined a Ray that outlives this process (a `ray start` head or a cluster address), rather
+    than starting one that goes away with it."""
+    return _JOINED_CLUSTER
+
+
+def running_ray_start_cluster() -> str | None:
+    """The address of the Ray that the last `ray start` on this machine left running, if any (Ray's own lookup:
+    RAY_ADDRESS, then the temp dir's record of the last `ray start`)."""
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+
+        return canonicalize_bootstrap_address(None)
+    except Exception:  # a stale record or a Ray without this helper: start a local instance, as before
+        return None
 
 
 # Ray Train start-up knobs, measured on a 2-core machine (see pipelines/stages/finetune.py for the figures).

@@ -18,24 +18,21 @@ id goes into `training_meta.json` for promote, and writes the metrics JSON and t
 The evaluation stage loads the result with `PeftModel.from_pretrained(base, output_dir)`.
 
 Start-up cost: `startup_breakdown` in the metrics records where the time from stage start to the first step goes,
-and `bench/bench_finetune_startup.py` measures it (median of fresh processes; results in bench/results). On the
-2-core dev box under load (load average 3-9 from other jobs) the phases were ray.init 20-35 s (GCS, autoscaler
-monitor, dashboard, raylet, log monitor, runtime-env agent and dashboard agent start in turn, each a Python process
-importing Ray), importing Ray Train 8 s, then `fit()` to the worker entering the loop 45-65 s (controller actor,
-helper actors, 2 worker processes importing Ray, Train and torch), worker imports + data + model 15-20 s.
-What this stage removes: the DatasetManager and PlacementGroupCleaner actors and Train's metrics callbacks
-(`pipelines/training/trainer.py`), the preemption watcher and the 2 s controller poll
-(`ray_engine.RAY_TRAIN_ENV_DEFAULTS`), usage stats; the autoscaling coordinator is started right after ray.init
-so its process overlaps the driver's imports. The rest is per-process Python start-up that a small busy machine
-pays for every Ray process; a long-lived Ray (`engines.ray.address: auto` after `ray start --head`) removes
-ray.init and the detached helper actors from every run.
+and `bench/bench_finetune_startup.py` measures it (fresh processes; results in bench/results). Almost all of it is
+Python start-up and imports in fresh processes: Ray's own (ray.init), then the controller, its synchronization
+actor and one process per worker, each importing Ray Train, torch, transformers and peft. What this stage removes:
+the DatasetManager and PlacementGroupCleaner actors and Train's metrics callbacks (`pipelines/training/trainer.py`),
+the preemption watcher and the 2 s controller poll (`ray_engine.RAY_TRAIN_ENV_DEFAULTS`), usage stats; the
+autoscaling coordinator is started right after ray.init so its process overlaps the driver's imports. A long-lived
+Ray (`make ray-up`, then `LLMOPS_RAY_ADDRESS=auto` or `engines.ray.address: auto`) removes ray.init, and its warm
+pool (`pipelines/engines/ray_warm_pool.py`) hands the run processes whose imports are already done; the stage
+refills the pool for the next run after its own run ends.
 """
 from __future__ import annotations
 
 import csv
 import io
 import math
-import os
 import shutil
 import tempfile
 import time
@@ -163,12 +160,12 @@ def run(cfg: Config, engines: EnginesConfig | None = None, _worker_overrides: di
     _check_inputs(wc)
 
     from pipelines.engines import ray_warm_pool
-    from pipelines.engines.ray_engine import init_ray, ray_train_env_defaults, start_autoscaling_coordinator
+    from pipelines.engines.ray_engine import init_ray, joined_cluster, ray_train_env_defaults, start_autoscaling_coordinator
 
     ray_train_env_defaults()  # before ray.init / TorchTrainer: these are read when the processes start
-    local_ray = engines.ray.address is None and not os.environ.get("LLMOPS_RAY_ADDRESS")
     init_ray(engines.ray)
     t_ray = time.time()
+    local_ray = not joined_cluster()  # a Ray that goes away with this process
     # Ray's warm pool (pipelines/engines/ray_warm_pool.py) only on a long-lived Ray: there `make ray-up` and each
     # run's refill leave idle processes with Train's imports done. On a Ray started per run, prestarting with the
     # preload measured slower (21.5 s -> 27.1 s to the first step): every process then imports everything at once.
