@@ -228,3 +228,53 @@ def test_warm_pool_processes_serve_the_train_workers(ray_local, tmp_path):
     assert all(r["env_vars"] == env_vars for r in ranks), ranks
     pids = {r["pid"] for r in ranks}
     assert len(pids) == 2 and pids <= warm, (pids, warm)  # both workers ran in prestarted processes
+
+
+def test_weight_sync_broadcasts_trainable_and_checks_frozen(ray_local, tmp_path):
+    """Before DDP (which then skips its own full broadcast), the trainable weights become rank 0's and frozen
+    weights that differ between ranks stop the run instead of training silently diverged replicas."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    def loop(config):
+        import json
+        from pathlib import Path
+
+        import ray.train
+        import torch
+
+        from pipelines.training.sft import sync_weights_from_rank0
+
+        rank = ray.train.get_context().get_world_rank()
+
+        def model(frozen_seed: int, trainable_seed: int):
+            torch.manual_seed(frozen_seed)
+            frozen = torch.nn.Linear(4, 4)
+            frozen.requires_grad_(False)
+            torch.manual_seed(trainable_seed)
+            return torch.nn.Sequential(frozen, torch.nn.Linear(4, 2))
+
+        same_base = model(0, 100 + rank)  # same frozen layer, different trainable init per rank
+        sync_weights_from_rank0(same_base, torch.device("cpu"))
+        out = {"trainable": same_base[1].weight.flatten().tolist(), "frozen": same_base[0].weight.flatten().tolist()}
+        try:
+            sync_weights_from_rank0(model(rank, 0), torch.device("cpu"))  # frozen layer differs on rank 1
+            out["mismatch_error"] = None
+        except RuntimeError as exc:
+            out["mismatch_error"] = str(exc)
+        Path(config["out"], f"rank{rank}.json").write_text(json.dumps(out))
+
+    TorchTrainer(
+        loop,
+        train_loop_config={"out": str(tmp_path)},
+        scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
+        run_config=RunConfig(name="weight-sync-test", storage_path=str(tmp_path / "storage")),
+    ).fit()
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r1["trainable"] == r0["trainable"] and r1["frozen"] == r0["frozen"]
+    import torch
+
+    torch.manual_seed(100)  # rank 0's trainable layer, model(0, 100), is what both ranks now hold
+    assert r0["trainable"] == pytest.approx(torch.nn.Linear(4, 2).weight.flatten().tolist())
+    for r in (r0, r1):
+        assert r["mismatch_error"] and "frozen base weights differ" in r["mismatch_error"]

@@ -278,6 +278,10 @@ def run(cfg: Config, engines: EnginesConfig | None = None, _worker_overrides: di
             "workers_started": round(m["t_worker_enter"] - t_fit, 2),
             "worker_imports": round(m["t_worker_imported"] - m["t_worker_enter"], 2),
             "worker_data_and_model": round(m["t_first_step"] - m["t_worker_imported"], 2),
+            # ... of which: tokenizer + tokenized splits, model (+ LoRA), DDP wrap (initial weight sync)
+            "worker_data": round(m["t_data_ready"] - m["t_worker_imported"], 2),
+            "worker_model": round(m["t_model_built"] - m["t_data_ready"], 2),
+            "worker_ddp": round(m["t_ddp_ready"] - m["t_model_built"], 2),
             "train": round(m["t_train_end"] - m["t_first_step"], 2),
             "eval_save_and_shutdown": round(t_done - m["t_train_end"], 2),
         },
