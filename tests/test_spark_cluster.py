@@ -79,7 +79,7 @@ def cluster(tmp_path_factory):
             try:
                 if any(w["state"] == "ALIVE" for w in _master_state(ui).get("workers", [])):
                     break
-            except OSError:
+            except (OSError, ValueError):  # not listening yet, or the UI answered before it had state (empty body)
                 pass
             if time.monotonic() > deadline or master.poll() is not None or worker.poll() is not None:
                 raise RuntimeError(f"Spark master/worker did not come up; see {tmp}/master.log, worker.log")
