@@ -273,13 +273,19 @@ app.add_typer(ray_app, name="ray")
 def _finetune_workers(params: Optional[Path]) -> tuple[int, int]:
     """(finetune.num_workers, engines.ray.warm_pool_keep_alive_s) from params.yaml."""
     from pipelines.config import load_params, parse_section
-    from pipelines.engines.config import EnginesConfig
+    from pipelines.engines.config import engines_from_params
     from pipelines.stages.finetune import SECTION, Config
 
     all_params = load_params(params)
-    engines = parse_section(all_params, "engines", EnginesConfig) if "engines" in all_params else EnginesConfig()
     finetune = parse_section(all_params, SECTION, Config) if SECTION in all_params else Config()
-    return finetune.num_workers, engines.ray.warm_pool_keep_alive_s
+    return finetune.num_workers, engines_from_params(all_params).ray.warm_pool_keep_alive_s
+
+
+def _ray_bin() -> str:
+    """The `ray` command of this environment (the CLI may run without the venv on PATH)."""
+    import shutil
+
+    return shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"
 
 
 @ray_app.command("up")
@@ -290,7 +296,6 @@ def ray_up(
 ) -> None:
     """`ray start --head` for stages to join (LLMOPS_RAY_ADDRESS=auto), with Ray Train's warm worker pool."""
     import os
-    import shutil
     import subprocess
 
     from pipelines.engines import ray_warm_pool
@@ -299,8 +304,7 @@ def ray_up(
     env = {**os.environ, **RAY_CORE_ENV_DEFAULTS}
     if warm_pool:
         env.update(ray_warm_pool.preload_env())
-    ray_bin = shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"
-    cmd = [ray_bin, "start", "--head", f"--num-cpus={num_cpus or os.cpu_count()}", "--include-dashboard=false",
+    cmd = [_ray_bin(), "start", "--head", f"--num-cpus={num_cpus or os.cpu_count()}", "--include-dashboard=false",
            "--disable-usage-stats"]
     if subprocess.run(cmd, env=env).returncode != 0:
         raise typer.Exit(code=2)
@@ -335,11 +339,9 @@ def ray_warm(
 @ray_app.command("down")
 def ray_down() -> None:
     """`ray stop`."""
-    import shutil
     import subprocess
 
-    ray_bin = shutil.which("ray", path=str(Path(sys.executable).parent)) or "ray"
-    raise typer.Exit(code=subprocess.run([ray_bin, "stop"]).returncode)
+    raise typer.Exit(code=subprocess.run([_ray_bin(), "stop"]).returncode)
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -27,3 +27,10 @@ class RayConfig(StageConfig):
 class EnginesConfig(StageConfig):
     spark: SparkConfig = SparkConfig()
     ray: RayConfig = RayConfig()
+
+
+def engines_from_params(params: dict) -> EnginesConfig:
+    """The `engines` section of loaded params.yaml, defaults when it is absent."""
+    from pipelines.config import parse_section
+
+    return parse_section(params, "engines", EnginesConfig) if "engines" in params else EnginesConfig()

@@ -267,7 +267,7 @@ def run(cfg: Config, engines: EnginesConfig | None = None, _worker_overrides: di
         "train_examples": m["train_counts"]["examples"],
         "eval_examples": m["eval_counts"]["examples"],
         "startup_seconds": round(m["t_first_step"] - t_stage, 2),
-        # rank 0's process came from Ray's warm pool, Train's imports already done
+        # rank 0's process had Train's imports done before the loop (preloaded by the raylet, `llmops ray up`)
         "worker_preloaded": bool(m.get("worker_preloaded", False)),
         "seconds": round(t_end - t_stage, 2),
         "mlflow_run_id": meta.get("mlflow_run_id"),

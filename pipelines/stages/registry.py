@@ -8,7 +8,7 @@ from pathlib import Path
 from types import ModuleType
 
 from pipelines.config import load_params, parse_section
-from pipelines.engines.config import EnginesConfig
+from pipelines.engines.config import engines_from_params
 
 STAGES: dict[str, str] = {
     "prepare_base_model": "pipelines.stages.prepare_base_model",
@@ -42,7 +42,7 @@ def run_stage(name: str, params_path: str | Path | None = None) -> dict:
     cfg = parse_section(params, module.SECTION, module.Config)
     kwargs = {}
     if "engines" in inspect.signature(module.run).parameters:
-        kwargs["engines"] = parse_section(params, "engines", EnginesConfig) if "engines" in params else EnginesConfig()
+        kwargs["engines"] = engines_from_params(params)
     started = time.perf_counter()
     report = module.run(cfg, **kwargs)
     report = dict(report or {})

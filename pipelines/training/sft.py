@@ -241,7 +241,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import os
     import sys
 
-    # whether this process came from Ray's warm pool with Train's imports done (pipelines/engines/ray_warm_pool.py)
+    # whether Train's imports were done before the loop (a raylet with RAY_preload_python_modules, `llmops ray up`)
     preloaded = "peft" in sys.modules and "torch" in sys.modules
     import tempfile
 
@@ -296,16 +296,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         losses, eval_history = list(state["losses"]), [list(e) for e in state["eval_history"]]
         resumed_from = step
 
+    t_model = time.time()
     if world > 1:
         import ray.train.torch
 
-        t_model = time.time()
         sync_weights_from_rank0(model, ray.train.torch.get_device())
         # DDP (gloo on CPU) without its own initial sync, which broadcasts every weight (540 MB here, 2-3 s over
         # gloo on the 2-core box) although only the trainable ones can differ: done above, checked for the rest.
         model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"init_sync": False})
-    else:
-        t_model = time.time()
     t_ddp = time.time()
 
     def mean_over_ranks(value: float) -> float:
