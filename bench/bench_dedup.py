@@ -279,7 +279,7 @@ def part_speed(spark, work: Path, base: list[tuple[str, str, str]], nd, factors:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipelines.data.schema import CORPUS_COLUMNS
+    from pipelines.schema import CORPUS_COLUMNS
     from pipelines.stages import dedup
 
     rows_out = []

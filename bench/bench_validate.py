@@ -52,7 +52,7 @@ def load_t0():
 def hand_written(df, cfg) -> dict:
     """The curated suite's checks in plain Pandas (same thresholds, same text statistics)."""
     from pipelines.validation import textstats
-    from pipelines.validation.corpus import CORPUS_COLUMNS, REQUIRED_NON_NULL
+    from pipelines.schema import CORPUS_COLUMNS, REQUIRED_NON_NULL
 
     lengths = df["text"].str.len()
     qs = sorted(cfg.length_quantiles)

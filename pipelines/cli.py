@@ -29,7 +29,7 @@ def run(
 ) -> None:
     """Run one stage with its section of params.yaml and print its report as JSON."""
     from pipelines.stages.registry import run_stage
-    from pipelines.stages.errors import StageFailed
+    from pipelines.errors import StageFailed
 
     try:
         report = run_stage(stage, params)

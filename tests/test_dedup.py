@@ -9,7 +9,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.data.schema import CORPUS_COLUMNS
+from pipelines.schema import CORPUS_COLUMNS
 from pipelines.data.text import normalize_text
 from pipelines.stages import dedup
 

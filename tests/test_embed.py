@@ -17,8 +17,8 @@ from pipelines.embeddings.encoder import resolve_model_dir
 from pipelines.embeddings.index import CHUNKS, IDS, INDEX, MANIFEST, read_chunks, read_index, read_vectors
 from pipelines.engines.config import EnginesConfig, RayConfig
 from pipelines.stages import embed, evaluate_retrieval
-from pipelines.stages.errors import StageFailed
-from pipelines.validation.corpus import corpus_schema
+from pipelines.errors import StageFailed
+from pipelines.schema import corpus_schema
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
 RAW = SAMPLE / "raw"

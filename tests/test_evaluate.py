@@ -61,7 +61,7 @@ def test_evaluate_metrics_on_tiny_data(repo_root, base_model_dir, candidate_dir,
 
 def test_evaluate_refuses_a_split_without_instructions(base_model_dir, candidate_dir, tmp_path):
     from pipelines.stages import evaluate
-    from pipelines.stages.errors import StageFailed
+    from pipelines.errors import StageFailed
 
     empty = tmp_path / "docs.parquet"
     pd.DataFrame([dict(doc_id="a", kind="document", prompt=None, response=None)]).to_parquet(empty)

@@ -45,7 +45,7 @@ def test_floors_pass_without_champion(tmp_path):
 
 def test_broken_candidate_is_rejected_as_a_result(tmp_path):
     from pipelines.stages import gate
-    from pipelines.stages.errors import StageFailed
+    from pipelines.errors import StageFailed
 
     write_metrics(tmp_path, "b" * 64, 1e4, 0.0, 1.0)
     report = gate.run(gate_cfg(tmp_path, f"sqlite:///{tmp_path}/none.db"))

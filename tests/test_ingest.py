@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from pipelines.config import ConfigError, parse_section
-from pipelines.data.schema import CORPUS_COLUMNS, REJECT_COLUMNS
+from pipelines.schema import CORPUS_COLUMNS, REJECT_COLUMNS
 from pipelines.stages import ingest
 
 INSTRUCTIONS = [

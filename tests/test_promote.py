@@ -91,7 +91,7 @@ def test_promote_registers_moves_alias_and_is_idempotent(adapter, base_model_dir
 def test_stale_decision_is_refused(adapter, base_model_dir, tmp_path):
     from pipelines.models.lm import dir_sha256
     from pipelines.stages import gate, promote
-    from pipelines.stages.errors import StageFailed
+    from pipelines.errors import StageFailed
 
     c1 = _candidate(adapter, tmp_path, "c1", "one")
     uri = f"sqlite:///{tmp_path}/mlruns.db"

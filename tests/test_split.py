@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
-from pipelines.data.schema import CORPUS_COLUMNS
+from pipelines.schema import CORPUS_COLUMNS
 from pipelines.stages import split
 
 SCHEMA = pa.schema([(c, pa.int32() if c == "n_chars" else pa.string()) for c in CORPUS_COLUMNS])

@@ -10,8 +10,8 @@ import pytest
 
 from pipelines.config import load_params, parse_section
 from pipelines.stages import validate
-from pipelines.stages.errors import StageFailed
-from pipelines.validation.corpus import corpus_schema, read_corpus
+from pipelines.errors import StageFailed
+from pipelines.schema import corpus_schema, read_corpus
 
 RAW = Path(__file__).resolve().parents[1] / "data" / "sample" / "raw"
 

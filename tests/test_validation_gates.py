@@ -14,9 +14,9 @@ import pytest
 
 from pipelines.config import load_params, parse_section
 from pipelines.stages import validate, validate_embeddings, validate_raw, validate_splits
-from pipelines.stages.errors import StageFailed
+from pipelines.errors import StageFailed
 from pipelines.validation import textstats
-from pipelines.validation.corpus import corpus_schema
+from pipelines.schema import corpus_schema
 from tests.test_validate import tiny_corpus, write_spark_like
 
 GERMAN = "Der schnelle braune Fuchs springt über den faulen Hund, während die Katze schläft und träumt."

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipelines.data.sparkio import spark_path
+from pipelines.engines.spark import spark_path
 
 if TYPE_CHECKING:
     from pipelines.stages.ingest import Source

@@ -6,10 +6,9 @@ import os
 from pipelines.engines.config import RayConfig
 
 
-def init_ray(cfg: RayConfig | None = None):
+def init_ray(cfg: RayConfig):
     import ray  # heavy: imported only when a stage needs Ray
 
-    cfg = cfg or RayConfig()
     for key, value in RAY_CORE_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
     if ray.is_initialized():

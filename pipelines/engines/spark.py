@@ -1,16 +1,17 @@
-"""One Spark session per process, built from `engines.spark` in params.yaml."""
+"""One Spark session per process, built from `engines.spark` in params.yaml, and the small helpers every Spark
+stage shares (the session to run on, paths Spark resolves the same everywhere, grouped counts)."""
 from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
-from pipelines.engines.config import SparkConfig
+from pipelines.engines.config import EnginesConfig, SparkConfig
 
 
-def get_spark(cfg: SparkConfig | None = None):
+def get_spark(cfg: SparkConfig):
     from pyspark.sql import SparkSession  # heavy: imported only when a stage needs Spark
 
-    cfg = cfg or SparkConfig()
     master = os.environ.get("LLMOPS_SPARK_MASTER", cfg.master)
     # Python workers must run the interpreter that has this project's packages (not the system python3).
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -32,3 +33,22 @@ def get_spark(cfg: SparkConfig | None = None):
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
     return spark
+
+
+def session(engines: EnginesConfig | None, spark=None):
+    """The session a stage runs on: one handed in (tests share theirs), else one built from `engines.spark`."""
+    if spark is not None:
+        return spark
+    if engines is None:
+        raise ValueError("a Spark stage needs either a session or the engines section of params.yaml")
+    return get_spark(engines.spark)
+
+
+def spark_path(path: str | Path) -> str:
+    """Local paths are made absolute (Spark resolves relative ones against its own working dir); URIs pass as is."""
+    path = str(path)
+    return path if "://" in path else str(Path(path).resolve())
+
+
+def count_by(df, *cols: str) -> dict[tuple, int]:
+    return {tuple(r[c] for c in cols): r["count"] for r in df.groupBy(*cols).count().collect()}

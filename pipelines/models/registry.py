@@ -14,12 +14,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipelines.config import project_root
+from pipelines.config import StageConfig, project_root
 
 CHAMPION = "champion"
 ADAPTER_ARTIFACT_PATH = "candidate"
 SPEC_FILE = "llmops_spec.json"
 HASH_TAG = "adapter_sha256"
+
+
+class RegistryConfig(StageConfig):
+    """The `registry` section of params.yaml: the MLflow tracking server and registered model that finetune,
+    gate, promote and serving share."""
+
+    tracking_uri: str  # a relative sqlite:/// path is taken from the project root
+    experiment_name: str
+    artifact_root: str  # the experiment's artifact location when this project creates it (s3://... in production)
+    model_name: str
+    alias: str  # the alias that names the serving model
 
 
 def resolve_tracking_uri(uri: str) -> str:

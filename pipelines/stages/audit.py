@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pipelines.config import StageConfig
 from pipelines.io import write_json, write_text
-from pipelines.stages.errors import StageFailed
+from pipelines.errors import StageFailed
 
 SECTION = "audit"
 

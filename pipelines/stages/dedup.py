@@ -37,11 +37,11 @@ from collections import Counter
 from pydantic import Field, model_validator
 
 from pipelines.config import StageConfig
-from pipelines.data.schema import CORPUS_COLUMNS, MAX_RAW_CHARS
-from pipelines.data.sparkio import count_by, session, spark_path
+from pipelines.schema import CORPUS_COLUMNS, MAX_RAW_CHARS
+from pipelines.engines.spark import count_by, session, spark_path
 from pipelines.engines.config import EnginesConfig
 from pipelines.io import atomic_path, write_json, write_text
-from pipelines.stages.errors import StageFailed
+from pipelines.errors import StageFailed
 
 SECTION = "dedup"
 STAGE = "dedup"

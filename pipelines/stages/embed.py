@@ -65,7 +65,7 @@ def max_seq_length(model_dir) -> int | None:
 
 
 def read_documents(cfg: Config):
-    from pipelines.validation.corpus import read_corpus
+    from pipelines.schema import read_corpus
 
     df = read_corpus(cfg.input_dir, columns=COLUMNS).sort_values("doc_id", kind="stable").reset_index(drop=True)
     if df.empty:

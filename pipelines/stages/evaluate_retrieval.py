@@ -27,7 +27,7 @@ from pydantic import Field
 
 from pipelines.config import StageConfig
 from pipelines.io import write_json, write_text
-from pipelines.stages.errors import StageFailed
+from pipelines.errors import StageFailed
 
 SECTION = "evaluate_retrieval"
 
@@ -136,7 +136,7 @@ def score(retriever, questions: list[dict], mapped: dict[str, str], cfg: Config)
 
 def run(cfg: Config, retriever=None) -> dict:
     from pipelines.embeddings.retrieval import Retriever
-    from pipelines.validation.corpus import read_corpus
+    from pipelines.schema import read_corpus
 
     started = time.perf_counter()
     all_questions = load_questions(cfg.questions_path)

@@ -19,7 +19,7 @@ from typing import Any
 
 from pipelines.config import StageConfig
 from pipelines.io import read_json, write_json
-from pipelines.stages.errors import StageFailed
+from pipelines.errors import StageFailed
 
 SECTION = "gate"
 

@@ -27,12 +27,12 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pipelines.config import StageConfig
 from pipelines.data import pii as pii_mod
 from pipelines.data.clean import RULE_NAMES, Language, Normalize, QualityRules
-from pipelines.data.schema import CORPUS_COLUMNS, MAX_RAW_CHARS
+from pipelines.schema import CORPUS_COLUMNS, MAX_RAW_CHARS
 from pipelines.data.sources import CORRUPT, READERS, TEXT_FIELDS, stage_s3
-from pipelines.data.sparkio import count_by, session, spark_path
+from pipelines.engines.spark import count_by, session, spark_path
 from pipelines.engines.config import EnginesConfig
 from pipelines.io import atomic_path, write_json
-from pipelines.stages.errors import StageFailed
+from pipelines.errors import StageFailed
 
 SECTION = "ingest"
 STAGE = "ingest"

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from pipelines.config import StageConfig
 from pipelines.io import read_json, write_json
-from pipelines.stages.errors import StageFailed
+from pipelines.errors import StageFailed
 
 SECTION = "promote"
 

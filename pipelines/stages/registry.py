@@ -1,4 +1,8 @@
-"""Stage name -> module. The CLI, dvc.yaml commands and Airflow tasks all go through `run_stage`."""
+"""Stage name -> module. The CLI, dvc.yaml commands and Airflow tasks all go through `run_stage`.
+
+A stage's `run(cfg, **shared)` takes its own section's config plus, by keyword, the shared sections it needs
+(`SHARED_SECTIONS`): a setting that several stages use is written once in params.yaml and handed to each.
+"""
 from __future__ import annotations
 
 import importlib
@@ -6,9 +10,15 @@ import inspect
 import time
 from pathlib import Path
 from types import ModuleType
+from typing import Any, Mapping
 
-from pipelines.config import load_params, parse_section
-from pipelines.engines.config import engines_from_params
+from pydantic import BaseModel
+
+from pipelines.config import config_from_params, load_params, parse_section
+from pipelines.data.near_duplicates import NearDuplicate
+from pipelines.engines.config import EnginesConfig
+from pipelines.models.registry import RegistryConfig
+from pipelines.validation.context import GxConfig
 
 STAGES: dict[str, str] = {
     "prepare_base_model": "pipelines.stages.prepare_base_model",
@@ -28,6 +38,15 @@ STAGES: dict[str, str] = {
     "promote": "pipelines.stages.promote",
 }
 
+# `run` keyword -> (params.yaml section, its model). The same object goes to every stage that asks for it.
+SHARED_SECTIONS: dict[str, tuple[str, type[BaseModel]]] = {
+    "engines": ("engines", EnginesConfig),
+    "registry": ("registry", RegistryConfig),
+    "gx": ("gx", GxConfig),
+    # what "near-duplicate" means: dedup drops by it, the validate suite measures by it
+    "near_duplicate": ("dedup.near_duplicate", NearDuplicate),
+}
+
 
 def stage_module(name: str) -> ModuleType:
     if name not in STAGES:
@@ -35,16 +54,31 @@ def stage_module(name: str) -> ModuleType:
     return importlib.import_module(STAGES[name])
 
 
+def shared_sections_of(module: ModuleType) -> list[str]:
+    """The shared sections (keywords of SHARED_SECTIONS) that the stage's `run` takes."""
+    accepted = inspect.signature(module.run).parameters
+    return [key for key in SHARED_SECTIONS if key in accepted]
+
+
+def stage_config(name: str, params: Mapping[str, Any] | str | Path | None = None, **overrides: Any):
+    """Stage `name`'s config from params.yaml with `overrides` merged in and validated (tests, benchmarks)."""
+    module = stage_module(name)
+    return config_from_params(module.SECTION, module.Config, overrides, params)
+
+
+def shared_config(key: str, params: Mapping[str, Any] | str | Path | None = None, **overrides: Any):
+    """A shared section's config (`engines`, `registry`, `gx`, `near_duplicate`) with `overrides` merged in."""
+    section, model = SHARED_SECTIONS[key]
+    return config_from_params(section, model, overrides, params)
+
+
 def run_stage(name: str, params_path: str | Path | None = None) -> dict:
-    """Load the stage's typed config from params.yaml and run it; engines config is passed to stages that take it."""
+    """Load the stage's typed config (and the shared sections its `run` takes) from params.yaml and run it."""
     module = stage_module(name)
     params = load_params(params_path)
     cfg = parse_section(params, module.SECTION, module.Config)
-    kwargs = {}
-    if "engines" in inspect.signature(module.run).parameters:
-        kwargs["engines"] = engines_from_params(params)
+    kwargs = {key: parse_section(params, *SHARED_SECTIONS[key]) for key in shared_sections_of(module)}
     started = time.perf_counter()
-    report = module.run(cfg, **kwargs)
-    report = dict(report or {})
+    report = dict(module.run(cfg, **kwargs))
     report.setdefault("stage_seconds", round(time.perf_counter() - started, 2))
     return report

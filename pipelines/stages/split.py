@@ -12,9 +12,9 @@ from pathlib import Path
 from pydantic import Field, model_validator
 
 from pipelines.config import StageConfig
-from pipelines.data.schema import CORPUS_COLUMNS
+from pipelines.schema import CORPUS_COLUMNS
 from pipelines.io import atomic_dir, write_json
-from pipelines.stages.errors import StageFailed
+from pipelines.errors import StageFailed
 
 SECTION = "split"
 SPLITS = ("train", "eval", "test")

@@ -12,14 +12,15 @@ from pydantic import Field, model_validator
 
 from pipelines.config import StageConfig
 from pipelines.engines.config import EnginesConfig
-from pipelines.validation.corpus import CORPUS_COLUMNS, KINDS, REQUIRED_NON_NULL, read_corpus
+from pipelines.schema import CORPUS_COLUMNS, KINDS, REQUIRED_NON_NULL
+from pipelines.validation.context import GxConfig
+from pipelines.validation.suites import load_parquet, with_severity
 
 SECTION = "validate"
 
 
 class Config(StageConfig):
     input_dir: str = "data/curated/corpus"
-    gx_root: str = "great_expectations"
     suite: str = "curated_corpus"
     engine: str = Field("pandas", pattern="^(pandas|spark)$")  # spark: the same suite on a Spark DataFrame
     min_rows: int = Field(1, ge=0)
@@ -48,13 +49,6 @@ class Config(StageConfig):
                 raise ValueError(f"length_quantiles: {q}: {bounds} must be a quantile in [0, 1] -> [low, high]")
         return self
 
-
-def with_severity(expectations: list, non_blocking: list[str]) -> list:
-    """GX 1.x native severity: listed expectation types become warnings (non-blocking), the rest stay critical."""
-    for e in expectations:
-        if e.expectation_type in non_blocking:
-            e.severity = "warning"
-    return expectations
 
 
 def corpus_expectations(cfg: Config) -> list:
@@ -90,26 +84,13 @@ def corpus_expectations(cfg: Config) -> list:
     return with_severity(expectations, cfg.non_blocking)
 
 
-def load_parquet(path: str, engines: EnginesConfig | None, spark=None):
-    """Loader for the gate: pandas (pyarrow) or a Spark DataFrame read by the session from `engines.spark`."""
 
-    def load(engine: str):
-        if engine == "pandas":
-            return read_corpus(path)
-        from pipelines.data.sparkio import session, spark_path
-
-        read_corpus(path, columns=["doc_id"])  # same 'not found' message as the pandas path
-        return session(engines, spark).read.parquet(spark_path(path))
-
-    return load
-
-
-def run(cfg: Config, engines: EnginesConfig | None = None, *, spark=None) -> dict:
+def run(cfg: Config, gx: GxConfig, engines: EnginesConfig | None = None, *, spark=None) -> dict:
     """`spark`: a session to reuse (tests share theirs); else one from `engines.spark` when engine is spark."""
     from pipelines.validation.gate import run_gate  # heavy: imports great_expectations
 
     return run_gate(
-        suite=cfg.suite, gx_root=cfg.gx_root, engine=cfg.engine, load=load_parquet(cfg.input_dir, engines, spark),
+        suite=cfg.suite, gx_root=gx.context_root, engine=cfg.engine, load=load_parquet(cfg.input_dir, engines, spark),
         expectations=lambda: corpus_expectations(cfg), results_dir=cfg.results_dir, metrics=cfg.metrics,
         source=cfg.input_dir,
     )

@@ -16,8 +16,9 @@ from pydantic import Field
 
 from pipelines.config import StageConfig
 from pipelines.engines.config import EnginesConfig
-from pipelines.stages.validate import with_severity
-from pipelines.validation.corpus import read_corpus
+from pipelines.validation.context import GxConfig
+from pipelines.validation.suites import load_frame, with_severity
+from pipelines.schema import read_corpus
 
 SECTION = "validate_embeddings"
 
@@ -25,7 +26,6 @@ SECTION = "validate_embeddings"
 class Config(StageConfig):
     embeddings_dir: str = "data/embeddings"
     corpus_dir: str = "data/curated/corpus"
-    gx_root: str = "great_expectations"
     suite: str = "embeddings"
     engine: str = Field("pandas", pattern="^(pandas|spark)$")
     dim: int = Field(384, ge=1)
@@ -98,21 +98,14 @@ def vector_frame(cfg: Config):
     return df, {"expected_documents": len(doc_text), "index_rows": len(index_ids)}
 
 
-def run(cfg: Config, engines: EnginesConfig | None = None, *, spark=None) -> dict:
+def run(cfg: Config, gx: GxConfig, engines: EnginesConfig | None = None, *, spark=None) -> dict:
     """`spark`: a session to reuse (tests share theirs); else one from `engines.spark` when engine is spark."""
     from pipelines.validation.gate import run_gate
 
     df, parameters = vector_frame(cfg)
 
-    def load(engine: str):
-        if engine == "pandas":
-            return df
-        from pipelines.data.sparkio import session
-
-        return session(engines, spark).createDataFrame(df)
-
     return run_gate(
-        suite=cfg.suite, gx_root=cfg.gx_root, engine=cfg.engine, load=load,
+        suite=cfg.suite, gx_root=gx.context_root, engine=cfg.engine, load=load_frame(df, engines, spark),
         expectations=lambda: embedding_expectations(cfg), results_dir=cfg.results_dir, metrics=cfg.metrics,
         source=cfg.embeddings_dir, expectation_parameters=parameters, extra=dict(parameters),
     )

@@ -9,15 +9,15 @@ from pydantic import Field
 
 from pipelines.config import StageConfig
 from pipelines.engines.config import EnginesConfig
-from pipelines.stages.validate import load_parquet, with_severity
-from pipelines.validation.corpus import CORPUS_COLUMNS, KINDS, REQUIRED_NON_NULL
+from pipelines.schema import CORPUS_COLUMNS, KINDS, REQUIRED_NON_NULL
+from pipelines.validation.context import GxConfig
+from pipelines.validation.suites import load_parquet, with_severity
 
 SECTION = "validate_raw"
 
 
 class Config(StageConfig):
     input_dir: str = "data/interim/ingested"
-    gx_root: str = "great_expectations"
     suite: str = "raw_corpus"
     engine: str = Field("pandas", pattern="^(pandas|spark)$")
     min_rows: int = Field(1, ge=0)
@@ -48,12 +48,12 @@ def raw_expectations(cfg: Config) -> list:
     return with_severity(expectations, cfg.non_blocking)
 
 
-def run(cfg: Config, engines: EnginesConfig | None = None, *, spark=None) -> dict:
+def run(cfg: Config, gx: GxConfig, engines: EnginesConfig | None = None, *, spark=None) -> dict:
     """`spark`: a session to reuse (tests share theirs); else one from `engines.spark` when engine is spark."""
     from pipelines.validation.gate import run_gate
 
     return run_gate(
-        suite=cfg.suite, gx_root=cfg.gx_root, engine=cfg.engine, load=load_parquet(cfg.input_dir, engines, spark),
+        suite=cfg.suite, gx_root=gx.context_root, engine=cfg.engine, load=load_parquet(cfg.input_dir, engines, spark),
         expectations=lambda: raw_expectations(cfg), results_dir=cfg.results_dir, metrics=cfg.metrics,
         source=cfg.input_dir,
     )

@@ -12,7 +12,8 @@ from pydantic import Field
 
 from pipelines.config import StageConfig
 from pipelines.engines.config import EnginesConfig
-from pipelines.stages.validate import with_severity
+from pipelines.validation.context import GxConfig
+from pipelines.validation.suites import load_frame, with_severity
 
 SECTION = "validate_splits"
 SPLITS = ("train", "eval", "test")
@@ -20,7 +21,6 @@ SPLITS = ("train", "eval", "test")
 
 class Config(StageConfig):
     split_dir: str = "data/splits"
-    gx_root: str = "great_expectations"
     suite: str = "splits"
     engine: str = Field("pandas", pattern="^(pandas|spark)$")
     max_hash_overlap_rate: float = Field(0.0, ge=0, le=1)
@@ -60,19 +60,19 @@ def load_splits(split_dir: str, engines: EnginesConfig | None, spark=None):
         )
         if engine == "pandas":
             return df
-        from pipelines.data.sparkio import session
+        from pipelines.engines.spark import session
 
         return session(engines, spark).createDataFrame(df)
 
     return load
 
 
-def run(cfg: Config, engines: EnginesConfig | None = None, *, spark=None) -> dict:
+def run(cfg: Config, gx: GxConfig, engines: EnginesConfig | None = None, *, spark=None) -> dict:
     """`spark`: a session to reuse (tests share theirs); else one from `engines.spark` when engine is spark."""
     from pipelines.validation.gate import run_gate
 
     return run_gate(
-        suite=cfg.suite, gx_root=cfg.gx_root, engine=cfg.engine, load=load_splits(cfg.split_dir, engines, spark),
+        suite=cfg.suite, gx_root=gx.context_root, engine=cfg.engine, load=load_splits(cfg.split_dir, engines, spark),
         expectations=lambda: split_expectations(cfg), results_dir=cfg.results_dir, metrics=cfg.metrics,
         source=cfg.split_dir,
     )

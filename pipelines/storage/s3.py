@@ -37,8 +37,11 @@ def arrow_filesystem():
 
 
 def split_uri(uri: str) -> tuple[str, str]:
-    """s3://bucket/key/prefix -> ("bucket", "key/prefix")."""
+    """s3://bucket/key/prefix (or s3a://) -> ("bucket", "key/prefix"); the key keeps a trailing slash and may be
+    empty. The one S3 URI parser of the project (ingest staging, checkpoints, DVC remotes)."""
     parsed = urlparse(uri)
     if parsed.scheme not in ("s3", "s3a"):
         raise ValueError(f"not an s3:// URI: {uri}")
+    if not parsed.netloc:
+        raise ValueError(f"not an s3:// URI with a bucket: {uri}")
     return parsed.netloc, parsed.path.lstrip("/")

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pipelines.io import write_json
-from pipelines.stages.errors import StageFailed
+from pipelines.errors import StageFailed
 from pipelines.validation import gx_project
 
 

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from pipelines.storage.s3 import split_uri
+
 ENV_BUCKET = "LLMOPS_S3_BUCKET"
 ENV_PREFIX = "LLMOPS_S3_PREFIX"
 ENV_ENDPOINTS = ("LLMOPS_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
@@ -125,12 +127,6 @@ def _s3_client(section: Mapping[str, Any]):
     return session.client("s3", **kwargs)
 
 
-def _split_s3_url(url: str) -> tuple[str, str]:
-    rest = url[len("s3://"):]
-    bucket, _, prefix = rest.partition("/")
-    return bucket, prefix
-
-
 _CREDENTIAL_CODES = {"403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "ExpiredToken",
                      "InvalidToken", "TokenRefreshRequired", "InvalidClientTokenId", "UnrecognizedClientException"}
 _MISSING_BUCKET_CODES = {"404", "NoSuchBucket"}
@@ -140,7 +136,10 @@ def check_s3(section: Mapping[str, Any], name: str = DEFAULT_S3_REMOTE) -> str:
     """HeadBucket on the remote's bucket; raises RemoteError with one readable line. Returns the endpoint used."""
     import botocore.exceptions as bexc
 
-    bucket, _ = _split_s3_url(section["url"])
+    try:
+        bucket, _ = split_uri(section["url"])
+    except ValueError as exc:
+        raise RemoteError(f"remote '{name}': {exc}") from None
     try:
         client = _s3_client(section)
     except bexc.ProfileNotFound as exc:

@@ -1,0 +1,42 @@
+"""What every validate stage shares before GX runs: batch loaders and GX severities. Light: no GX import."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from pipelines.engines.config import EnginesConfig
+from pipelines.schema import read_corpus
+
+
+def with_severity(expectations: list, non_blocking: list[str]) -> list:
+    """GX 1.x native severity: listed expectation types become warnings (non-blocking), the rest stay critical."""
+    for e in expectations:
+        if e.expectation_type in non_blocking:
+            e.severity = "warning"
+    return expectations
+
+
+def load_parquet(path: str, engines: EnginesConfig | None, spark=None) -> Callable[[str], Any]:
+    """Loader for the gate: pandas (pyarrow) or a Spark DataFrame read by the session from `engines.spark`."""
+
+    def load(engine: str):
+        if engine == "pandas":
+            return read_corpus(path)
+        from pipelines.engines.spark import session, spark_path
+
+        read_corpus(path, columns=["doc_id"])  # same 'not found' message as the pandas path
+        return session(engines, spark).read.parquet(spark_path(path))
+
+    return load
+
+
+def load_frame(df, engines: EnginesConfig | None, spark=None) -> Callable[[str], Any]:
+    """Loader for a batch built in pandas: as is, or handed to Spark when the stage's engine is spark."""
+
+    def load(engine: str):
+        if engine == "pandas":
+            return df
+        from pipelines.engines.spark import session
+
+        return session(engines, spark).createDataFrame(df)
+
+    return load
