@@ -36,13 +36,12 @@ def main() -> dict:
     from bench_dedup import PeakRSS
     from bench_ingest import T0_SOURCE
 
-    from pipelines.config import load_params, parse_section
-    from pipelines.engines.config import EnginesConfig
     from pipelines.engines.spark import get_spark
     from pipelines.stages import dedup, ingest
+    from pipelines.stages.registry import shared_config, stage_config
 
-    params = load_params(REPO / "params.yaml")
-    engines = parse_section(params, "engines", EnginesConfig)
+    params = REPO / "params.yaml"
+    engines = shared_config("engines", params)
     work = Path(tempfile.mkdtemp(prefix="bench-curate-"))
     t = time.perf_counter()
     spark = get_spark(engines.spark)
@@ -50,18 +49,17 @@ def main() -> dict:
     runs = []
     try:
         for r in range(args.runs):
-            ingest_cfg = ingest.Config.model_validate({
-                **params["ingest"],
-                "sources": [{**T0_SOURCE, "path": str(T0)}],
-                "output_dir": str(work / f"ingested_{r}"), "rejects_dir": str(work / f"ingest_rejects_{r}"),
-                "metrics": str(work / "ingest.json"),
-            })
-            dedup_cfg = dedup.Config.model_validate({
-                **params["dedup"],
-                "input_dir": str(work / f"ingested_{r}"), "output_dir": str(work / f"deduplicated_{r}"),
-                "rejects_dir": str(work / f"dedup_rejects_{r}"), "metrics": str(work / "dedup.json"),
-                "cluster_report": str(work / "clusters.json"), "cluster_html": str(work / "clusters.html"),
-            })
+            ingest_cfg = stage_config(
+                "ingest", params, sources=[{**T0_SOURCE, "path": str(T0)}],
+                output_dir=str(work / f"ingested_{r}"), rejects_dir=str(work / f"ingest_rejects_{r}"),
+                metrics=str(work / "ingest.json"),
+            )
+            dedup_cfg = stage_config(
+                "dedup", params,
+                input_dir=str(work / f"ingested_{r}"), output_dir=str(work / f"deduplicated_{r}"),
+                rejects_dir=str(work / f"dedup_rejects_{r}"), metrics=str(work / "dedup.json"),
+                cluster_report=str(work / "clusters.json"), cluster_html=str(work / "clusters.html"),
+            )
             with PeakRSS() as mem:
                 t = time.perf_counter()
                 ing = ingest.run(ingest_cfg, spark=spark)

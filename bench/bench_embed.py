@@ -6,12 +6,13 @@ params.yaml's `embed.chunking`, the very texts the stage embeds for them; throug
 --limit of them (a 2-core CPU encodes ~5-10 chunks/s), retrieval quality on all of them.
 (a) bare: one process, the model loaded once, `encode(texts, batch_size=b)` for b in --batch-sizes (one pass each
     after a warm-up), then --runs timed passes at the best b. torch uses every core (its default).
-(b) stage: `embed_texts_ray` from pipelines/stages/embed.py (Ray Data map_batches over model-holding actors), with
-    each Ray layout in --ray-layouts (`concurrency x num_cpus`, the same total threads as (a)); each pass includes
-    creating the actors and loading their model copies, as every stage run does; `ray.init` is timed once, apart.
+(b) stage: `embed_texts_ray` from pipelines/embeddings/vectors.py, as the embed stage runs it (Ray Data
+    map_batches over model-holding actors), with each Ray layout in --ray-layouts (`concurrency x num_cpus`, the
+    same total threads as (a)); each pass includes creating the actors and loading their model copies, as every
+    stage run does; `ray.init` is timed once, apart.
 (a) and (b) passes are interleaved so that load from other processes on a shared machine hits both alike.
 (c) int8: `torch.ao.quantization.quantize_dynamic` on the Linear layers, --runs passes at the best b; recall@1/5 and
-    MRR of the XQuAD questions (evaluate_retrieval's code, --questions sample) with fp32 and with int8 vectors.
+    MRR of the XQuAD questions (evaluate_retrieval's scoring, --questions sample) with fp32 and with int8 vectors.
 Writes bench/results/embed.json.
 
     .venv/bin/python bench/bench_embed.py [--runs 3] [--questions 300]
@@ -56,7 +57,7 @@ def timed(fn):
 
 
 class MemoryRetriever:
-    """Just enough of pipelines.embeddings.retrieval.Retriever for evaluate_retrieval.score: vectors in memory."""
+    """Just enough of pipelines.embeddings.retrieval.Retriever for retrieval_eval.score: vectors in memory."""
 
     def __init__(self, model, doc_ids, vectors):
         import faiss
@@ -82,18 +83,20 @@ def retrieval_metrics(model, paras, rows, n_questions: int, batch_size: int) -> 
 
     from pipelines.embeddings.encoder import encode
 
-    from pipelines.stages import evaluate_retrieval as er
+    from pipelines.embeddings import retrieval_eval as er
+    from pipelines.stages.registry import stage_config
 
-    cfg = er.Config(max_questions=n_questions)
+    cfg = stage_config("evaluate_retrieval", max_questions=n_questions)
     questions = er.sample_questions(er.load_questions(REPO / cfg.questions_path), cfg.max_questions, cfg.seed)
     corpus = pd.DataFrame({"doc_id": [p["id"] for p in paras], "text": [p["text"] for p in paras],
                            "title": [p["title"] for p in paras]})
-    mapped, counts = er.map_paragraphs(questions, corpus, cfg.min_fuzzy_ratio)
+    mapping = er.map_paragraphs(questions, corpus, cfg.min_fuzzy_ratio)
     vectors = encode(model, [r[1] for r in rows], batch_size)
-    res = er.score(MemoryRetriever(model, [r[0] for r in rows], vectors), questions, mapped, cfg)
-    return {"questions": res["questions"], "unmapped": counts["unmapped"],
-            "recall_at_1": round(res["recall_curve"][1], 4), "recall_at_5": round(res["recall_curve"][5], 4),
-            "mrr": round(res["mrr"], 4)}
+    res = er.score(MemoryRetriever(model, [r[0] for r in rows], vectors), questions, mapping.mapped,
+                   source=cfg.source, ks=cfg.ks, fetch_k=cfg.fetch_k, batch_size=cfg.batch_size)
+    return {"questions": res.questions, "unmapped": mapping.counts["unmapped"],
+            "recall_at_1": round(res.recall_curve[1], 4), "recall_at_5": round(res.recall_curve[5], 4),
+            "mrr": round(res.mrr, 4)}
 
 
 def main() -> None:
@@ -110,9 +113,9 @@ def main() -> None:
 
     from pipelines.config import load_params
     from pipelines.embeddings.encoder import encode, load_model
-    from pipelines.engines.config import RayConfig
+    from pipelines.embeddings.vectors import embed_texts_ray
     from pipelines.engines.ray_engine import init_ray
-    from pipelines.stages import embed
+    from pipelines.stages.registry import shared_config
 
     params = load_params(REPO / "params.yaml")
     model_dir, paras, rows = texts_and_docs(params)
@@ -130,7 +133,8 @@ def main() -> None:
         print(f"bare encode batch {b}: {sweep[b]} texts/s", flush=True)
     best_b = max(sweep, key=sweep.get)
 
-    ray_seconds, ray = timed(lambda: init_ray(RayConfig(num_cpus=int(os.cpu_count() or 2))))
+    ray_config = shared_config("engines", params, ray={"num_cpus": int(os.cpu_count() or 2)}).ray
+    ray_seconds, ray = timed(lambda: init_ray(ray_config))
     layouts = [tuple(int(v) for v in lay.split("x")) for lay in args.ray_layouts.split(",")]
     bare_runs: list[float] = []
     ray_runs: dict[str, list[float]] = {f"{c}x{p}": [] for c, p in layouts}
@@ -140,12 +144,11 @@ def main() -> None:
         secs, fp32 = timed(lambda: encode(model, texts, best_b))
         bare_runs.append(n / secs)
         for c, p in layouts:
-            cfg = embed.Config(batch_size=best_b, concurrency=c, num_cpus=p)
-            stats: dict = {}
-            secs, out = timed(lambda: embed.embed_texts_ray(ray, model_dir, keys, texts, tokens, cfg, stats))
+            secs, out = timed(lambda: embed_texts_ray(ray, model_dir, keys, texts, tokens, batch_size=best_b,
+                                                      concurrency=c, num_cpus=p))
             ray_runs[f"{c}x{p}"].append(n / secs)
-            steady_runs[f"{c}x{p}"].append(n / stats["steady_seconds"])
-            stage_vecs = np.stack([out[k] for k in keys])
+            steady_runs[f"{c}x{p}"].append(n / out.steady_seconds)
+            stage_vecs = np.stack([out.vectors[k] for k in keys])
         print(f"bare {bare_runs[-1]:.2f} texts/s; ray (wall, steady) " + ", ".join(
             f"{k}: {v[-1]:.2f}, {steady_runs[k][-1]:.2f}" for k, v in ray_runs.items()), flush=True)
     bare_median = statistics.median(bare_runs)

@@ -30,13 +30,13 @@ SETTINGS = ("local", "head-cold", "head-warm")
 
 CHILD = r"""
 import json, sys, time
-from pipelines.engines.config import EnginesConfig, RayConfig
 from pipelines.stages import finetune
+from pipelines.stages.registry import shared_config, stage_config
 tmp, warm = sys.argv[1], sys.argv[2] == "warm"
-cfg = finetune.Config(mlflow={"enabled": False}, num_workers=2, max_steps=2, per_device_batch_size=1, max_length=128,
-                      max_eval_examples=4, output_dir=f"{tmp}/candidate", metrics=f"{tmp}/metrics.json",
-                      loss_plot=f"{tmp}/loss.csv", storage_path=f"{tmp}/storage")
-report = finetune.run(cfg, EnginesConfig(ray=RayConfig(warm_pool=warm)))
+cfg = stage_config("finetune", mlflow={"enabled": False}, num_workers=2, max_steps=2, per_device_batch_size=1,
+                   max_length=128, max_eval_examples=4, output_dir=f"{tmp}/candidate", metrics=f"{tmp}/metrics.json",
+                   loss_plot=f"{tmp}/loss.csv", storage_path=f"{tmp}/storage")
+report = finetune.run(cfg, shared_config("engines", ray={"warm_pool": warm}), shared_config("registry"))
 print("BENCH_JSON " + json.dumps(report))
 """
 

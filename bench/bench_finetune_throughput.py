@@ -26,11 +26,13 @@ sys.path.insert(0, str(REPO))
 RAY_CHILD = r"""
 import json, sys
 from pipelines.stages import finetune
+from pipelines.stages.registry import shared_config, stage_config
 tmp, steps = sys.argv[1], int(sys.argv[2])
-cfg = finetune.Config(mlflow={"enabled": False}, num_workers=2, cpus_per_worker=1, max_steps=steps,
-                      output_dir=f"{tmp}/candidate", metrics=f"{tmp}/metrics.json", loss_plot=f"{tmp}/loss.csv",
-                      storage_path=f"{tmp}/storage")
-report = finetune.run(cfg)
+# no held-out loss or checkpoint inside the loop: the plain loop below has neither (params.yaml has both)
+cfg = stage_config("finetune", mlflow={"enabled": False}, num_workers=2, cpus_per_worker=1, max_steps=steps,
+                   eval_every=0, checkpoint_every=0, output_dir=f"{tmp}/candidate", metrics=f"{tmp}/metrics.json",
+                   loss_plot=f"{tmp}/loss.csv", storage_path=f"{tmp}/storage")
+report = finetune.run(cfg, shared_config("engines"), shared_config("registry"))
 print("BENCH_JSON " + json.dumps({"tokens_per_second": report["tokens_per_second"],
                                   "train_seconds": report["startup_breakdown"]["train"]}))
 """
@@ -52,10 +54,11 @@ def plain_run(steps: int, threads: int | None = None) -> dict:
     import torch
 
     from pipelines.stages import finetune
+    from pipelines.stages.registry import stage_config
     from pipelines.training.sft import build_model, collate, seed_everything, shard_batches, tokenize_split
     from transformers import AutoTokenizer
 
-    cfg = finetune.Config()
+    cfg = stage_config("finetune")
     wc = finetune.worker_config(cfg)
     world, bs, seed = cfg.num_workers, cfg.per_device_batch_size, cfg.seed
     torch.set_num_threads(threads or world * cfg.cpus_per_worker)
@@ -106,9 +109,9 @@ def main() -> None:
               f"plain 1 thread {plain1_runs[-1]['tokens_per_second']:.1f} tok/s", flush=True)
     ray_med = statistics.median(r["tokens_per_second"] for r in ray_runs)
     plain_med = statistics.median(r["tokens_per_second"] for r in plain_runs)
-    from pipelines.stages import finetune
+    from pipelines.stages.registry import stage_config
 
-    cfg = finetune.Config()
+    cfg = stage_config("finetune")
     result = {
         "setup": {"steps": args.steps, "num_workers": cfg.num_workers, "threads_total": cfg.num_workers * cfg.cpus_per_worker,
                   "per_device_batch_size": cfg.per_device_batch_size, "max_length": cfg.max_length,

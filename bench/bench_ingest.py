@@ -37,14 +37,12 @@ def main() -> dict:
     args = ap.parse_args()
     if not T0.exists():
         raise SystemExit(f"t0 corpus not found at {T0}")
-    from pipelines.config import load_params, parse_section
-    from pipelines.engines.config import EnginesConfig
     from pipelines.engines.spark import get_spark
     from pipelines.stages import ingest
+    from pipelines.stages.registry import shared_config, stage_config
 
-    params = load_params(REPO / "params.yaml")
-    engines = parse_section(params, "engines", EnginesConfig)
-    section = dict(params["ingest"])
+    params = REPO / "params.yaml"
+    engines = shared_config("engines", params)
     work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     src_path = T0
     if args.files:
@@ -52,11 +50,10 @@ def main() -> dict:
         src_path.mkdir()
         for f in sorted(T0.glob("*.jsonl"))[: args.files]:
             (src_path / f.name).symlink_to(f)
-    section.update(
-        sources=[{**T0_SOURCE, "path": str(src_path)}],
+    cfg = stage_config(
+        "ingest", params, sources=[{**T0_SOURCE, "path": str(src_path)}],
         output_dir=str(work / "ingested"), rejects_dir=str(work / "rejects"), metrics=str(work / "ingest.json"),
     )
-    cfg = ingest.Config.model_validate(section)
 
     t0 = time.perf_counter()
     spark = get_spark(engines.spark)

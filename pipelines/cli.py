@@ -50,21 +50,23 @@ def summary(root: Path = typer.Option(Path("."), help="repository root")) -> Non
 @app.command("serve")
 def serve(
     params: Optional[Path] = typer.Option(None, "--params", "-p"),
-    host: Optional[str] = typer.Option(None, help="bind address (default from params: 127.0.0.1)"),
-    port: Optional[int] = typer.Option(None),
+    host: Optional[str] = typer.Option(None, help="bind address (default: params.yaml serve.host)"),
+    port: Optional[int] = typer.Option(None, help="port (default: params.yaml serve.port)"),
 ) -> None:
-    """Serve the current champion over an OpenAI-style HTTP API."""
+    """Serve the current champion (params.yaml registry: model_name@alias) over an OpenAI-style HTTP API."""
     import uvicorn
 
     from pipelines.config import load_section
+    from pipelines.models.registry import RegistryConfig
     from pipelines.serving.api import ServeConfig, create_app
 
     try:
         cfg = load_section("serve", ServeConfig, params)
+        registry = load_section("registry", RegistryConfig, params)
     except ConfigError as exc:
         typer.secho(str(exc), fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2)
-    uvicorn.run(create_app(cfg), host=host or cfg.host, port=port or cfg.port, log_level="info")
+    uvicorn.run(create_app(cfg, registry), host=host or cfg.host, port=port or cfg.port, log_level="info")
 
 
 @app.command("retrieve")
@@ -277,7 +279,7 @@ def _finetune_workers(params: Optional[Path]) -> tuple[int, int]:
     from pipelines.stages.finetune import SECTION, Config
 
     all_params = load_params(params)
-    finetune = parse_section(all_params, SECTION, Config) if SECTION in all_params else Config()
+    finetune = parse_section(all_params, SECTION, Config)
     return finetune.num_workers, engines_from_params(all_params).ray.warm_pool_keep_alive_s
 
 
@@ -318,13 +320,15 @@ def ray_warm(
     params: Optional[Path] = typer.Option(None, "--params", "-p"),
 ) -> None:
     """Prestart idle, pre-imported processes for the next finetune run on the running Ray head."""
+    from pipelines.config import load_params
     from pipelines.engines import ray_warm_pool
-    from pipelines.engines.config import RayConfig
+    from pipelines.engines.config import engines_from_params
     from pipelines.engines.ray_engine import init_ray, ray_train_env_defaults, start_autoscaling_coordinator
 
     num_workers, keep_alive = _finetune_workers(params)
     ray_train_env_defaults()  # the runtime env the stage's Train run will have
-    init_ray(RayConfig(address="auto"))
+    ray_cfg = engines_from_params(load_params(params)).ray
+    init_ray(ray_cfg.model_copy(update={"address": "auto"}))  # the head `llmops ray up` started
     # Ray Data's detached autoscaling coordinator, which Train's controller asks for resources: created now, it does
     # not take a process from the pool on the first run.
     start_autoscaling_coordinator()
@@ -342,6 +346,41 @@ def ray_down() -> None:
     import subprocess
 
     raise typer.Exit(code=subprocess.run([_ray_bin(), "stop"]).returncode)
+
+
+@app.command("dvc-deps")
+def dvc_deps(
+    write: bool = typer.Option(False, "--write", help="rewrite the code deps (and missing params) in dvc.yaml"),
+    check: bool = typer.Option(False, "--check", help="exit 1 when dvc.yaml's deps differ from the imports"),
+    root: Optional[Path] = typer.Option(None, help="repository root"),
+) -> None:
+    """Each stage's DVC code deps, computed from what its module imports (pipelines/orchestration/code_deps.py)."""
+    from pipelines.config import project_root
+    from pipelines.orchestration import code_deps
+    from pipelines.stages.registry import SHARED_SECTIONS, STAGES, shared_sections_of, stage_module
+
+    root = (root or project_root()).resolve()
+    expected = code_deps.stage_code_deps(STAGES, root)
+    params = {}
+    for name in STAGES:
+        module = stage_module(name)
+        params[name] = [module.SECTION, *(SHARED_SECTIONS[key][0] for key in shared_sections_of(module))]
+    dvc_yaml = root / "dvc.yaml"
+    if write:
+        changed = code_deps.write(dvc_yaml, expected, params)
+        typer.echo(f"dvc.yaml: deps rewritten for {', '.join(changed)}" if changed else "dvc.yaml: deps up to date")
+        return
+    drifts = code_deps.check(dvc_yaml, expected, params)
+    if check:
+        for drift in drifts:
+            typer.secho(str(drift), fg=typer.colors.RED, err=True)
+        if drifts:
+            typer.secho("run `llmops dvc-deps --write` to fix dvc.yaml", err=True)
+            raise typer.Exit(code=1)
+        typer.echo(f"dvc.yaml: code deps of {len(expected)} stages match their imports")
+        return
+    for stage, files in expected.items():
+        typer.echo(f"{stage}: " + " ".join(files))
 
 
 def main() -> None:  # pragma: no cover - console entry

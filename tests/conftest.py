@@ -32,20 +32,21 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def spark():
-    from pipelines.engines.config import SparkConfig
     from pipelines.engines.spark import get_spark
+    from pipelines.stages.registry import shared_config
 
-    session = get_spark(SparkConfig(master="local[2]", app_name="llmops-tests", shuffle_partitions=2))
+    engines = shared_config("engines", spark={"master": "local[2]", "app_name": "llmops-tests", "shuffle_partitions": 2})
+    session = get_spark(engines.spark)
     yield session
     session.stop()
 
 
 @pytest.fixture(scope="session")
 def ray_local():
-    from pipelines.engines.config import RayConfig
     from pipelines.engines.ray_engine import init_ray
+    from pipelines.stages.registry import shared_config
 
-    ray = init_ray(RayConfig(num_cpus=2))
+    ray = init_ray(shared_config("engines", ray={"address": None, "num_cpus": 2}).ray)
     yield ray
     ray.shutdown()
 
@@ -57,9 +58,10 @@ def base_model_dir(tmp_path_factory) -> Path:
     if (built / "config.json").exists():
         return built
     from pipelines.stages import prepare_base_model
+    from pipelines.stages.registry import stage_config
 
     out = tmp_path_factory.mktemp("base_model") / "base"
-    prepare_base_model.run(prepare_base_model.Config(output_dir=str(out), metrics=str(out.parent / "m.json")))
+    prepare_base_model.run(stage_config("prepare_base_model", output_dir=str(out), metrics=str(out.parent / "m.json")))
     return out
 
 

@@ -6,6 +6,7 @@ import json
 import pytest
 
 from pipelines.models import safety
+from pipelines.stages.registry import stage_config
 
 
 @pytest.mark.parametrize("text", [
@@ -45,7 +46,7 @@ def test_harmful_request_success_is_no_refusal():
 
 
 def test_summary_rates():
-    from pipelines.stages.audit import summarize
+    from pipelines.models.safety import summarize
 
     rows = [{"category": "a", "attack_success": True, "refused": False},
             {"category": "a", "attack_success": False, "refused": True},
@@ -72,9 +73,9 @@ def test_audit_stage_on_sample_prompts(repo_root, base_model_dir, candidate_dir,
     pick = [next(r for r in rows if r["category"] == c) for c in ("jailbreak", "hijacking_attacks", "harmful_request")]
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps(r) + "\n" for r in pick))
-    cfg = audit.Config(base_model_dir=str(base_model_dir), candidate_dir=str(candidate_dir), prompts_path=str(prompts),
-                       max_new_tokens=8, max_prompt_tokens=64, metrics=str(tmp_path / "audit.json"),
-                       results=str(tmp_path / "results.jsonl"))
+    cfg = stage_config("audit", base_model_dir=str(base_model_dir), candidate_dir=str(candidate_dir),
+                       prompts_path=str(prompts), max_new_tokens=8, max_prompt_tokens=64,
+                       metrics=str(tmp_path / "audit.json"), results=str(tmp_path / "results.jsonl"))
     report = audit.run(cfg)
     m = json.loads((tmp_path / "audit.json").read_text())
     assert m["n"] == 3 and 0.0 <= m["attack_success_rate"] <= 1.0

@@ -11,7 +11,9 @@ import pytest
 
 from pipelines.schema import CORPUS_COLUMNS
 from pipelines.data.text import normalize_text
+from pipelines.data import near_duplicates
 from pipelines.stages import dedup
+from pipelines.stages.registry import stage_config
 
 SCHEMA = pa.schema([(c, pa.int32() if c == "n_chars" else pa.string()) for c in CORPUS_COLUMNS])
 TEXTS = {
@@ -35,11 +37,12 @@ def _write_corpus(path, texts: dict[str, str]):
     pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), path / "part-0.parquet")
 
 
-def _config(tmp, name: str) -> dedup.Config:
-    return dedup.Config(
-        input_dir=str(tmp / "in"), output_dir=str(tmp / name / "corpus"),
+def _config(tmp, name: str, **overrides) -> dedup.Config:
+    return stage_config(
+        "dedup", input_dir=str(tmp / "in"), output_dir=str(tmp / name / "corpus"),
         rejects_dir=str(tmp / name / "rejects"), metrics=str(tmp / name / "m.json"),
         cluster_report=str(tmp / name / "clusters.json"), cluster_html=str(tmp / name / "clusters.html"),
+        **overrides,
     )
 
 
@@ -153,9 +156,7 @@ def test_minhash_estimates_jaccard_and_is_batch_independent():
 
 
 def _near_config(tmp, name: str, **nd) -> dedup.Config:
-    base = _config(tmp, name)
-    near_dup = dedup.NearDuplicate(threshold=0.7, num_perm=128, bands=32, rows=4, **nd)
-    return base.model_copy(update={"near_duplicate": near_dup})
+    return _config(tmp, name, near_duplicate={"threshold": 0.7, "num_perm": 128, "bands": 32, "rows": 4, **nd})
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +209,31 @@ def test_components_spark_matches_union_find(spark):
     rng = random.Random(3)
     nodes = [f"v{i:03d}" for i in range(150)]
     edges = sorted({tuple(sorted(rng.sample(nodes, 2))) for _ in range(120)})
-    expected = {n: r for n, r in dedup.components_driver(edges).items() if n != r}
+    expected = {n: r for n, r in near_duplicates.components_driver(edges).items() if n != r}
     df = spark.createDataFrame(edges, "a string, b string")
-    got = {r["node"]: r["root"] for r in dedup.components_spark(df).collect()}
+    got = {r["node"]: r["root"] for r in near_duplicates.components_spark(df).collect()}
     assert got == expected
+
+
+def test_validate_near_duplicate_rate_is_zero_on_dedup_output(near, spark):
+    """One definition of near-duplicate: what dedup leaves, the validate suite's metric (Pandas and Spark engines)
+    finds no near-duplicate in, at dedup's own settings; on dedup's input it does."""
+    _, texts, cfg, _, out, _ = near
+    nd = cfg.near_duplicate
+    kept = out.column("text").to_pylist()
+    assert near_duplicates.near_duplicate_rate(kept, nd) == 0.0
+    assert near_duplicates.near_duplicate_rate(list(texts.values()) if isinstance(texts, dict) else
+                                               [t for _, t in texts] if texts and isinstance(texts[0], tuple)
+                                               else list(texts), nd) > 0.0
+    frame = spark.createDataFrame([(t,) for t in kept], "text string")
+    assert near_duplicates.near_duplicate_rate_spark(frame, "text", nd) == 0.0
+
+
+def test_in_process_and_spark_near_duplicates_agree(near, spark):
+    _, _, cfg, _, _, _ = near
+    corpus = ds.dataset(str(Path(cfg.input_dir)), format="parquet").to_table().to_pylist()
+    texts = [r["text"] for r in corpus]
+    nd = cfg.near_duplicate
+    local = near_duplicates.near_duplicate_rate(texts, nd)
+    frame = spark.createDataFrame([(t,) for t in texts], "text string")
+    assert local > 0 and near_duplicates.near_duplicate_rate_spark(frame, "text", nd) == pytest.approx(local)

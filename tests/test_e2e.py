@@ -141,6 +141,29 @@ def test_second_repro_changes_nothing(reproduced):
     assert "up to date" in status.stdout.lower(), status.stdout
 
 
+def test_editing_a_helper_module_makes_exactly_its_stages_stale(reproduced):
+    """Code deps come from the imports (`llmops dvc-deps`): a change to a helper module that several stages import
+    makes `dvc status` report exactly those stages, and no other."""
+    from pipelines.orchestration.code_deps import stage_code_deps
+    from pipelines.stages.registry import STAGES
+
+    ws = reproduced
+    helper = ws / "pipelines" / "data" / "text.py"
+    users = {stage for stage, files in stage_code_deps(STAGES, ws).items() if "pipelines/data/text.py" in files}
+    assert {"dedup", "validate", "validate_splits"} <= users
+    original = helper.read_text()
+    try:
+        helper.write_text(original + "\n# an edit\n")
+        status = _run([str(VENV_BIN / "dvc"), "status", "--json"], ws)
+        assert status.returncode == 0
+        stale = set(json.loads(status.stdout or "{}"))
+    finally:
+        helper.write_text(original)
+    # Downstream stages do not show before their inputs change: DVC reports the stages whose own deps changed.
+    assert stale == users, f"dvc status: {sorted(stale)}; stages importing data/text.py: {sorted(users)}"
+    assert "up to date" in _run([str(VENV_BIN / "dvc"), "status"], ws).stdout.lower()
+
+
 def test_airflow_dag_runs_the_dvc_stages(reproduced, tmp_path):
     ws = reproduced
     # A changed gate threshold makes exactly gate and promote stale: Airflow must run them, DVC skips the rest.

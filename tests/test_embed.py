@@ -12,13 +12,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipelines.embeddings import retrieval_eval
 from pipelines.embeddings.chunking import chunk_text, load_tokenizer, windows
 from pipelines.embeddings.encoder import resolve_model_dir
 from pipelines.embeddings.index import CHUNKS, IDS, INDEX, MANIFEST, read_chunks, read_index, read_vectors
-from pipelines.engines.config import EnginesConfig, RayConfig
-from pipelines.stages import embed, evaluate_retrieval
-from pipelines.errors import StageFailed
+from pipelines.errors import ConfigError, StageFailed
 from pipelines.schema import corpus_schema
+from pipelines.stages import embed, evaluate_retrieval
+from pipelines.stages.registry import shared_config, stage_config
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
 RAW = SAMPLE / "raw"
@@ -61,6 +62,11 @@ def write_corpus(df: pd.DataFrame, corpus: Path) -> Path:
     return corpus
 
 
+def reconfigured(stage: str, cfg, **changes):
+    """`cfg` (a config of `stage`) with `changes`, validated again from params.yaml like every test config."""
+    return stage_config(stage, **{**cfg.model_dump(), **changes})
+
+
 def snapshot(out: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
 
@@ -101,8 +107,8 @@ def test_windows_bounds_and_bad_params():
     assert windows([7] * 10, 4, 1)[0] == (0, 4)  # one word longer than the window is cut inside
     with pytest.raises(ValueError):
         windows(words, 4, 4)
-    with pytest.raises(ValueError):
-        embed.Chunking(max_tokens=32, overlap_tokens=32)
+    with pytest.raises(ConfigError, match="overlap_tokens must be smaller"):
+        stage_config("embed", chunking={"max_tokens": 32, "overlap_tokens": 32})
 
 
 # ------------------------------------------------------------------------------------------- embed stage
@@ -114,10 +120,10 @@ def embedded(tmp_path_factory, ray_local):
     root = tmp_path_factory.mktemp("embed")
     df = tiny_corpus()
     corpus = write_corpus(df, root / "corpus")
-    cfg = embed.Config(input_dir=str(corpus), output_dir=str(root / "embeddings"), metrics=str(root / "m.json"),
-                       cache_dir=str(root / "cache"), batch_size=16, concurrency=1,
-                       chunking=embed.Chunking(max_tokens=MAX_TOKENS, overlap_tokens=OVERLAP))
-    engines = EnginesConfig(ray=RayConfig(num_cpus=2))
+    cfg = stage_config("embed", input_dir=str(corpus), output_dir=str(root / "embeddings"),
+                       metrics=str(root / "m.json"), cache_dir=str(root / "cache"), batch_size=16, concurrency=1,
+                       chunking={"max_tokens": MAX_TOKENS, "overlap_tokens": OVERLAP})
+    engines = shared_config("engines", ray={"address": None, "num_cpus": 2})
     report = embed.run(cfg, engines=engines)
     return cfg, df, report, engines
 
@@ -159,7 +165,7 @@ def test_index_matches_chunks(embedded):
 def test_rerun_reuses_every_chunk_and_is_byte_identical(embedded, tmp_path):
     cfg, df, first, engines = embedded
     before = snapshot(Path(cfg.output_dir))
-    again = embed.run(cfg.model_copy(update={"metrics": str(tmp_path / "m2.json")}), engines=engines)
+    again = embed.run(reconfigured("embed", cfg, metrics=str(tmp_path / "m2.json")), engines=engines)
     assert again["chunks_embedded"] == 0 and again["chunks_reused"] == first["chunks_total"]
     assert again["ray_init_seconds"] == 0  # nothing to embed: Ray is not even asked
     assert snapshot(Path(cfg.output_dir)) == before
@@ -171,8 +177,8 @@ def test_changed_document_reembeds_only_its_chunks(embedded, tmp_path):
     i = int(np.flatnonzero(changed["doc_id"] == "xq-03")[0])
     changed.loc[i, "text"] = changed.loc[i, "text"] + " This sentence was added in a new corpus version."
     corpus = write_corpus(changed, tmp_path / "corpus")
-    cfg2 = cfg.model_copy(update={"input_dir": str(corpus), "output_dir": str(tmp_path / "emb"),
-                                  "metrics": str(tmp_path / "m.json")})
+    cfg2 = reconfigured("embed", cfg, input_dir=str(corpus), output_dir=str(tmp_path / "emb"),
+                   metrics=str(tmp_path / "m.json"))
     report = embed.run(cfg2, engines=engines)
     new_chunks = read_chunks(cfg2.output_dir).to_pandas()
     n_doc_chunks = int((new_chunks["doc_id"] == "xq-03").sum())
@@ -244,8 +250,9 @@ def test_map_paragraphs_exact_fuzzy_and_unmapped(tmp_path):
     corpus = tiny_corpus()
     corpus = corpus[corpus["source"] == "xquad_en"].copy()
     corpus.loc[corpus.index[0], "text"] = corpus.loc[corpus.index[0], "text"].replace("Panthers", "[REDACTED]", 1)
-    questions = evaluate_retrieval.load_questions(tiny_questions(tmp_path / "q.json", extra_paragraph=True))
-    mapped, counts = evaluate_retrieval.map_paragraphs(questions, corpus, 0.9)
+    questions = retrieval_eval.load_questions(tiny_questions(tmp_path / "q.json", extra_paragraph=True))
+    mapping = retrieval_eval.map_paragraphs(questions, corpus, 0.9)
+    mapped, counts = mapping.mapped, mapping.counts
     assert counts["unmapped"] > 0 and counts["fuzzy"] > 0 and counts["exact"] > 0
     assert sum(counts.values()) == len(questions) == len(mapped) + counts["unmapped"]
     first = next(q for q in questions if q["context"] == paragraphs()[0]["text"])
@@ -254,10 +261,10 @@ def test_map_paragraphs_exact_fuzzy_and_unmapped(tmp_path):
 
 def test_evaluate_retrieval_metrics_and_plot(embedded, retriever, tmp_path):
     cfg = embedded[0]
-    ecfg = evaluate_retrieval.Config(
-        embeddings_dir=cfg.output_dir, corpus_dir=cfg.input_dir, questions_path=str(tiny_questions(
-            tmp_path / "q.json", extra_paragraph=True)), max_questions=40, metrics=str(tmp_path / "r.json"),
-        plot=str(tmp_path / "recall.csv"), max_unmapped_fraction=0.5, fetch_k=20)
+    ecfg = stage_config(
+        "evaluate_retrieval", embeddings_dir=cfg.output_dir, corpus_dir=cfg.input_dir, questions_path=str(
+            tiny_questions(tmp_path / "q.json", extra_paragraph=True)), max_questions=40,
+        metrics=str(tmp_path / "r.json"), plot=str(tmp_path / "recall.csv"), max_unmapped_fraction=0.5, fetch_k=20)
     report = evaluate_retrieval.run(ecfg, retriever=retriever)
     assert report["questions_sampled"] == 40 and report["questions"] == 40 - report["unmapped"]
     assert report["mapped_fuzzy"] == 0 and report["mapped_exact"] == report["questions"]
@@ -270,7 +277,7 @@ def test_evaluate_retrieval_metrics_and_plot(embedded, retriever, tmp_path):
     assert plot["recall"].iloc[0] == pytest.approx(report["recall_at_1"], abs=1e-4)
 
     with pytest.raises(StageFailed, match="have no paragraph"):
-        evaluate_retrieval.run(ecfg.model_copy(update={"max_unmapped_fraction": 0.0, "max_questions": None}),
+        evaluate_retrieval.run(reconfigured("evaluate_retrieval", ecfg, max_unmapped_fraction=0.0, max_questions=None),
                                retriever=retriever)
 
 

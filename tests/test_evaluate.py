@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from pipelines.io import read_json
+from pipelines.stages.registry import stage_config
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +37,8 @@ def _tiny_split(repo_root, path, start, n):
 def test_evaluate_metrics_on_tiny_data(repo_root, base_model_dir, candidate_dir, tmp_path):
     from pipelines.stages import evaluate
 
-    cfg = evaluate.Config(
-        base_model_dir=str(base_model_dir), candidate_dir=str(candidate_dir),
+    cfg = stage_config(
+        "evaluate", base_model_dir=str(base_model_dir), candidate_dir=str(candidate_dir),
         eval_path=str(_tiny_split(repo_root, tmp_path / "eval.parquet", 0, 2)),
         test_path=str(_tiny_split(repo_root, tmp_path / "test.parquet", 10, 2)),
         max_eval_examples=2, max_generation_examples=2, max_new_tokens=6, max_length=96, max_prompt_tokens=64,
@@ -65,8 +66,9 @@ def test_evaluate_refuses_a_split_without_instructions(base_model_dir, candidate
 
     empty = tmp_path / "docs.parquet"
     pd.DataFrame([dict(doc_id="a", kind="document", prompt=None, response=None)]).to_parquet(empty)
-    cfg = evaluate.Config(base_model_dir=str(base_model_dir), candidate_dir=str(candidate_dir), eval_path=str(empty),
-                          test_path=str(empty), metrics=str(tmp_path / "m.json"), report=str(tmp_path / "r.html"))
+    cfg = stage_config("evaluate", base_model_dir=str(base_model_dir), candidate_dir=str(candidate_dir),
+                       eval_path=str(empty), test_path=str(empty), metrics=str(tmp_path / "m.json"),
+                       report=str(tmp_path / "r.html"))
     with pytest.raises(StageFailed, match="no instruction rows"):
         evaluate.run(cfg)
 

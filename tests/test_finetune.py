@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from pipelines.stages import finetune
+from pipelines.stages.registry import shared_config, stage_config
 from pipelines.training.sft import IGNORE_INDEX, format_example, shard_batches, tokenize_split
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,7 +95,8 @@ def test_finetune_two_workers_survives_a_worker_failure(ray_local, base_model_di
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server["endpoint_url"])
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server["aws_access_key_id"])
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server["aws_secret_access_key"])
-    cfg = finetune.Config(
+    cfg = stage_config(
+        "finetune",
         base_model_dir=str(base_model_dir),
         train_path=str(_tiny_split(tmp_path / "train.parquet", 0, 12)),
         eval_path=str(_tiny_split(tmp_path / "eval.parquet", 100, 4)),
@@ -108,11 +110,14 @@ def test_finetune_two_workers_survives_a_worker_failure(ray_local, base_model_di
         max_length=96,
         max_eval_examples=4,
         storage_path=f"s3://{bucket}/ray-train",
-        mlflow={"tracking_uri": f"sqlite:///{tmp_path / 'mlruns.db'}", "artifact_root": str(tmp_path / "mlart")},
+        mlflow={"enabled": True},
         metrics=str(tmp_path / "metrics.json"),
         loss_plot=str(tmp_path / "loss.csv"),
     )
-    report = finetune.run(cfg, _worker_overrides={
+    registry = shared_config("registry", tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}",
+                             artifact_root=str(tmp_path / "mlart"))
+    engines = shared_config("engines", ray={"address": None, "num_cpus": 2})  # the ray_local fixture's Ray
+    report = finetune.run(cfg, engines, registry, _worker_overrides={
         "_fail_once": {"rank": 1, "after_step": 3, "marker_dir": str(tmp_path)}})
 
     assert (tmp_path / "failed_once").read_text() == "3"  # the worker really died once
@@ -142,7 +147,7 @@ def test_finetune_two_workers_survives_a_worker_failure(ray_local, base_model_di
     # MLflow: the run holds params, the per-step loss curve and the lineage tags; its id is in training_meta
     from pipelines.models.registry import client as mlflow_client
 
-    client = mlflow_client(cfg.mlflow.tracking_uri)
+    client = mlflow_client(registry.tracking_uri)
     run = client.get_run(meta["mlflow_run_id"])
     assert run.data.params["max_steps"] == "4" and run.data.params["lora.r"] == "8"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2, 3, 4]

@@ -6,6 +6,7 @@ import shutil
 import pytest
 
 from pipelines.io import read_json, write_json
+from pipelines.stages.registry import shared_config, stage_config
 
 FLOORS = {"max_perplexity": 15.0, "min_rouge_l": 0.10, "max_attack_success_rate": 0.95}
 VERSUS = {"max_perplexity_increase_pct": 5.0, "max_rouge_l_drop": 0.02, "max_attack_success_rate_increase": 0.05}
@@ -21,19 +22,30 @@ def write_metrics(dirpath, sha, ppl, rouge, asr, candidate_dir="models/candidate
     return dirpath / "evaluate.json", dirpath / "audit.json"
 
 
-def gate_cfg(tmp_path, uri, **kw):
-    from pipelines.stages import gate
+def gate_cfg(tmp_path, **kw):
+    return stage_config("gate", evaluate_metrics=str(tmp_path / "evaluate.json"),
+                        audit_metrics=str(tmp_path / "audit.json"), floors=FLOORS, versus_champion=VERSUS,
+                        decision=str(tmp_path / "decision.json"), **kw)
 
-    return gate.Config(evaluate_metrics=str(tmp_path / "evaluate.json"), audit_metrics=str(tmp_path / "audit.json"),
-                       model_name="m", tracking_uri=uri, floors=FLOORS, versus_champion=VERSUS,
-                       decision=str(tmp_path / "decision.json"), **kw)
+
+def registry_cfg(tmp_path, db="mlruns.db"):
+    """The project's registry section with the tracking store and artifacts in `tmp_path`, model `m`."""
+    return shared_config("registry", tracking_uri=f"sqlite:///{tmp_path}/{db}", model_name="m",
+                         artifact_root=str(tmp_path / "mlartifacts"))
+
+
+def promote_cfg(tmp_path, candidate_dir, base_model_dir, **kw):
+    return stage_config("promote", decision=str(tmp_path / "decision.json"),
+                        evaluate_metrics=str(tmp_path / "evaluate.json"), audit_metrics=str(tmp_path / "audit.json"),
+                        candidate_dir=str(candidate_dir), base_model_dir=str(base_model_dir),
+                        record=str(tmp_path / "promotion.json"), **kw)
 
 
 def test_floors_pass_without_champion(tmp_path):
     from pipelines.stages import gate
 
     write_metrics(tmp_path, "a" * 64, 5.0, 0.12, 0.4)
-    report = gate.run(gate_cfg(tmp_path, f"sqlite:///{tmp_path}/none.db"))
+    report = gate.run(gate_cfg(tmp_path), registry_cfg(tmp_path, "none.db"))
     d = read_json(tmp_path / "decision.json")
     assert report["decision"] == d["decision"] == "promote"
     assert d["champion"] is None
@@ -48,20 +60,20 @@ def test_broken_candidate_is_rejected_as_a_result(tmp_path):
     from pipelines.errors import StageFailed
 
     write_metrics(tmp_path, "b" * 64, 1e4, 0.0, 1.0)
-    report = gate.run(gate_cfg(tmp_path, f"sqlite:///{tmp_path}/none.db"))
+    report = gate.run(gate_cfg(tmp_path), registry_cfg(tmp_path, "none.db"))
     d = read_json(tmp_path / "decision.json")
     assert report["decision"] == d["decision"] == "reject"
     failed = {r["metric"] for r in d["reasons"] if not r["passed"]}
     assert failed == {"perplexity", "rouge_l", "attack_success_rate"}
     with pytest.raises(StageFailed, match="perplexity"):
-        gate.run(gate_cfg(tmp_path, f"sqlite:///{tmp_path}/none.db", fail_on_reject=True))
+        gate.run(gate_cfg(tmp_path, fail_on_reject=True), registry_cfg(tmp_path, "none.db"))
 
 
 def test_nan_metric_fails_its_check(tmp_path):
     from pipelines.stages import gate
 
     write_metrics(tmp_path, "c" * 64, float("nan"), 0.2, 0.1)
-    assert gate.run(gate_cfg(tmp_path, f"sqlite:///{tmp_path}/none.db"))["decision"] == "reject"
+    assert gate.run(gate_cfg(tmp_path), registry_cfg(tmp_path, "none.db"))["decision"] == "reject"
 
 
 def test_champion_regression_is_rejected(tmp_path, base_model_dir, tmp_path_factory):
@@ -74,17 +86,14 @@ def test_champion_regression_is_rejected(tmp_path, base_model_dir, tmp_path_fact
         make_smoke_adapter(base_model_dir, cand)
     champ_dir = tmp_path / "champ"
     shutil.copytree(cand, champ_dir)
-    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    registry = registry_cfg(tmp_path)
     sha = dir_sha256(champ_dir)
     write_metrics(tmp_path, sha, 4.0, 0.20, 0.30, champ_dir)
-    assert gate.run(gate_cfg(tmp_path, uri))["decision"] == "promote"
-    promote.run(promote.Config(decision=str(tmp_path / "decision.json"), evaluate_metrics=str(tmp_path / "evaluate.json"),
-                               audit_metrics=str(tmp_path / "audit.json"), candidate_dir=str(champ_dir),
-                               base_model_dir=str(base_model_dir), model_name="m", tracking_uri=uri,
-                               artifact_root=str(tmp_path / "artifacts"), record=str(tmp_path / "promotion.json")))
+    assert gate.run(gate_cfg(tmp_path), registry)["decision"] == "promote"
+    promote.run(promote_cfg(tmp_path, champ_dir, base_model_dir), registry)
 
     write_metrics(tmp_path, "d" * 64, 5.0, 0.15, 0.30)  # passes the floors, regresses vs champion
-    report = gate.run(gate_cfg(tmp_path, uri))
+    report = gate.run(gate_cfg(tmp_path), registry)
     d = read_json(tmp_path / "decision.json")
     assert report["decision"] == "reject" and d["champion"] == 1
     failed = {r["metric"] for r in d["reasons"] if not r["passed"]}
@@ -93,7 +102,7 @@ def test_champion_regression_is_rejected(tmp_path, base_model_dir, tmp_path_fact
     assert d["champion_metrics"]["perplexity"] == 4.0
 
     write_metrics(tmp_path, "e" * 64, 4.1, 0.19, 0.32)  # within tolerances
-    assert gate.run(gate_cfg(tmp_path, uri))["decision"] == "promote"
+    assert gate.run(gate_cfg(tmp_path), registry)["decision"] == "promote"
 
 
 def test_mismatched_candidates_are_rejected(tmp_path):
@@ -103,5 +112,5 @@ def test_mismatched_candidates_are_rejected(tmp_path):
     au = read_json(tmp_path / "audit.json")
     au["candidate_sha256"] = "f" * 64
     write_json(tmp_path / "audit.json", au)
-    d = gate.run(gate_cfg(tmp_path, f"sqlite:///{tmp_path}/none.db"))
+    d = gate.run(gate_cfg(tmp_path), registry_cfg(tmp_path, "none.db"))
     assert d["decision"] == "reject" and any("same_candidate" in f for f in d["failed"])

@@ -6,11 +6,14 @@ import json
 
 import pyarrow.dataset as ds
 import pytest
-from pydantic import ValidationError
 
-from pipelines.config import ConfigError, parse_section
+from pipelines.config import ConfigError, load_params
+from pipelines.data import ingest_accounting
+from pipelines.data.clean import rules_off
+from pipelines.errors import StageFailed
 from pipelines.schema import CORPUS_COLUMNS, REJECT_COLUMNS
 from pipelines.stages import ingest
+from pipelines.stages.registry import stage_config
 
 INSTRUCTIONS = [
     {"instruction": "Say hi.", "input": "", "response": "Hi!"},
@@ -50,11 +53,22 @@ def _sources(raw) -> list[dict]:
     ]
 
 
+# The parse checks and the accounting are tested with every quality rule and the language filter off, so that
+# each reject below comes from parsing; the format tests further down switch a few rules on.
+NO_LANGUAGE_FILTER = {"allowed": [], "min_confidence": 0.0, "min_chars": 0}
+
+
+def _ingest_config(quality: dict | None = None, language: dict | None = None, **overrides) -> ingest.Config:
+    """params.yaml's ingest section with only the `quality` rules given switched on (the section's rules are
+    replaced whole: a merge could not switch an n-gram rule off, mappings merge key by key)."""
+    params = load_params()
+    params["ingest"]["quality"] = {**rules_off(), **(quality or {})}
+    return stage_config("ingest", params, language=language or NO_LANGUAGE_FILTER, **overrides)
+
+
 def _config(raw, out) -> ingest.Config:
-    return ingest.Config(
-        sources=_sources(raw), input_dir=str(raw), output_dir=str(out / "ingested"),
-        rejects_dir=str(out / "rejects"), metrics=str(out / "metrics.json"),
-    )
+    return _ingest_config(sources=_sources(raw), input_dir=str(raw), output_dir=str(out / "ingested"),
+                          rejects_dir=str(out / "rejects"), metrics=str(out / "metrics.json"))
 
 
 @pytest.fixture(scope="module")
@@ -154,27 +168,48 @@ def test_rerun_is_identical(spark, raw, result, tmp_path):
 def test_source_without_licence_is_refused(raw):
     sources = _sources(raw)
     del sources[0]["licence"]
-    with pytest.raises(ValidationError, match="source 'instr' declares no licence"):
-        ingest.Config(sources=sources)
+    with pytest.raises(ConfigError, match="source 'instr' declares no licence"):
+        stage_config("ingest", sources=sources)
     sources[0]["licence"] = "  "
     with pytest.raises(ConfigError, match=r"ingest\.sources\.0\.licence.*declares no licence"):
-        parse_section({"ingest": {"sources": sources}}, "ingest", ingest.Config)
+        stage_config("ingest", sources=sources)
 
 
 def test_config_checks_fields_and_names(raw):
     sources = _sources(raw)
     sources[1]["fields"] = {"title": "title"}
-    with pytest.raises(ValidationError, match="must map fields: text"):
-        ingest.Config(sources=sources)
-    with pytest.raises(ValidationError, match="unique"):
-        ingest.Config(sources=[_sources(raw)[0]] * 2)
+    with pytest.raises(ConfigError, match="must map fields: text"):
+        stage_config("ingest", sources=sources)
+    with pytest.raises(ConfigError, match="unique"):
+        stage_config("ingest", sources=[_sources(raw)[0]] * 2)
 
 
 def test_missing_file_fails_before_spark(raw, tmp_path):
     sources = _sources(raw)
     sources[0]["path"] = str(tmp_path / "nope.json")
     with pytest.raises(FileNotFoundError, match="'instr'"):
-        ingest.run(ingest.Config(sources=sources), spark=object())
+        ingest.run(stage_config("ingest", sources=sources), spark=object())
+
+
+def test_unbalanced_written_counts_fail_and_leave_nothing(spark, raw, tmp_path, monkeypatch):
+    """A write that lost a row: the check on the written tables raises inside the atomic write, so neither the
+    corpus nor the rejects table (nor the metrics) replaces what was there."""
+    real = ingest_accounting.count_written
+
+    def lost_one_row(*args):
+        written = real(*args)
+        out = dict(written.out)
+        out[("instr",)] -= 1
+        return ingest_accounting.WrittenCounts(out, written.rejected_by_reason, written.duplicate_doc_ids)
+
+    monkeypatch.setattr(ingest, "count_written", lost_one_row)
+    cfg = _config(raw, tmp_path)
+    (tmp_path / "ingested").mkdir()
+    (tmp_path / "ingested" / "previous.parquet").write_text("the last good run")
+    with pytest.raises(StageFailed, match=r"in != out \+ rejected for \['instr'\], 0 duplicated doc_id"):
+        ingest.run(cfg, spark=spark)
+    assert [p.name for p in tmp_path.iterdir()] == ["ingested"]  # no rejects, no metrics, no temp directory
+    assert [p.name for p in (tmp_path / "ingested").iterdir()] == ["previous.parquet"]
 
 
 # --- every format and the bad inputs of the issue, in one run ------------------------------------------------
@@ -182,7 +217,7 @@ def test_missing_file_fails_before_spark(raw, tmp_path):
 PII_DOC = ("Contact our office by mail at jane.doe@example.org or pay with card 4111 1111 1111 1111 before "
            "the end of the month, then the team will ship the order to your home address.")
 GOOD_DOC = "The river flows through the old town and past the market square where people meet every morning."
-CLEAN_RULES = {
+CLEAN_RULES = {  # the other quality rules off
     "language": {"allowed": ["en"], "min_confidence": 0.5, "min_chars": 20},
     "quality": {"max_chars": 100_000, "min_words": 5, "max_duplicate_ngram_char_fraction": {5: 0.15},
                 "bad_phrases": ["lorem ipsum"]},
@@ -259,8 +294,8 @@ def _format_sources(raw) -> list[dict]:
 @pytest.fixture(scope="module")
 def formats_result(spark, formats_raw, tmp_path_factory):
     out = tmp_path_factory.mktemp("formats_out")
-    cfg = ingest.Config(sources=_format_sources(formats_raw), output_dir=str(out / "ingested"),
-                        rejects_dir=str(out / "rejects"), metrics=str(out / "metrics.json"), **CLEAN_RULES)
+    cfg = _ingest_config(sources=_format_sources(formats_raw), output_dir=str(out / "ingested"),
+                         rejects_dir=str(out / "rejects"), metrics=str(out / "metrics.json"), **CLEAN_RULES)
     report = ingest.run(cfg, spark=spark)
     table = ds.dataset(cfg.output_dir, format="parquet").to_table().to_pylist()
     rejects = ds.dataset(cfg.rejects_dir, format="parquet").to_table().to_pylist()
@@ -332,15 +367,15 @@ def test_formats_accounting(formats_result):
 def test_source_without_pii_policy_is_refused(raw):
     sources = _sources(raw)
     del sources[1]["pii"]
-    with pytest.raises(ValidationError, match="source 'docs' declares no PII policy"):
-        ingest.Config(sources=sources)
+    with pytest.raises(ConfigError, match="source 'docs' declares no PII policy"):
+        stage_config("ingest", sources=sources)
     sources[1]["pii"] = "mask"
-    with pytest.raises(ValidationError, match="pii must be one of redact, drop, keep"):
-        ingest.Config(sources=sources)
+    with pytest.raises(ConfigError, match="pii must be one of redact, drop, keep"):
+        stage_config("ingest", sources=sources)
     sources[1]["pii"] = "keep"
     sources[1]["skip_rules"] = ["min_wordz"]
-    with pytest.raises(ValidationError, match="unknown rule"):
-        ingest.Config(sources=sources)
+    with pytest.raises(ConfigError, match="unknown rule"):
+        stage_config("ingest", sources=sources)
 
 
 # --- s3:// sources against moto_server ----------------------------------------------------------------------
@@ -366,8 +401,8 @@ def test_s3_sources(spark, s3_bucket, s3_env, tmp_path):
         {"name": "many", "path": f"s3://{bucket}/raw/many", "format": "jsonl", "kind": "document",
          "licence": "CC0-1.0", "pii": "redact", "fields": {"text": "text"}},
     ]
-    cfg = ingest.Config(sources=sources, output_dir=str(tmp_path / "out"), rejects_dir=str(tmp_path / "rej"),
-                        metrics=str(tmp_path / "m.json"), staging_dir=str(tmp_path / "staging"))
+    cfg = _ingest_config(sources=sources, output_dir=str(tmp_path / "out"), rejects_dir=str(tmp_path / "rej"),
+                         metrics=str(tmp_path / "m.json"), staging_dir=str(tmp_path / "staging"))
     report = ingest.run(cfg, spark=spark)
     assert (report["sources"]["one"]["out"], report["sources"]["many"]["out"]) == (1, 2)
     (rej,) = ds.dataset(cfg.rejects_dir, format="parquet").to_table().to_pylist()
@@ -376,7 +411,7 @@ def test_s3_sources(spark, s3_bucket, s3_env, tmp_path):
 
     missing = [dict(sources[0], path=f"s3://{bucket}-nope/raw/one.jsonl")]
     with pytest.raises(FileNotFoundError, match=r"ingest source 'one': bucket '.*-nope' .* not found"):
-        ingest.run(ingest.Config(sources=missing), spark=object())
+        ingest.run(stage_config("ingest", sources=missing), spark=object())
     missing = [dict(sources[0], path=f"s3://{bucket}/raw/nothing-here")]
     with pytest.raises(FileNotFoundError, match="no object at"):
-        ingest.run(ingest.Config(sources=missing), spark=object())
+        ingest.run(stage_config("ingest", sources=missing), spark=object())

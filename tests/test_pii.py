@@ -3,8 +3,24 @@ from __future__ import annotations
 
 import pytest
 
+from pipelines.config import config_from_params
 from pipelines.data import pii
-from pipelines.data.clean import Normalize, QualityRules, make_cleaner, normalize, quality_failure
+from pipelines.data.clean import (
+    Language,
+    Normalize,
+    QualityRules,
+    cleaner_options,
+    make_cleaner,
+    normalize,
+    quality_failure,
+    rules_off,
+)
+
+
+def only_rules(**on) -> QualityRules:
+    """Only the rules named here switched on; every key is given (a merge into params.yaml's values could not
+    switch an n-gram rule off: mappings merge key by key)."""
+    return QualityRules.model_validate({**rules_off(), **on})
 
 
 def types(text: str) -> list[str]:
@@ -64,14 +80,14 @@ def test_entity_selection_and_unknown_types():
 
 
 def test_normalize_keeps_indentation():
-    cfg = Normalize()
+    cfg = config_from_params("ingest.normalize", Normalize)  # NFKC, control characters, whitespace
     assert normalize("ﬁne\u00a0text\u200b \r\n\r\n\r\n\r\n    indented()\x07  ", cfg) == "fine text\n\n    indented()"
 
 
 def test_quality_rules_each_name_themselves():
-    rules = QualityRules(min_words=3, max_symbol_word_ratio=0.1, max_duplicate_line_fraction=0.3,
-                         max_top_ngram_char_fraction={2: 0.2}, min_alpha_word_ratio=0.5,
-                         max_bullet_line_ratio=0.9, bad_phrases=["lorem ipsum"])
+    rules = only_rules(min_words=3, max_symbol_word_ratio=0.1, max_duplicate_line_fraction=0.3,
+                       max_top_ngram_char_fraction={2: 0.2}, min_alpha_word_ratio=0.5,
+                       max_bullet_line_ratio=0.9, bad_phrases=["lorem ipsum"])
     assert quality_failure("too short", rules)[0] == "min_words"
     assert quality_failure("# # # # a b c d e f", rules)[0] == "max_symbol_word_ratio"
     assert quality_failure("same line\nsame line\nsame line\nother", rules)[0] == "max_duplicate_line_fraction"
@@ -83,7 +99,13 @@ def test_quality_rules_each_name_themselves():
 
 
 def test_cleaner_policies():
-    opts = {"normalize": {}, "language": {}, "quality": {}, "pii_entities": list(pii.ENTITIES)}
+    # Every quality rule and the language filter off: only the PII policy decides.
+    opts = cleaner_options(
+        config_from_params("ingest.normalize", Normalize),
+        config_from_params("ingest.language", Language, {"allowed": []}),
+        only_rules(),
+        pii.ENTITIES,
+    )
     rec = {"prompt": "Email me at a@b.org", "response": "Sure.", "text": None, "title": None}
     red = make_cleaner(kind="instruction", pii_policy="redact", opts=opts)(rec)
     assert red["reason"] is None and red["text"] == "Email me at <EMAIL>\n\nSure." and red["pii"] == ["EMAIL"]
@@ -91,3 +113,14 @@ def test_cleaner_policies():
     assert (drop["reason"], drop["rule"]) == ("pii", "EMAIL")
     keep = make_cleaner(kind="instruction", pii_policy="keep", opts=opts)(rec)
     assert keep["reason"] is None and "a@b.org" in keep["text"] and keep["pii"] == ["EMAIL"]
+
+
+def test_skipped_rules_are_off_for_that_source():
+    quality = only_rules(min_words=3, max_top_ngram_char_fraction={2: 0.2})
+    args = (config_from_params("ingest.normalize", Normalize),
+            config_from_params("ingest.language", Language, {"allowed": []}), quality, [])
+    rec = {"prompt": "Hi", "response": "the cat the cat the cat the cat", "text": None, "title": None}
+    strict = make_cleaner(kind="instruction", pii_policy="keep", opts=cleaner_options(*args))(rec)
+    assert (strict["reason"], strict["rule"]) == ("quality", "max_top_2gram_char_fraction")
+    skipping = cleaner_options(*args, skip_rules=["max_top_ngram_char_fraction"])
+    assert make_cleaner(kind="instruction", pii_policy="keep", opts=skipping)(rec)["reason"] is None

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.io import read_json
-from test_gate import gate_cfg, write_metrics
+from test_gate import gate_cfg, promote_cfg, registry_cfg, write_metrics
 
 
 @pytest.fixture(scope="module")
@@ -28,29 +28,25 @@ def _candidate(adapter, tmp_path, name, salt):
     return d
 
 
-def _gate_and_promote(tmp_path, uri, cand, base_model_dir, ppl, rouge, asr):
+def _gate_and_promote(tmp_path, registry, cand, base_model_dir, ppl, rouge, asr):
     from pipelines.models.lm import dir_sha256
     from pipelines.stages import gate, promote
 
     write_metrics(tmp_path, dir_sha256(cand), ppl, rouge, asr, cand)
-    gate.run(gate_cfg(tmp_path, uri))
-    cfg = promote.Config(decision=str(tmp_path / "decision.json"), evaluate_metrics=str(tmp_path / "evaluate.json"),
-                         audit_metrics=str(tmp_path / "audit.json"), candidate_dir=str(cand),
-                         base_model_dir=str(base_model_dir), model_name="m", tracking_uri=uri,
-                         artifact_root=str(tmp_path / "mlartifacts"), record=str(tmp_path / "promotion.json"))
-    report = promote.run(cfg)
+    gate.run(gate_cfg(tmp_path), registry)
+    report = promote.run(promote_cfg(tmp_path, cand, base_model_dir), registry)
     return report, read_json(tmp_path / "promotion.json")
 
 
 def test_promote_registers_moves_alias_and_is_idempotent(adapter, base_model_dir, tmp_path):
     from pipelines.models import registry
 
-    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    cfg = registry_cfg(tmp_path)
     c1 = _candidate(adapter, tmp_path, "c1", "one")
-    report, rec = _gate_and_promote(tmp_path, uri, c1, base_model_dir, 4.0, 0.2, 0.3)
+    report, rec = _gate_and_promote(tmp_path, cfg, c1, base_model_dir, 4.0, 0.2, 0.3)
     assert report["action"] == "promoted" and rec["version"] == 1 and rec["previous_champion"] is None
 
-    client = registry.client(uri)
+    client = registry.client(cfg.tracking_uri)
     v1 = client.get_model_version_by_alias("m", "champion")
     assert str(v1.version) == "1"
     assert v1.tags[registry.HASH_TAG] == rec["adapter_sha256"] and v1.tags["gate_decision"] == "promote"
@@ -62,29 +58,29 @@ def test_promote_registers_moves_alias_and_is_idempotent(adapter, base_model_dir
     assert client.get_run(v1.run_id).data.metrics["perplexity"] == 4.0
 
     # same candidate again: no new version, alias unchanged
-    report, rec = _gate_and_promote(tmp_path, uri, c1, base_model_dir, 4.0, 0.2, 0.3)
+    report, rec = _gate_and_promote(tmp_path, cfg, c1, base_model_dir, 4.0, 0.2, 0.3)
     assert report["action"] == "already_champion" and rec["version"] == 1 and not rec["created_version"]
     assert len(client.search_model_versions("name='m'")) == 1
 
     # a better candidate: version 2 becomes champion, version 1 is kept
     c2 = _candidate(adapter, tmp_path, "c2", "two")
-    report, rec = _gate_and_promote(tmp_path, uri, c2, base_model_dir, 3.9, 0.21, 0.3)
+    report, rec = _gate_and_promote(tmp_path, cfg, c2, base_model_dir, 3.9, 0.21, 0.3)
     assert report["action"] == "promoted" and rec["version"] == 2 and rec["previous_champion"] == 1
     assert str(client.get_model_version_by_alias("m", "champion").version) == "2"
     assert str(client.get_model_version("m", "1").version) == "1"
     # rollback is moving the alias back
-    assert registry.set_alias(uri, "m", 1) == {"model_name": "m", "alias": "champion", "version": 1, "previous_version": 2}
+    assert registry.set_alias(cfg, 1) == {"model_name": "m", "alias": "champion", "version": 1, "previous_version": 2}
     assert str(client.get_model_version_by_alias("m", "champion").version) == "1"
-    registry.set_alias(uri, "m", 2)
+    registry.set_alias(cfg, 2)
 
     # a rejected candidate: nothing registered, alias stays on 2, the rejection is recorded once
     c3 = _candidate(adapter, tmp_path, "c3", "three")
-    report, rec = _gate_and_promote(tmp_path, uri, c3, base_model_dir, 1e4, 0.0, 1.0)
+    report, rec = _gate_and_promote(tmp_path, cfg, c3, base_model_dir, 1e4, 0.0, 1.0)
     assert report["decision"] == "reject" and report["action"] == "recorded_rejection"
     assert rec["version"] is None and rec["champion"] == 2
     assert str(client.get_model_version_by_alias("m", "champion").version) == "2"
     assert len(client.search_model_versions("name='m'")) == 2
-    _, again = _gate_and_promote(tmp_path, uri, c3, base_model_dir, 1e4, 0.0, 1.0)
+    _, again = _gate_and_promote(tmp_path, cfg, c3, base_model_dir, 1e4, 0.0, 1.0)
     assert again["already_recorded"] and again["run_id"] == rec["run_id"]
 
 
@@ -94,14 +90,12 @@ def test_stale_decision_is_refused(adapter, base_model_dir, tmp_path):
     from pipelines.errors import StageFailed
 
     c1 = _candidate(adapter, tmp_path, "c1", "one")
-    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    registry = registry_cfg(tmp_path)
     write_metrics(tmp_path, dir_sha256(c1), 4.0, 0.2, 0.3, c1)
-    gate.run(gate_cfg(tmp_path, uri))
+    gate.run(gate_cfg(tmp_path), registry)
     (c1 / "training_meta.json").write_text('{"changed": true}')  # candidate replaced after the gate
     with pytest.raises(StageFailed, match="rerun evaluate"):
-        promote.run(promote.Config(decision=str(tmp_path / "decision.json"), candidate_dir=str(c1), model_name="m",
-                                   tracking_uri=uri, artifact_root=str(tmp_path / "a"),
-                                   record=str(tmp_path / "promotion.json")))
+        promote.run(promote_cfg(tmp_path, c1, base_model_dir), registry)
 
 
 def test_version_is_attached_to_the_finetune_run(adapter, base_model_dir, tmp_path):
@@ -110,13 +104,13 @@ def test_version_is_attached_to_the_finetune_run(adapter, base_model_dir, tmp_pa
 
     from pipelines.models import registry
 
-    uri = f"sqlite:///{tmp_path}/mlruns.db"
-    client = registry.client(uri)
+    cfg = registry_cfg(tmp_path)
+    client = registry.client(cfg.tracking_uri)
     exp = client.create_experiment("ft", artifact_location=(tmp_path / "ftart").as_uri())
     ft = client.create_run(exp, tags={"dataset.version": "data/splits:abc.dir", "git_commit": "deadbeef"})
     cand = _candidate(adapter, tmp_path, "c1", "lineage")
     (cand / "training_meta.json").write_text(json.dumps({"mlflow_run_id": ft.info.run_id, "steps": 2}))
-    report, rec = _gate_and_promote(tmp_path, uri, cand, base_model_dir, 4.0, 0.2, 0.3)
+    report, rec = _gate_and_promote(tmp_path, cfg, cand, base_model_dir, 4.0, 0.2, 0.3)
     assert report["action"] == "promoted"
     v = client.get_model_version("m", str(rec["version"]))
     assert v.run_id == ft.info.run_id and v.tags["promote_run_id"] == rec["run_id"]

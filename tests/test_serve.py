@@ -6,38 +6,42 @@ import shutil
 import pytest
 from fastapi.testclient import TestClient
 
-from test_gate import gate_cfg, write_metrics
+from pipelines.stages.registry import shared_config
+from test_gate import gate_cfg, promote_cfg, registry_cfg, write_metrics
 
 
-def _promote(tmp_path, uri, cand, base_model_dir):
+def _promote(tmp_path, registry, cand, base_model_dir):
     from pipelines.models.lm import dir_sha256
     from pipelines.stages import gate, promote
 
     write_metrics(tmp_path, dir_sha256(cand), 4.0, 0.2, 0.3, cand)
-    gate.run(gate_cfg(tmp_path, uri))
-    return promote.run(promote.Config(
-        decision=str(tmp_path / "decision.json"), evaluate_metrics=str(tmp_path / "evaluate.json"),
-        audit_metrics=str(tmp_path / "audit.json"), candidate_dir=str(cand), base_model_dir=str(base_model_dir),
-        model_name="m", tracking_uri=uri, artifact_root=str(tmp_path / "mlartifacts"),
-        record=str(tmp_path / "promotion.json")))
+    gate.run(gate_cfg(tmp_path), registry)
+    return promote.run(promote_cfg(tmp_path, cand, base_model_dir), registry)
+
+
+def serve_config(**overrides):
+    from pipelines.config import config_from_params
+    from pipelines.serving.api import ServeConfig
+
+    return config_from_params("serve", ServeConfig, overrides)
 
 
 @pytest.fixture(scope="module")
 def served(base_model_dir, tmp_path_factory):
     from pipelines.models.lm import make_smoke_adapter
-    from pipelines.serving.api import ServeConfig, create_app
+    from pipelines.serving.api import create_app
 
     adapter = tmp_path_factory.getbasetemp() / "smoke_candidate"
     if not (adapter / "adapter_config.json").exists():
         make_smoke_adapter(base_model_dir, adapter)
     tmp = tmp_path_factory.mktemp("serve")
-    uri = f"sqlite:///{tmp}/mlruns.db"
+    registry = registry_cfg(tmp)
     cand = tmp / "cand"
     shutil.copytree(adapter, cand)
-    assert _promote(tmp, uri, cand, base_model_dir)["version"] == 1
-    app = create_app(ServeConfig(model_name="m", tracking_uri=uri, max_new_tokens=12))
+    assert _promote(tmp, registry, cand, base_model_dir)["version"] == 1
+    app = create_app(serve_config(max_new_tokens=12), registry)
     with TestClient(app) as client:
-        yield client, tmp, uri, adapter
+        yield client, tmp, registry, adapter
 
 
 def test_health_reports_the_champion(served):
@@ -76,21 +80,22 @@ def test_bad_requests(served, payload, status):
 
 
 def test_reload_picks_up_a_moved_alias(served, base_model_dir):
-    client, tmp, uri, adapter = served
+    client, tmp, registry, adapter = served
     assert client.post("/admin/reload").json()["reloaded"] is False  # alias has not moved
     cand2 = tmp / "cand2"
     shutil.copytree(adapter, cand2)
     (cand2 / "training_meta.json").write_text('{"second": true}')
-    assert _promote(tmp, uri, cand2, base_model_dir)["version"] == 2
+    assert _promote(tmp, registry, cand2, base_model_dir)["version"] == 2
     r = client.post("/admin/reload").json()
     assert r == {"reloaded": True, "version": "2", "previous_version": "1"}
     assert client.get("/health").json()["version"] == "2"
 
 
 def test_no_champion_gives_503(tmp_path):
-    from pipelines.serving.api import ServeConfig, create_app
+    from pipelines.serving.api import create_app
 
-    app = create_app(ServeConfig(model_name="nobody", tracking_uri=f"sqlite:///{tmp_path}/empty.db"))
+    app = create_app(serve_config(), shared_config("registry", tracking_uri=f"sqlite:///{tmp_path}/empty.db",
+                                                   model_name="nobody"))
     with TestClient(app) as client:
         assert client.get("/health").status_code == 503
         r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})

@@ -4,10 +4,11 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from pydantic import ValidationError
 
+from pipelines.errors import ConfigError
 from pipelines.schema import CORPUS_COLUMNS
 from pipelines.stages import split
+from pipelines.stages.registry import stage_config
 
 SCHEMA = pa.schema([(c, pa.int32() if c == "n_chars" else pa.string()) for c in CORPUS_COLUMNS])
 
@@ -25,8 +26,9 @@ def _corpus(path, n: int, start: int = 0):
     (path / f".part-{start:05d}.parquet.crc").write_bytes(b"crc")
 
 
-def _run(tmp, name: str, **kw) -> tuple[dict, dict[str, list[str]]]:
-    cfg = split.Config(input_dir=str(tmp / "in"), output_dir=str(tmp / name), metrics=str(tmp / f"{name}.json"), **kw)
+def _run(tmp, name: str, **kw) -> tuple[split.Report, dict[str, list[str]]]:
+    cfg = stage_config("split", input_dir=str(tmp / "in"), output_dir=str(tmp / name),
+                       metrics=str(tmp / f"{name}.json"), **kw)
     report = split.run(cfg)
     ids = {s: pq.read_table(tmp / name / f"{s}.parquet")["doc_id"].to_pylist() for s in split.SPLITS}
     return report, ids
@@ -59,10 +61,11 @@ def test_deterministic_and_stable_when_rows_are_added(tmp_path):
 
 
 def test_bad_fractions_are_refused():
-    with pytest.raises(ValidationError, match="below 1"):
-        split.Config(eval_fraction=0.5, test_fraction=0.5)
+    with pytest.raises(ConfigError, match="below 1"):
+        stage_config("split", eval_fraction=0.5, test_fraction=0.5)
 
 
 def test_missing_input_is_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="run dedup first"):
-        split.run(split.Config(input_dir=str(tmp_path / "none"), output_dir=str(tmp_path / "o")))
+        split.run(stage_config("split", input_dir=str(tmp_path / "none"), output_dir=str(tmp_path / "o"),
+                               metrics=str(tmp_path / "m.json")))

@@ -10,6 +10,7 @@ import pytest
 
 from pipelines.config import load_params, parse_section
 from pipelines.stages import validate
+from pipelines.stages.registry import shared_config, stage_config
 from pipelines.errors import StageFailed
 from pipelines.schema import corpus_schema, read_corpus
 
@@ -54,10 +55,13 @@ def make_cfg(tmp_path: Path, gx_root: Path, input_dir: Path, repo_root: Path) ->
     section = parse_section(load_params(repo_root / "params.yaml"), validate.SECTION, validate.Config)
     return section.model_copy(update={
         "input_dir": str(input_dir),
-        "gx_root": str(gx_root),
         "results_dir": str(tmp_path / "results"),
         "metrics": str(tmp_path / "metrics.json"),
     })
+
+
+def _shared(gx_root: Path) -> dict:
+    return {"gx": shared_config("gx", context_root=str(gx_root)), "near_duplicate": shared_config("near_duplicate")}
 
 
 def test_read_corpus_skips_spark_markers(tmp_path):
@@ -68,7 +72,7 @@ def test_read_corpus_skips_spark_markers(tmp_path):
 
 def test_good_corpus_passes_and_committed_suite_is_in_sync(tmp_path, gx_root, repo_root):
     cfg = make_cfg(tmp_path, gx_root, write_spark_like(tiny_corpus(), tmp_path / "corpus"), repo_root)
-    report = validate.run(cfg)
+    report = validate.run(cfg, **_shared(gx_root))
 
     assert report["success"] is True
     assert report["failed_expectations"] == 0
@@ -118,7 +122,7 @@ def _short_text(df: pd.DataFrame) -> pd.DataFrame:
 def test_broken_corpus_fails_with_named_expectation(tmp_path, gx_root, repo_root, breakage, expected):
     cfg = make_cfg(tmp_path, gx_root, write_spark_like(breakage(tiny_corpus()), tmp_path / "corpus"), repo_root)
     with pytest.raises(StageFailed) as info:
-        validate.run(cfg)
+        validate.run(cfg, **_shared(gx_root))
     message = str(info.value)
     for fragment in expected:
         assert fragment in message, message
@@ -129,4 +133,4 @@ def test_broken_corpus_fails_with_named_expectation(tmp_path, gx_root, repo_root
 
 def test_min_chars_above_max_is_a_config_error():
     with pytest.raises(ValueError, match="min_chars"):
-        validate.Config(min_chars=10, max_chars=5)
+        stage_config("validate", min_chars=10, max_chars=5)

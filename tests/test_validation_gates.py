@@ -12,11 +12,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.config import load_params, parse_section
-from pipelines.stages import validate, validate_embeddings, validate_raw, validate_splits
+from pipelines.data import near_duplicates
 from pipelines.errors import StageFailed
-from pipelines.validation import textstats
 from pipelines.schema import corpus_schema
+from pipelines.stages import validate, validate_embeddings, validate_raw, validate_splits
+from pipelines.stages.registry import shared_config, stage_config
+from pipelines.validation import textstats
+from pipelines.validation.context import GxConfig
 from tests.test_validate import tiny_corpus, write_spark_like
 
 GERMAN = "Der schnelle braune Fuchs springt über den faulen Hund, während die Katze schläft und träumt."
@@ -29,12 +31,16 @@ def gx_root(tmp_path, repo_root) -> Path:
     return root
 
 
-def cfg_for(module, tmp_path: Path, gx_root: Path, repo_root: Path, **update):
-    section = parse_section(load_params(repo_root / "params.yaml"), module.SECTION, module.Config)
-    return section.model_copy(update={
-        "gx_root": str(gx_root), "results_dir": str(tmp_path / "results"),
-        "metrics": str(tmp_path / "metrics.json"), **update,
-    })
+@pytest.fixture()
+def gx(gx_root) -> GxConfig:
+    """The params.yaml `gx` section pointed at the temporary copy of the context."""
+    return shared_config("gx", context_root=str(gx_root))
+
+
+def cfg_for(module, tmp_path: Path, **overrides):
+    """The stage's params.yaml section with results and metrics under tmp_path, plus `overrides`."""
+    return stage_config(module.SECTION, results_dir=str(tmp_path / "results"),
+                        metrics=str(tmp_path / "metrics.json"), **overrides)
 
 
 def assert_committed_in_sync(gx_root: Path, repo_root: Path, suite: str) -> None:
@@ -46,9 +52,9 @@ def assert_committed_in_sync(gx_root: Path, repo_root: Path, suite: str) -> None
         )
 
 
-def assert_fails_with(cfg, module, fragments: list[str], **kwargs) -> str:
+def assert_fails_with(cfg, module, gx: GxConfig, fragments: list[str], **kwargs) -> str:
     with pytest.raises(StageFailed) as info:
-        module.run(cfg, **kwargs)
+        module.run(cfg, gx, **kwargs)
     message = str(info.value)
     for fragment in fragments:
         assert fragment in message, f"{fragment!r} not in:\n{message}"
@@ -67,8 +73,9 @@ def test_textstats():
     assert not textstats.has_pii("in 2022-01-01 we sold 1010 1101 items; write to [EMAIL]")
     assert textstats.is_english("This is the answer to the question.") and not textstats.is_english(GERMAN)
     base = " ".join(f"word{i}" for i in range(60))
-    assert textstats.near_duplicate_rate([base, base.replace("word30", "other"), "something else entirely"]) == \
-        pytest.approx(2 / 3)
+    nd = shared_config("near_duplicate")  # the validate suite measures by dedup's definition
+    assert near_duplicates.near_duplicate_rate([base, base.replace("word30", "other"), "something else entirely"],
+                                               nd) == pytest.approx(2 / 3)
     texts = [base, "an unrelated evaluation text", base + " with a tail", "Train text."]
     splits = ["train", "eval", "test", "eval"]
     assert textstats.overlap_rate(texts, splits, ngram=0) == 0.0
@@ -84,6 +91,8 @@ def test_custom_expectations_same_on_pandas_and_spark(spark):
 
     from pipelines.validation import expectations as text
 
+    nd = shared_config("near_duplicate")
+    near_duplicate_keys = {k: getattr(nd, k) for k in text.NEAR_DUPLICATE_KEYS}
     base = " ".join(f"token{i}" for i in range(40))
     df = pd.DataFrame({
         "text": ["The cat is on the mat and it is happy.", base, base + " end", GERMAN,
@@ -93,7 +102,7 @@ def test_custom_expectations_same_on_pandas_and_spark(spark):
     make_checks = lambda: [  # noqa: E731  a suite owns its expectations: fresh ones per engine
         text.ExpectColumnPiiRateToBeBelow(column="text", max_value=0.1),
         text.ExpectColumnEnglishShareToBeAbove(column="text", min_value=0.9),
-        text.ExpectColumnNearDuplicateRateToBeBelow(column="text", max_value=0.1),
+        text.ExpectColumnNearDuplicateRateToBeBelow(column="text", max_value=0.1, **near_duplicate_keys),
         text.ExpectColumnSplitOverlapRateToBeBelow(column="text", max_value=0.0, ngram=13),
         text.ExpectColumnSplitOverlapRateToBeBelow(column="text", max_value=0.0, ngram=0),
     ]
@@ -118,20 +127,20 @@ def test_custom_expectations_same_on_pandas_and_spark(spark):
 # ----------------------------------------------------------------------------------------------- raw
 
 
-def test_raw_gate_passes_on_sample_and_on_spark(tmp_path, gx_root, repo_root, spark):
+def test_raw_gate_passes_on_sample_and_on_spark(tmp_path, gx_root, gx, repo_root, spark):
     corpus = write_spark_like(tiny_corpus(), tmp_path / "ingested")
-    report = validate_raw.run(cfg_for(validate_raw, tmp_path, gx_root, repo_root, input_dir=str(corpus)))
+    report = validate_raw.run(cfg_for(validate_raw, tmp_path, input_dir=str(corpus)), gx)
     assert report["success"] and report["row_count"] == 20 and report["failed_expectations"] == 0
     assert_committed_in_sync(gx_root, repo_root, "raw_corpus")
     history = list((gx_root / "uncommitted" / "run_summaries" / "raw_corpus").glob("*.json"))
     assert len(history) == 1  # one summary kept per run, outside DVC's outputs
-    cfg = cfg_for(validate_raw, tmp_path, gx_root, repo_root, input_dir=str(corpus), engine="spark")
-    assert validate_raw.run(cfg, spark=spark)["success"]
+    cfg = cfg_for(validate_raw, tmp_path, input_dir=str(corpus), engine="spark")
+    assert validate_raw.run(cfg, gx, spark=spark)["success"]
     assert (gx_root / "checkpoints" / "raw_corpus_spark.json").exists()
     assert len(list(history[0].parent.glob("*.json"))) == 2
 
 
-def test_raw_gate_blocks_missing_source_and_licence(tmp_path, gx_root, repo_root):
+def test_raw_gate_blocks_missing_source_and_licence(tmp_path, gx):
     df = tiny_corpus()
     df.loc[0, "source"] = None
     df.loc[1, "licence"] = ""
@@ -143,8 +152,8 @@ def test_raw_gate_blocks_missing_source_and_licence(tmp_path, gx_root, repo_root
     path = tmp_path / "ingested"
     path.mkdir()
     df.assign(extra=1).to_parquet(path / "part-0.parquet", index=False)
-    cfg = cfg_for(validate_raw, tmp_path, gx_root, repo_root, input_dir=str(path), min_rows=100)
-    assert_fails_with(cfg, validate_raw, [
+    cfg = cfg_for(validate_raw, tmp_path, input_dir=str(path), min_rows=100)
+    assert_fails_with(cfg, validate_raw, gx, [
         "expect_table_columns_to_match_set", "expect_table_row_count_to_be_between",
         "expect_column_values_to_not_be_null on 'source'", "expect_column_values_to_not_be_null on 'doc_id'",
         "expect_column_values_to_not_be_null on 'text'",
@@ -157,26 +166,26 @@ def test_raw_gate_blocks_missing_source_and_licence(tmp_path, gx_root, repo_root
     df2.loc[0, "source"] = ""
     df2.loc[0, "licence"] = None
     path2 = write_spark_like(df2, tmp_path / "ingested2")
-    cfg2 = cfg_for(validate_raw, tmp_path, gx_root, repo_root, input_dir=str(path2), sources=None)
-    assert_fails_with(cfg2, validate_raw, ["expect_column_value_lengths_to_be_between on 'source'",
-                                           "expect_column_values_to_not_be_null on 'licence'"])
+    cfg2 = cfg_for(validate_raw, tmp_path, input_dir=str(path2), sources=None)
+    assert_fails_with(cfg2, validate_raw, gx, ["expect_column_value_lengths_to_be_between on 'source'",
+                                               "expect_column_values_to_not_be_null on 'licence'"])
 
 
 # ------------------------------------------------------------------------------------------- curated
 
 
-def test_curated_gate_warning_is_reported_not_blocking(tmp_path, gx_root, repo_root, capsys):
+def test_curated_gate_warning_is_reported_not_blocking(tmp_path, gx, capsys):
     corpus = write_spark_like(tiny_corpus(), tmp_path / "corpus")
-    cfg = cfg_for(validate, tmp_path, gx_root, repo_root, input_dir=str(corpus),
+    cfg = cfg_for(validate, tmp_path, input_dir=str(corpus),
                   length_quantiles={0.5: [1, 2]})  # impossible median: fails, but it is a warning
-    report = validate.run(cfg)
+    report = validate.run(cfg, gx, near_duplicate=shared_config("near_duplicate"))
     assert report["success"] is True and report["warnings"] == 1
     summary = json.loads((Path(cfg.results_dir) / "curated_corpus.json").read_text())
     assert summary["warning_details"][0].startswith("expect_column_length_quantiles_to_be_between on 'n_chars'")
     assert "WARNING (non-blocking)" in capsys.readouterr().out
 
 
-def test_curated_gate_blocks_text_problems(tmp_path, gx_root, repo_root):
+def test_curated_gate_blocks_text_problems(tmp_path, gx):
     df = tiny_corpus()
     dup = df.iloc[[0]].assign(doc_id="dup-0")  # exact duplicate text under another id
     near = df.iloc[[10]].assign(doc_id="near-10", text=lambda d: d["text"] + " (copy)")
@@ -187,9 +196,8 @@ def test_curated_gate_blocks_text_problems(tmp_path, gx_root, repo_root):
         df.loc[i, "n_chars"] = len(GERMAN)
     df.loc[4, "source"] = "scraped_forum"
     df.loc[5, "kind"] = "chat"
-    cfg = cfg_for(validate, tmp_path, gx_root, repo_root, input_dir=str(write_spark_like(df, tmp_path / "c")),
-                  max_pii_rate=0.0)
-    message = assert_fails_with(cfg, validate, [
+    cfg = cfg_for(validate, tmp_path, input_dir=str(write_spark_like(df, tmp_path / "c")), max_pii_rate=0.0)
+    message = assert_fails_with(cfg, validate, gx, near_duplicate=shared_config("near_duplicate"), fragments=[
         "expect_column_values_to_be_unique on 'text'",
         "expect_column_near_duplicate_rate_to_be_below on 'text': observed 0.318182",
         "expect_column_pii_rate_to_be_below on 'text': observed 0.045",
@@ -213,12 +221,12 @@ def write_splits(tmp_path: Path, df: pd.DataFrame, labels: list[str]) -> Path:
     return out
 
 
-def test_splits_gate(tmp_path, gx_root, repo_root):
+def test_splits_gate(tmp_path, gx_root, gx, repo_root):
     df = tiny_corpus()
     labels = ["train"] * 14 + ["eval"] * 3 + ["test"] * 3
     labels[0], labels[10] = "eval", "test"
     good = write_splits(tmp_path, df, labels)
-    report = validate_splits.run(cfg_for(validate_splits, tmp_path, gx_root, repo_root, split_dir=str(good)))
+    report = validate_splits.run(cfg_for(validate_splits, tmp_path, split_dir=str(good)), gx)
     assert report["success"] and report["row_count"] == 20
     assert_committed_in_sync(gx_root, repo_root, "splits")
 
@@ -228,8 +236,8 @@ def test_splits_gate(tmp_path, gx_root, repo_root):
     bad.loc[18, "doc_id"] = bad.loc[2, "doc_id"]  # the same document in train and test
     shutil.rmtree(good)
     path = write_splits(tmp_path, bad, labels)
-    cfg = cfg_for(validate_splits, tmp_path, gx_root, repo_root, split_dir=str(path))
-    assert_fails_with(cfg, validate_splits, [
+    cfg = cfg_for(validate_splits, tmp_path, split_dir=str(path))
+    assert_fails_with(cfg, validate_splits, gx, [
         "expect_column_values_to_be_unique on 'doc_id'",
         "expect_column_split_overlap_rate_to_be_below on 'text': observed 0.125, expected {'max_value': 0.0}",
         "expect_column_split_overlap_rate_to_be_below on 'text': observed 0.25, expected {'max_value': 0.1}",
@@ -258,7 +266,7 @@ def two_chunks_per_doc(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def test_embeddings_gate(tmp_path, gx_root, repo_root):
+def test_embeddings_gate(tmp_path, gx_root, gx, repo_root):
     df = tiny_corpus()
     corpus = write_spark_like(df, tmp_path / "corpus")
     chunks = two_chunks_per_doc(df)
@@ -267,9 +275,8 @@ def test_embeddings_gate(tmp_path, gx_root, repo_root):
     vecs = rng.normal(size=(len(ids), 384))  # params.yaml's dim, so the committed suite applies
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
     emb = write_embeddings(tmp_path / "emb", chunks, vecs.tolist(), ids)
-    cfg = cfg_for(validate_embeddings, tmp_path, gx_root, repo_root, embeddings_dir=str(emb),
-                  corpus_dir=str(corpus))
-    report = validate_embeddings.run(cfg)
+    cfg = cfg_for(validate_embeddings, tmp_path, embeddings_dir=str(emb), corpus_dir=str(corpus))
+    report = validate_embeddings.run(cfg, gx)
     assert report["success"] and report["expected_documents"] == 20 and report["index_rows"] == 40
     assert_committed_in_sync(gx_root, repo_root, "embeddings")
 
@@ -283,8 +290,8 @@ def test_embeddings_gate(tmp_path, gx_root, repo_root):
     broken.loc[6, "chunk_id"] = broken.loc[5, "chunk_id"]  # duplicated chunk id
     broken = broken.drop(index=[36, 37, 38, 39]).reset_index(drop=True)  # the last two documents have no chunk
     emb2 = write_embeddings(tmp_path / "emb2", broken, bad[:36], list(broken["chunk_id"])[:-3])  # 3 not indexed
-    cfg2 = cfg.model_copy(update={"embeddings_dir": str(emb2)})
-    assert_fails_with(cfg2, validate_embeddings, [
+    cfg2 = cfg_for(validate_embeddings, tmp_path, embeddings_dir=str(emb2), corpus_dir=str(corpus))
+    assert_fails_with(cfg2, validate_embeddings, gx, [
         "expect_column_values_to_be_between on 'dim'", "expect_column_values_to_be_in_set on 'finite'",
         "expect_column_values_to_be_between on 'norm'", "expect_column_values_to_be_in_set on 'in_corpus'",
         "expect_column_values_to_be_in_set on 'span_ok'", "expect_column_values_to_be_in_set on 'in_index'",

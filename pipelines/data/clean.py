@@ -1,21 +1,22 @@
 """Normalization and document-quality rules (in the spirit of Gopher's and C4's heuristics).
 
-Pure Python, no Spark import: the ingest stage runs `clean_record` inside a pandas UDF, tests call it directly.
-Every rule is a key of `QualityRules`; `null` switches it off. A record fails on the first rule it breaks, and
-the rule's name is what the rejects table and metrics/ingest.json count.
+Pure Python, no Spark import: `pipelines.data.clean_spark` runs `make_cleaner`'s function inside a pandas UDF,
+tests call it directly. Every rule is a key of `QualityRules`; `null` (or an empty map/list) switches it off. A
+record fails on the first rule it breaks, and the rule's name is what the rejects table and metrics/ingest.json
+count.
 
 Gopher (Rae et al. 2021, appendix A) and C4 (Raffel et al. 2020) rules adapted here: word-count bounds, mean word
 length, symbol-to-word ratio (`#`, `...`), bullet and ellipsis line ratios, share of words with a letter,
 duplicate lines (by count and by characters), the most frequent 2/3/4-gram's share of characters, duplicated
-5..10-gram share of characters, and C4's "lorem ipsum" phrase list. Defaults here are all off; params.yaml sets
-the values a corpus uses (Gopher's own were tuned for web pages: instruction pairs and code need looser ones).
+5..10-gram share of characters, and C4's "lorem ipsum" phrase list. The models declare no values: params.yaml
+sets the ones a corpus uses (Gopher's own were tuned for web pages: instruction pairs and code need looser ones).
 """
 from __future__ import annotations
 
 import re
 import unicodedata
 from collections import Counter
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from pydantic import Field
 
@@ -25,38 +26,50 @@ from pipelines.data.langid import identify
 
 
 class Normalize(StageConfig):
-    unicode_form: str | None = Field("NFKC", pattern="^(NFC|NFKC|NFD|NFKD)$")
-    strip_control: bool = True    # C0/C1 control and invisible format characters, except tab and newline
-    whitespace: bool = True       # CRLF -> LF, trailing spaces per line, 3+ newlines -> 2; indentation is kept
+    unicode_form: str | None = Field(pattern="^(NFC|NFKC|NFD|NFKD)$")
+    strip_control: bool           # C0/C1 control and invisible format characters, except tab and newline
+    whitespace: bool              # CRLF -> LF, trailing spaces per line, 3+ newlines -> 2; indentation is kept
 
 
 class Language(StageConfig):
-    allowed: list[str] = []       # ISO 639-1 codes kept; empty: identify and report, drop nothing
+    allowed: list[str]            # ISO 639-1 codes kept; empty: identify and report, drop nothing
     # Below it a text is "und" and kept: only a text confidently in another language is dropped (mixed code and
     # prose, lists of names, upper-case text are often low-confidence; the quality rules judge garbage).
-    min_confidence: float = Field(0.0, ge=0, le=1)
-    min_chars: int = Field(0, ge=0)  # shorter texts are not judged (too little signal): kept, lang "und"
-    sample_chars: int = Field(2000, ge=1)
+    min_confidence: float = Field(ge=0, le=1)
+    min_chars: int = Field(ge=0)  # shorter texts are not judged (too little signal): kept, lang "und"
+    sample_chars: int = Field(ge=1)
 
 
 class QualityRules(StageConfig):
-    max_chars: int | None = Field(None, ge=1)
-    min_words: int | None = Field(None, ge=0)
-    max_words: int | None = Field(None, ge=1)
-    min_mean_word_length: float | None = None
-    max_mean_word_length: float | None = None
-    max_symbol_word_ratio: float | None = None       # ('#' + '...' + '…') / words
-    max_bullet_line_ratio: float | None = None       # lines starting with a bullet
-    max_ellipsis_line_ratio: float | None = None     # lines ending with an ellipsis
-    min_alpha_word_ratio: float | None = None        # words holding at least one letter
-    max_duplicate_line_fraction: float | None = None       # repeated lines / lines
-    max_duplicate_line_char_fraction: float | None = None  # characters in repeated lines / characters
-    max_top_ngram_char_fraction: dict[int, float] = {}     # n -> share of chars in the most frequent n-gram
-    max_duplicate_ngram_char_fraction: dict[int, float] = {}  # n -> share of chars in repeated n-grams
-    bad_phrases: list[str] = []                      # case-insensitive substrings (C4: "lorem ipsum")
+    """Every rule is required; its "off" value (null, {} for the n-gram maps, [] for bad_phrases) switches it off."""
+
+    max_chars: int | None = Field(ge=1)
+    min_words: int | None = Field(ge=0)
+    max_words: int | None = Field(ge=1)
+    min_mean_word_length: float | None
+    max_mean_word_length: float | None
+    max_symbol_word_ratio: float | None              # ('#' + '...' + '…') / words
+    max_bullet_line_ratio: float | None              # lines starting with a bullet
+    max_ellipsis_line_ratio: float | None            # lines ending with an ellipsis
+    min_alpha_word_ratio: float | None               # words holding at least one letter
+    max_duplicate_line_fraction: float | None              # repeated lines / lines
+    max_duplicate_line_char_fraction: float | None         # characters in repeated lines / characters
+    max_top_ngram_char_fraction: dict[int, float]          # n -> share of chars in the most frequent n-gram
+    max_duplicate_ngram_char_fraction: dict[int, float]    # n -> share of chars in repeated n-grams
+    bad_phrases: list[str]                           # case-insensitive substrings (C4: "lorem ipsum")
 
 
 RULE_NAMES = tuple(QualityRules.model_fields)
+_COLLECTION_RULES = {"max_top_ngram_char_fraction": dict, "max_duplicate_ngram_char_fraction": dict,
+                     "bad_phrases": list}
+
+
+def rules_off() -> dict[str, Any]:
+    """Every quality rule at its "off" value (null; an empty map or list for the collection rules): what a
+    source's skipped rule is set to, and a neutral start for tests that switch a few rules on."""
+    return {name: _COLLECTION_RULES[name]() if name in _COLLECTION_RULES else None for name in RULE_NAMES}
+
+
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u2028\u2029\u2060\ufeff\u00ad]")
 _TRAILING = re.compile(r"[ \t]+(?=\n|$)")
 _BLANKS = re.compile(r"\n{3,}")
@@ -186,6 +199,18 @@ def quality_failure(text: str, rules: QualityRules) -> tuple[str, str] | None:
     return None
 
 
+def cleaner_options(normalize: Normalize, language: Language, quality: QualityRules, pii_entities: Sequence[str],
+                    skip_rules: Sequence[str] = ()) -> dict[str, Any]:
+    """`make_cleaner`'s `opts`: the configs as plain dicts, plus the rules one source skips."""
+    return {
+        "normalize": normalize.model_dump(),
+        "language": language.model_dump(),
+        "quality": quality.model_dump(),
+        "pii_entities": list(pii_entities),
+        "skip_rules": list(skip_rules),
+    }
+
+
 def make_cleaner(*, kind: str, pii_policy: str, opts: dict[str, Any]) -> Callable[[dict], dict]:
     """A function that normalizes, identifies the language of, applies the quality rules and the PII policy to
     one parsed record (prompt/response/text/title already mapped from the source's fields).
@@ -198,8 +223,8 @@ def make_cleaner(*, kind: str, pii_policy: str, opts: dict[str, Any]) -> Callabl
     norm = Normalize(**opts["normalize"])
     lang_cfg = Language(**opts["language"])
     skip = set(opts.get("skip_rules") or ())
-    quality = {k: v for k, v in opts["quality"].items() if k not in skip}
-    rules = QualityRules(**quality)
+    off = rules_off()
+    rules = QualityRules(**{k: off[k] if k in skip else v for k, v in opts["quality"].items()})
     entities = list(opts.get("pii_entities", pii.ENTITIES))
     judge_language = bool(lang_cfg.allowed) and "language" not in skip
 

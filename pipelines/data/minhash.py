@@ -5,7 +5,7 @@ drawn from a fixed seed, and nothing depends on the batch a text lands in. Every
 benchmarks therefore compute the same signature for the same text.
 
 Definitions (the dedup stage, its tests and bench/bench_dedup.py share them):
-- words: `[^\\W_]+` runs of the NFKC-normalized, lowercased text (as `pipelines.validation.textstats.words`);
+- words: `pipelines.data.text.words`, the `[^\\W_]+` runs of the normalized text;
 - shingles: the set of word `k`-grams, each hashed to 32 bits (a text of fewer than k words is one shingle of all
   its words; a text without words has no shingles and is never a near-duplicate);
 - Jaccard: |A & B| / |A | B| of two shingle-hash sets (what the stage verifies candidates on);
@@ -20,14 +20,13 @@ Python-level cost is one regex and one dict lookup per word.
 from __future__ import annotations
 
 import hashlib
-import re
-import unicodedata
 from itertools import chain
 from typing import Sequence
 
 import numpy as np
 
-_WORD = re.compile(r"[^\W_]+")
+from pipelines.data.text import words
+
 _SEED = 0x5EED_D0C5
 _MASK64 = (1 << 64) - 1
 _CHUNK_ROWS = 1 << 15  # unique shingles per (rows x num_perm) block: 32k x 128 x 8 B = 32 MiB
@@ -54,10 +53,6 @@ def permutations(num_perm: int) -> tuple[np.ndarray, np.ndarray]:
     a = _constants(num_perm, 1)
     b = np.random.default_rng([_SEED, 2]).integers(0, 1 << 63, size=num_perm, dtype=np.uint64)
     return a, b
-
-
-def words(text: str | None) -> list[str]:
-    return _WORD.findall(unicodedata.normalize("NFKC", text or "").lower())
 
 
 def _word_hash(word: str) -> int:

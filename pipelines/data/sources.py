@@ -22,20 +22,21 @@ staging) instead.
 """
 from __future__ import annotations
 
+import glob
 import os
 import shutil
+import tempfile
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Iterator
 
+from pipelines.data.source_config import Source
 from pipelines.engines.spark import spark_path
-
-if TYPE_CHECKING:
-    from pipelines.stages.ingest import Source
+from pipelines.storage.s3 import split_uri
 
 CORRUPT = "_corrupt_record"
-TEXT_FIELDS = ("text", "file")  # the raw fields a `text` source offers
 
 
 @dataclass
@@ -48,14 +49,6 @@ class RawRecords:
 # --- s3 staging ----------------------------------------------------------------------------------------------
 
 
-def split_s3(uri: str) -> tuple[str, str]:
-    rest = uri[len("s3://"):]
-    bucket, _, key = rest.partition("/")
-    if not bucket:
-        raise ValueError(f"not an s3:// URI with a bucket: {uri}")
-    return bucket, key
-
-
 def stage_s3(uri: str, dest: Path, name: str) -> Path:
     """Copy the object `uri` (or every object under the prefix `uri`) to `dest`, atomically (temp dir + rename).
 
@@ -65,7 +58,7 @@ def stage_s3(uri: str, dest: Path, name: str) -> Path:
     import boto3
     from botocore.exceptions import ClientError
 
-    bucket, key = split_s3(uri)
+    bucket, key = split_uri(uri)
     client = boto3.client("s3")  # AWS_ENDPOINT_URL / AWS_* credentials from the environment, never from the repo
     try:
         client.head_bucket(Bucket=bucket)
@@ -106,6 +99,35 @@ def stage_s3(uri: str, dest: Path, name: str) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final / Path(key).name if single else final
+
+
+@contextmanager
+def staging_area(staging_dir: str | None) -> Iterator[Path]:
+    """Where s3:// sources are copied: `staging_dir` when set (kept), else a temp dir removed afterwards. Spark
+    reads lazily, so the block must cover everything that reads the staged files."""
+    if staging_dir:
+        yield Path(staging_dir)
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="llmops-ingest-staging-"))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_exists(src: Source) -> None:
+    """A local source that matches no file fails before Spark starts (an s3:// one fails when staged)."""
+    if "://" not in src.path and not glob.glob(src.path):
+        raise FileNotFoundError(f"ingest source '{src.name}': {src.path} does not exist")
+
+
+def local_path(src: Source, staging: Path) -> Path:
+    """The local file or directory Spark reads for `src`: its own path, or its s3:// objects staged."""
+    if src.path.startswith("s3://"):
+        return stage_s3(src.path, staging, src.name)
+    if "://" in src.path:
+        raise ValueError(f"ingest source '{src.name}': only local paths and s3:// URIs are read, not {src.path}")
+    return Path(src.path)
 
 
 # --- reading -------------------------------------------------------------------------------------------------
@@ -151,7 +173,7 @@ def _string_schema(names: list[str]):
     return T.StructType([*(T.StructField(n, T.StringType()) for n in names), T.StructField(CORRUPT, T.StringType())])
 
 
-def read_jsonl(spark, src: "Source", local: Path) -> RawRecords:
+def read_jsonl(spark, src: Source, local: Path) -> RawRecords:
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
@@ -185,7 +207,7 @@ def read_jsonl(spark, src: "Source", local: Path) -> RawRecords:
     return RawRecords(df, numbered.where(blank).count())
 
 
-def _finish(df, src: "Source", local: Path, names: list[str], raw_col):
+def _finish(df, src: Source, local: Path, names: list[str], raw_col):
     from pyspark.sql import functions as F
 
     return df.select(
@@ -198,7 +220,7 @@ def _finish(df, src: "Source", local: Path, names: list[str], raw_col):
     )
 
 
-def read_json_array(spark, src: "Source", local: Path) -> RawRecords:
+def read_json_array(spark, src: Source, local: Path) -> RawRecords:
     from pyspark.sql import functions as F
 
     names = src.fields.raw_fields()
@@ -213,7 +235,7 @@ def read_json_array(spark, src: "Source", local: Path) -> RawRecords:
     return RawRecords(_finish(df, src, local, names, raw))
 
 
-def read_csv(spark, src: "Source", local: Path) -> RawRecords:
+def read_csv(spark, src: Source, local: Path) -> RawRecords:
     from pyspark.sql import functions as F
 
     names = src.fields.raw_fields()
@@ -233,7 +255,7 @@ def read_csv(spark, src: "Source", local: Path) -> RawRecords:
     return RawRecords(_finish(df, src, local, names, raw), notes=notes)
 
 
-def read_parquet(spark, src: "Source", local: Path) -> RawRecords:
+def read_parquet(spark, src: Source, local: Path) -> RawRecords:
     from pyspark.sql import functions as F
 
     names = src.fields.raw_fields()
@@ -246,7 +268,7 @@ def read_parquet(spark, src: "Source", local: Path) -> RawRecords:
     return RawRecords(_finish(df, src, local, names, raw), notes=notes)
 
 
-def read_text(spark, src: "Source", local: Path) -> RawRecords:
+def read_text(spark, src: Source, local: Path) -> RawRecords:
     from pyspark.sql import functions as F
 
     df = (

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import time
 from pathlib import Path
@@ -27,6 +28,13 @@ def resolve_model_dir(model_package: str | None = None, model_path: str | None =
     if not (path / "modules.json").exists() and not (path / "config.json").exists():
         raise FileNotFoundError(f"no sentence-transformers model in {path}")
     return path
+
+
+def max_seq_length(model_dir: str | Path) -> int | None:
+    """The longest input (word pieces incl. special tokens) the model encodes whole; None when its
+    sentence_bert_config.json does not say."""
+    cfg = Path(model_dir) / "sentence_bert_config.json"
+    return json.loads(cfg.read_text()).get("max_seq_length") if cfg.exists() else None
 
 
 def load_model(model_dir: str | Path, threads: int | None = None):

@@ -8,7 +8,7 @@ import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
 _HASH_CHUNK = 1 << 20
 
@@ -149,7 +149,7 @@ def generate(
     prompts_ids: Sequence[list[int]],
     *,
     max_new_tokens: int,
-    batch_size: int = 8,
+    batch_size: int,
     temperature: float = 0.0,
     top_p: float = 1.0,
     seed: int | None = None,
@@ -198,17 +198,27 @@ def generate(
     return results  # type: ignore[return-value]
 
 
-def build_sft_example(tokenizer, prompt: str, response: str, max_length: int) -> tuple[list[int], int]:
-    """(ids, n_prompt): chat-formatted prompt followed by the response and the end-of-turn token. The prompt is
-    cut from the middle when the pair would exceed max_length, so the response tokens are kept."""
+class SftExample(NamedTuple):
+    ids: list[int]  # chat-formatted prompt, response, end-of-turn token
+    n_prompt: int  # how many of `ids` are prompt (not scored)
+
+
+def build_sft_example(tokenizer, prompt: str, response: str, max_length: int) -> SftExample:
+    """Chat-formatted prompt followed by the response and the end-of-turn token. The prompt is cut from the
+    middle when the pair would exceed max_length, so the response tokens are kept."""
     prompt_ids = chat_prompt_ids(tokenizer, prompt)
     response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [end_of_turn_id(tokenizer)]
     response_ids = response_ids[: max(1, max_length // 2)] if len(prompt_ids) + len(response_ids) > max_length else response_ids
     prompt_ids = truncate_middle(prompt_ids, max(1, max_length - len(response_ids)))
-    return prompt_ids + response_ids, len(prompt_ids)
+    return SftExample(prompt_ids + response_ids, len(prompt_ids))
 
 
-def response_nll(model, tokenizer, examples: Sequence[tuple[list[int], int]], *, batch_size: int = 8) -> tuple[float, int]:
+class ResponseNll(NamedTuple):
+    nll_sum: float  # nats, summed over the scored tokens
+    n_tokens: int
+
+
+def response_nll(model, tokenizer, examples: Sequence[SftExample], *, batch_size: int) -> ResponseNll:
     """Summed negative log-likelihood (nats) of the response tokens only, and how many tokens were scored."""
     import torch
 
@@ -235,7 +245,7 @@ def response_nll(model, tokenizer, examples: Sequence[tuple[list[int], int]], *,
         )
         total += float(loss)
         count += int((shift_labels != -100).sum())
-    return total, count
+    return ResponseNll(total, count)
 
 
 def perplexity(nll_sum: float, n_tokens: int) -> float:

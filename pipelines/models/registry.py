@@ -6,17 +6,18 @@
   `candidate/` (adapter, tokenizer, training_meta.json, plus `llmops_spec.json` naming the base model), and the
   model version is created with `MlflowClient.create_model_version(source=<run artifact uri>/candidate)`.
   (MLflow 3's `mlflow.register_model("runs:/...")` insists on an MLmodel file or a LoggedModel.)
-- The champion is whatever version the alias `champion` points at; the gate reads the champion's metrics from
-  the run that produced it (the flat names of `flat_metrics`).
+- The champion is whatever version the alias `registry.alias` (`champion`) points at; the gate reads the champion's
+  metrics from the run that produced it (the flat names of `flat_metrics`).
+- Every setting (tracking URI, experiment, artifact root, model name, alias) comes from the one `registry` section
+  of params.yaml (`RegistryConfig`), handed to each stage as its `registry` argument.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, TypedDict
 
 from pipelines.config import StageConfig, project_root
 
-CHAMPION = "champion"
 ADAPTER_ARTIFACT_PATH = "candidate"
 SPEC_FILE = "llmops_spec.json"
 HASH_TAG = "adapter_sha256"
@@ -54,7 +55,7 @@ def client(tracking_uri: str):
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-def get_alias_version(mlflow_client, model_name: str, alias: str = CHAMPION):
+def get_alias_version(mlflow_client, model_name: str, alias: str):
     """The ModelVersion the alias points at, or None when the model or the alias does not exist."""
     from mlflow.exceptions import MlflowException
 
@@ -93,12 +94,91 @@ def version_metrics(mlflow_client, version) -> dict[str, float]:
     return dict(mlflow_client.get_run(version.run_id).data.metrics)
 
 
-def set_alias(tracking_uri: str, model_name: str, version: int | str, alias: str = CHAMPION) -> dict:
-    """Point `alias` at `version` (rollback = moving the champion back); returns the previous and new version.
-    A serving process picks the change up on `POST /admin/reload`."""
-    c = client(tracking_uri)
-    c.get_model_version(model_name, str(version))  # raises when the version does not exist
-    previous = get_alias_version(c, model_name, alias)
-    c.set_registered_model_alias(model_name, alias, str(version))
-    return {"model_name": model_name, "alias": alias, "version": int(version),
+class Experiment(NamedTuple):
+    experiment_id: str
+    artifact_location: str
+
+
+def ensure_experiment(mlflow_client, registry: RegistryConfig) -> Experiment:
+    """The experiment `registry.experiment_name`, created with its artifacts under `registry.artifact_root` (taken
+    from the project root when relative) when it does not exist yet."""
+    exp = mlflow_client.get_experiment_by_name(registry.experiment_name)
+    if exp is not None:
+        return Experiment(exp.experiment_id, exp.artifact_location)
+    location = resolve_path(registry.artifact_root).resolve()
+    location.mkdir(parents=True, exist_ok=True)
+    exp_id = mlflow_client.create_experiment(registry.experiment_name, artifact_location=location.as_uri())
+    return Experiment(exp_id, location.as_uri())
+
+
+def flat_params(values: dict[str, Any], prefix: str = "", *, drop_long_lists: bool = False) -> dict[str, str]:
+    """Nested settings as MLflow params (`lora.r` -> "8"), each value cut to MLflow's 500 characters.
+    `drop_long_lists`: a list longer than that is left out instead of cut (promote: a loss history is no param);
+    then values other than scalars and lists are left out too."""
+    out: dict[str, str] = {}
+    for k, v in values.items():
+        if isinstance(v, dict):
+            out.update(flat_params(v, f"{prefix}{k}.", drop_long_lists=drop_long_lists))
+        elif not drop_long_lists or isinstance(v, (str, int, float, bool)) or v is None:
+            out[f"{prefix}{k}"] = str(v)[:500]
+        elif isinstance(v, list) and len(str(v)) <= 500:
+            out[f"{prefix}{k}"] = str(v)
+    return out
+
+
+def existing_version(mlflow_client, name: str, adapter_hash: str):
+    """The oldest version of `name` tagged with this adapter hash, or None (promotion is idempotent per hash)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = mlflow_client.search_model_versions(f"name='{name}'")
+    except MlflowException:
+        return None
+    matches = [v for v in versions if (v.tags or {}).get(HASH_TAG) == adapter_hash]
+    return min(matches, key=lambda v: int(v.version)) if matches else None
+
+
+class ChampionInfo(TypedDict):
+    name: str
+    alias: str
+    version: int
+    run_id: str | None
+    adapter_sha256: str | None  # the HASH_TAG of the version
+
+
+class Champion(NamedTuple):
+    info: ChampionInfo | None  # None: no registry yet, or no version has the alias
+    metrics: dict[str, float]  # recorded with the champion ({} without one)
+
+
+def find_champion(registry: RegistryConfig) -> Champion:
+    """The version `registry.alias` points at and its recorded metrics; a registry that does not exist yet is
+    not created as a side effect of looking."""
+    uri = resolve_tracking_uri(registry.tracking_uri)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        return Champion(None, {})
+    mlflow_client = client(registry.tracking_uri)
+    version = get_alias_version(mlflow_client, registry.model_name, registry.alias)
+    if version is None:
+        return Champion(None, {})
+    info: ChampionInfo = {"name": registry.model_name, "alias": registry.alias, "version": int(version.version),
+                          "run_id": version.run_id, "adapter_sha256": (version.tags or {}).get(HASH_TAG)}
+    return Champion(info, version_metrics(mlflow_client, version))
+
+
+class AliasMove(TypedDict):
+    model_name: str
+    alias: str
+    version: int
+    previous_version: int | None
+
+
+def set_alias(registry: RegistryConfig, version: int | str) -> AliasMove:
+    """Point `registry.alias` at `version` of `registry.model_name` (rollback = moving the champion back); returns
+    the previous and new version. A serving process picks the change up on `POST /admin/reload`."""
+    c = client(registry.tracking_uri)
+    c.get_model_version(registry.model_name, str(version))  # raises when the version does not exist
+    previous = get_alias_version(c, registry.model_name, registry.alias)
+    c.set_registered_model_alias(registry.model_name, registry.alias, str(version))
+    return {"model_name": registry.model_name, "alias": registry.alias, "version": int(version),
             "previous_version": int(previous.version) if previous else None}

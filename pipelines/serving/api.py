@@ -1,8 +1,9 @@
 """OpenAI-style chat completions for the registry's champion.
 
-`create_app(cfg)` builds a FastAPI app that, on startup, resolves `model_name@alias` in the MLflow registry at
-`tracking_uri`, fetches the version's artifacts (LoRA adapter + tokenizer + `llmops_spec.json` naming the base
-model), loads base + adapter (merged, float32, CPU) and serves:
+`create_app(cfg, registry)` builds a FastAPI app that, on startup, resolves `registry.model_name@registry.alias` in
+the MLflow registry at `registry.tracking_uri` (the shared `registry` section of params.yaml), fetches the
+version's artifacts (LoRA adapter + tokenizer + `llmops_spec.json` naming the base model), loads base +
+adapter (merged, float32, CPU) and serves:
 
 - `GET /health`                 200 {status: "ok", model, version, alias, ...}; 503 while no champion is loaded
 - `POST /v1/chat/completions`   non-streaming OpenAI chat completion; temperature 0 = greedy; 503 without a model
@@ -27,17 +28,17 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from pipelines.config import StageConfig
+from pipelines.models.registry import RegistryConfig
 
 log = logging.getLogger("llmops.serve")
 
 
 class ServeConfig(StageConfig):
-    model_name: str = "llmops-candidate"
-    tracking_uri: str = "sqlite:///mlruns.db"
-    alias: str = "champion"
-    host: str = "127.0.0.1"
-    port: int = 8000
-    max_new_tokens: int = 128
+    """The `serve` section of params.yaml; which model is served comes from the `registry` section."""
+
+    host: str
+    port: int
+    max_new_tokens: int  # the cap on a request's max_tokens (and its value when the request names none)
 
 
 class ChatMessage(BaseModel):
@@ -85,33 +86,38 @@ def _resolve_base(spec: dict) -> str:
     raise FileNotFoundError("model version spec names no base model")
 
 
-def load_champion(cfg: ServeConfig, current_version: str | None = None) -> Served | None:
+def load_champion(registry: RegistryConfig, current_version: str | None) -> Served | None:
     """Load the version the alias points at; None when it is `current_version` already (nothing to do)."""
     import mlflow
 
-    from pipelines.models import lm, registry
+    from pipelines.models import lm
+    from pipelines.models import registry as mlflow_registry
 
-    client = registry.client(cfg.tracking_uri)
-    version = registry.get_alias_version(client, cfg.model_name, cfg.alias)
+    client = mlflow_registry.client(registry.tracking_uri)
+    version = mlflow_registry.get_alias_version(client, registry.model_name, registry.alias)
     if version is None:
-        raise NoChampion(f"no version of '{cfg.model_name}' has the alias '{cfg.alias}' at {cfg.tracking_uri}")
+        raise NoChampion(f"no version of '{registry.model_name}' has the alias '{registry.alias}' at "
+                         f"{registry.tracking_uri}")
     if current_version is not None and str(version.version) == str(current_version):
         return None
-    source = client.get_model_version_download_uri(cfg.model_name, version.version)
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source,
-                                                     tracking_uri=registry.resolve_tracking_uri(cfg.tracking_uri)))
-    spec_path = local / registry.SPEC_FILE
+    source = client.get_model_version_download_uri(registry.model_name, version.version)
+    local = Path(mlflow.artifacts.download_artifacts(
+        artifact_uri=source, tracking_uri=mlflow_registry.resolve_tracking_uri(registry.tracking_uri)))
+    spec_path = local / mlflow_registry.SPEC_FILE
     if not spec_path.exists():
-        raise FileNotFoundError(f"{cfg.model_name} v{version.version}: {registry.SPEC_FILE} missing in {source}")
+        raise FileNotFoundError(f"{registry.model_name} v{version.version}: {mlflow_registry.SPEC_FILE} missing in "
+                                f"{source}")
     spec = json.loads(spec_path.read_text())
     base = _resolve_base(spec)
     loaded = lm.load_model(base, local, merge=True)
-    log.info("loaded %s v%s (alias %s) from %s on base %s", cfg.model_name, version.version, cfg.alias, source, base)
+    log.info("loaded %s v%s (alias %s) from %s on base %s", registry.model_name, version.version, registry.alias,
+             source, base)
     return Served(loaded=loaded, version=str(version.version), run_id=version.run_id, source=source,
-                  base_model=base, adapter_sha256=(version.tags or {}).get(registry.HASH_TAG), loaded_at=time.time())
+                  base_model=base, adapter_sha256=(version.tags or {}).get(mlflow_registry.HASH_TAG),
+                  loaded_at=time.time())
 
 
-def create_app(cfg: ServeConfig) -> FastAPI:
+def create_app(cfg: ServeConfig, registry: RegistryConfig) -> FastAPI:
     state: dict[str, Any] = {"served": None, "error": None}
     gen_lock = threading.Lock()
     reload_lock = threading.Lock()
@@ -121,7 +127,7 @@ def create_app(cfg: ServeConfig) -> FastAPI:
             current: Served | None = state["served"]
             previous = current.version if current else None
             try:
-                new = load_champion(cfg, None if force or current is None else current.version)
+                new = load_champion(registry, None if force or current is None else current.version)
             except NoChampion as exc:
                 state["error"] = str(exc)
                 return {"reloaded": False, "version": previous, "previous_version": previous, "error": str(exc)}
@@ -136,7 +142,7 @@ def create_app(cfg: ServeConfig) -> FastAPI:
         try:
             reload()
         except Exception as exc:  # a broken registry must not keep /health from answering
-            log.exception("could not load %s@%s", cfg.model_name, cfg.alias)
+            log.exception("could not load %s@%s", registry.model_name, registry.alias)
             state["error"] = f"{type(exc).__name__}: {exc}"
         yield
 
@@ -151,7 +157,7 @@ def create_app(cfg: ServeConfig) -> FastAPI:
     @app.get("/health")
     def health():
         served = state["served"]
-        body = {"model": cfg.model_name, "alias": cfg.alias}
+        body = {"model": registry.model_name, "alias": registry.alias}
         if served is None:
             return JSONResponse(status_code=503, content={**body, "status": "unavailable", "version": None,
                                                           "error": state["error"]})
@@ -194,7 +200,7 @@ def create_app(cfg: ServeConfig) -> FastAPI:
             "id": f"chatcmpl-{uuid.uuid4().hex}",
             "object": "chat.completion",
             "created": int(time.time()),
-            "model": f"{cfg.model_name}/{served.version}",
+            "model": f"{registry.model_name}/{served.version}",
             "choices": [{"index": 0, "message": {"role": "assistant", "content": out["text"]},
                          "finish_reason": out["finish_reason"]}],
             "usage": {"prompt_tokens": out["prompt_tokens"], "completion_tokens": out["completion_tokens"],

@@ -13,7 +13,8 @@ At the end rank 0 reports the adapter (or model) plus the tokenizer as the final
 into `output_dir` (atomically) with `training_meta.json`, logs an MLflow run (params, per-step train/eval loss,
 lineage: dataset version from dvc.lock, base-model hash, git revision; see `pipelines/training/lineage.py`) whose
 id goes into `training_meta.json` for promote, and writes the metrics JSON and the loss CSV
-(`step, loss, eval_loss`) for `dvc plots`.
+(`step, loss, eval_loss`) for `dvc plots`. The MLflow tracking server and experiment are the shared `registry`
+section (`finetune.mlflow.enabled` only switches the run on or off).
 
 The evaluation stage loads the result with `PeftModel.from_pretrained(base, output_dir)`.
 
@@ -30,80 +31,138 @@ refills the pool for the next run after its own run ends.
 """
 from __future__ import annotations
 
-import csv
-import io
 import math
 import shutil
-import tempfile
 import time
 from pathlib import Path
-
-from typing import Literal
+from typing import Literal, NotRequired, TypedDict
 
 from pydantic import Field
 
 from pipelines.config import StageConfig, project_root
 from pipelines.engines.config import EnginesConfig
 from pipelines.io import atomic_dir, write_json, write_text
+from pipelines.models.registry import RegistryConfig
+from pipelines.training.checkpoint_storage import checkpoint_storage
+from pipelines.training.loss_curve import loss_curve_csv
 
 SECTION = "finetune"
 
 
 class LoraParams(StageConfig):
-    r: int = Field(8, gt=0)
-    alpha: int = Field(16, gt=0)
-    dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"])
+    r: int = Field(gt=0)
+    alpha: int = Field(gt=0)
+    dropout: float = Field(ge=0.0, lt=1.0)
+    target_modules: list[str]
 
 
 class MlflowParams(StageConfig):
-    enabled: bool = True
-    tracking_uri: str = "sqlite:///mlruns.db"
-    experiment_name: str = "llmops-lifecycle"
-    # where the experiment's artifacts go when this stage creates it (same as promote.artifact_root)
-    artifact_root: str = "mlartifacts"
+    enabled: bool  # where the run goes: the shared `registry` section
 
 
 class Config(StageConfig):
-    base_model_dir: str = "models/base"
-    train_path: str = "data/splits/train.parquet"
-    eval_path: str = "data/splits/eval.parquet"
-    output_dir: str = "models/candidate"
-    num_workers: int = Field(2, gt=0)
-    use_gpu: bool = False
+    base_model_dir: str
+    train_path: str
+    eval_path: str
+    output_dir: str
+    num_workers: int = Field(gt=0)
+    use_gpu: bool
     # CPUs reserved per worker, also its torch intra-op thread count
-    cpus_per_worker: int = Field(1, gt=0)
-    max_steps: int = Field(8, gt=0)
-    per_device_batch_size: int = Field(2, gt=0)
-    max_length: int = Field(128, gt=8)
+    cpus_per_worker: int = Field(gt=0)
+    max_steps: int = Field(gt=0)
+    per_device_batch_size: int = Field(gt=0)
+    max_length: int = Field(gt=8)
     # batches of similar lengths (sorted inside windows of 8 batches, then shuffled): less padding per step
-    length_bucketing: bool = False
-    learning_rate: float = Field(5e-4, gt=0)
-    seed: int = 42
+    length_bucketing: bool
+    learning_rate: float = Field(gt=0)
+    seed: int
     # float32 trains well on CPU; bfloat16 halves memory (GPU)
-    dtype: str = "float32"
+    dtype: str
     # cap on eval rows scored at the end (the eval loss is token-weighted over these)
-    max_eval_examples: int | None = Field(32, gt=0)
+    max_eval_examples: int | None = Field(gt=0)
     # lora: train a LoRA adapter (peft); full: every weight (output_dir then holds a whole model)
-    method: Literal["lora", "full"] = "lora"
-    lora: LoraParams = LoraParams()
+    method: Literal["lora", "full"]
+    lora: LoraParams
     # Ray Train storage for checkpoints; null: a temp dir on this machine (set a shared path or s3:// URI on a
     # cluster: Ray writes it through pyarrow.fs)
-    storage_path: str | None = None
-    checkpoint_every: int = Field(0, ge=0)   # a resumable checkpoint every K steps (0: only the final model)
-    checkpoints_to_keep: int = Field(2, gt=0)
-    max_failures: int = Field(1, ge=-1)      # worker-group restarts (from the latest checkpoint); -1: unlimited
-    eval_every: int = Field(0, ge=0)         # held-out loss every K steps (0: only at the end)
+    storage_path: str | None
+    checkpoint_every: int = Field(ge=0)   # a resumable checkpoint every K steps (0: only the final model)
+    checkpoints_to_keep: int = Field(gt=0)
+    max_failures: int = Field(ge=-1)      # worker-group restarts (from the latest checkpoint); -1: unlimited
+    eval_every: int = Field(ge=0)         # held-out loss every K steps (0: only at the end)
     # Ray placement of the workers: PACK fills a node first, SPREAD one per node (workers per node on a cluster)
-    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
-    mlflow: MlflowParams = MlflowParams()
-    metrics: str = "metrics/finetune.json"
-    loss_plot: str = "plots/finetune_loss.csv"
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
+    mlflow: MlflowParams
+    metrics: str
+    loss_plot: str
+
+
+class StartupBreakdown(TypedDict):
+    """Wall clock from stage start to the first step, and after (of the last attempt when a failure restarted it)."""
+
+    ray_init: float
+    trainer_import_and_build: float
+    workers_started: float
+    worker_imports: float
+    worker_data_and_model: float
+    worker_data: float  # tokenizer + tokenized splits
+    worker_model: float  # model (+ LoRA)
+    worker_ddp: float  # DDP wrap (initial weight sync)
+    train: float
+    eval_save_and_shutdown: float
+
+
+class FinetuneReport(TypedDict):
+    """metrics/finetune.json (also what `run` returns)."""
+
+    train_loss_first: float
+    train_loss_last: float
+    eval_loss: float
+    eval_history: list[tuple[int, float]]
+    steps: int
+    resumed_from_step: int | None
+    tokens_per_second: float
+    train_examples: int
+    eval_examples: int
+    startup_seconds: float
+    worker_preloaded: bool
+    seconds: float
+    mlflow_run_id: str | None
+    startup_breakdown: StartupBreakdown
+    output_dir: str
+
+
+class TrainingMeta(TypedDict):
+    """output_dir/training_meta.json, next to the adapter (promote logs it and follows `mlflow_run_id`)."""
+
+    base_model_dir: str
+    base_model_path: str
+    method: str
+    length_bucketing: bool
+    params: dict
+    steps: int
+    final_train_loss: float
+    eval_loss: float
+    eval_history: list[tuple[int, float]]
+    resumed_from_step: int | None
+    seconds: float
+    train_seconds: float
+    tokens_per_second: float
+    train_tokens: int
+    trainable_params: int
+    world_size: int
+    data: dict
+    mlflow_run_id: NotRequired[str]
+    mlflow_tracking_uri: NotRequired[str]
 
 
 def _abs(path: str) -> str:
+    """A relative local path taken from the project root; absolute paths and URIs (s3://...) as they are (a URI
+    must not go through Path, which folds its "//")."""
+    if "://" in path:
+        return path
     p = Path(path)
-    return str(p if p.is_absolute() or "://" in path else (project_root() / p).resolve())
+    return str(p if p.is_absolute() else (project_root() / p).resolve())
 
 
 def worker_config(cfg: Config) -> dict:
@@ -138,23 +197,10 @@ def _check_inputs(wc: dict) -> None:
             raise FileNotFoundError(f"finetune.{key}: {wc[key]} not found; run `llmops run split` first")
 
 
-def _storage(cfg: Config) -> tuple[str, object | None, bool]:
-    """(storage_path, pyarrow filesystem or None, whether this run owns a temp dir to delete afterwards)."""
-    if cfg.storage_path is None:
-        return tempfile.mkdtemp(prefix="llmops-finetune-"), None, True
-    if cfg.storage_path.startswith(("s3://", "s3a://")):
-        from pipelines.storage.s3 import arrow_filesystem, split_uri
-
-        # Ray takes a scheme-less path when handed the filesystem (endpoint + credentials from the environment).
-        bucket, key = split_uri(cfg.storage_path)
-        return f"{bucket}/{key}".rstrip("/"), arrow_filesystem(), False
-    return (cfg.storage_path if "://" in cfg.storage_path else _abs(cfg.storage_path)), None, False
-
-
-def run(cfg: Config, engines: EnginesConfig | None = None, _worker_overrides: dict | None = None) -> dict:
+def run(cfg: Config, engines: EnginesConfig, registry: RegistryConfig,
+        _worker_overrides: dict | None = None) -> FinetuneReport:
     """`_worker_overrides` is for tests only (fault injection); params.yaml cannot reach it."""
     t_stage = time.time()
-    engines = engines or EnginesConfig()
     wc = worker_config(cfg)
     wc.update(_worker_overrides or {})
     _check_inputs(wc)
@@ -178,7 +224,7 @@ def run(cfg: Config, engines: EnginesConfig | None = None, _worker_overrides: di
     from pipelines.training.sft import train_loop_per_worker
     from pipelines.training.trainer import LeanTorchTrainer
 
-    storage, storage_fs, own_storage = _storage(cfg)
+    storage, storage_fs, own_storage = checkpoint_storage(None if cfg.storage_path is None else _abs(cfg.storage_path))
     try:
         trainer = LeanTorchTrainer(
             train_loop_per_worker,
@@ -215,11 +261,11 @@ def run(cfg: Config, engines: EnginesConfig | None = None, _worker_overrides: di
         if not all(math.isfinite(x) for x in losses) or not math.isfinite(m["eval_loss"]):
             raise RuntimeError(f"finetune: non-finite loss (train {losses}, eval {m['eval_loss']}); nothing saved")
         seconds = t_done - t_stage
-        meta = {
+        meta: TrainingMeta = {
             "base_model_dir": cfg.base_model_dir,
             "base_model_path": wc["base_model_dir"],
             "method": cfg.method,
-        "length_bucketing": cfg.length_bucketing,
+            "length_bucketing": cfg.length_bucketing,
             "params": cfg.model_dump(),
             "steps": m["step"],
             "final_train_loss": losses[-1],
@@ -237,8 +283,8 @@ def run(cfg: Config, engines: EnginesConfig | None = None, _worker_overrides: di
         if cfg.mlflow.enabled:
             from pipelines.training.lineage import log_finetune_run
 
-            meta["mlflow_run_id"] = log_finetune_run(cfg, wc, meta, losses, eval_history)
-            meta["mlflow_tracking_uri"] = cfg.mlflow.tracking_uri
+            meta["mlflow_run_id"] = log_finetune_run(registry, cfg, wc, meta, losses, eval_history)
+            meta["mlflow_tracking_uri"] = registry.tracking_uri
         with atomic_dir(_abs(cfg.output_dir)) as out:
             with result.checkpoint.as_directory() as ckpt:
                 shutil.copytree(ckpt, out, dirs_exist_ok=True)
@@ -248,15 +294,9 @@ def run(cfg: Config, engines: EnginesConfig | None = None, _worker_overrides: di
             shutil.rmtree(storage, ignore_errors=True)
     t_end = time.time()
 
-    evals = dict(eval_history)
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["step", "loss", "eval_loss"])
-    for i, loss in enumerate(losses, start=1):
-        writer.writerow([i, f"{loss:.6f}", f"{evals[i]:.6f}" if i in evals else ""])
-    write_text(_abs(cfg.loss_plot), buf.getvalue())
+    write_text(_abs(cfg.loss_plot), loss_curve_csv(losses, eval_history))
 
-    report = {
+    report: FinetuneReport = {
         "train_loss_first": losses[0],
         "train_loss_last": losses[-1],
         "eval_loss": m["eval_loss"],

@@ -8,31 +8,45 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import TypedDict
 
 from pydantic import Field, model_validator
 
 from pipelines.config import StageConfig
-from pipelines.schema import CORPUS_COLUMNS
-from pipelines.io import atomic_dir, write_json
 from pipelines.errors import StageFailed
+from pipelines.io import atomic_dir, write_json
+from pipelines.schema import CORPUS_COLUMNS
 
 SECTION = "split"
 SPLITS = ("train", "eval", "test")
 
 
 class Config(StageConfig):
-    input_dir: str = "data/curated/corpus"
-    output_dir: str = "data/splits"
-    seed: int = 42
-    eval_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
-    test_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
-    metrics: str = "metrics/split.json"
+    input_dir: str
+    output_dir: str  # train.parquet, eval.parquet, test.parquet
+    seed: int
+    eval_fraction: float = Field(ge=0.0, lt=1.0)
+    test_fraction: float = Field(ge=0.0, lt=1.0)
+    metrics: str
 
     @model_validator(mode="after")
     def _leaves_train(self) -> "Config":
         if self.eval_fraction + self.test_fraction >= 1.0:
             raise ValueError("eval_fraction + test_fraction must be below 1 so that train is not empty")
         return self
+
+
+# metrics/split.json. Functional syntax: `in` is a Python keyword.
+Report = TypedDict("Report", {
+    "stage": str,
+    "in": int,  # curated rows read
+    "splits": dict[str, int],  # rows per split
+    "fractions": dict[str, float],
+    "by_kind": dict[str, dict[str, int]],  # kind -> split -> rows
+    "seed": int,
+    "balanced": bool,
+    "output_dir": str,
+})
 
 
 def bucket(seed: int, doc_id: str) -> float:
@@ -51,6 +65,8 @@ def assign(seed: int, doc_id: str, eval_fraction: float, test_fraction: float) -
 
 
 def _read_corpus(path: str):
+    """The corpus as an Arrow table with its exact column types (pipelines.schema.read_corpus goes through pandas,
+    which would turn an all-null int column into float)."""
     import pyarrow.dataset as ds
 
     if not Path(path).exists():
@@ -63,7 +79,14 @@ def _read_corpus(path: str):
     return table.select(list(CORPUS_COLUMNS))
 
 
-def run(cfg: Config) -> dict:
+def _value_counts(column) -> dict[str, int]:
+    import pyarrow.compute as pc
+
+    vc = pc.value_counts(column)
+    return dict(zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist()))
+
+
+def run(cfg: Config) -> Report:
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -81,13 +104,13 @@ def run(cfg: Config) -> dict:
             part = table.filter(pc.equal(labels, name))
             pq.write_table(part, tmp / f"{name}.parquet")
             counts[name] = part.num_rows
-            for kind, n in zip(*_value_counts(part["kind"])):
+            for kind, n in _value_counts(part["kind"]).items():
                 by_kind.setdefault(kind, {s: 0 for s in SPLITS})[name] = n
     n_in = table.num_rows
     if n_in != sum(counts.values()):
         raise StageFailed(f"split accounting failed: in={n_in} != sum of splits {counts}")
 
-    report = {
+    report: Report = {
         "stage": "split",
         "in": n_in,
         "splits": counts,
@@ -99,10 +122,3 @@ def run(cfg: Config) -> dict:
     }
     write_json(cfg.metrics, report)
     return report
-
-
-def _value_counts(column) -> tuple[list[str], list[int]]:
-    import pyarrow.compute as pc
-
-    vc = pc.value_counts(column)
-    return vc.field("values").to_pylist(), vc.field("counts").to_pylist()

@@ -10,35 +10,28 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from pipelines.config import StageConfig
 from pipelines.engines.config import EnginesConfig
 from pipelines.schema import CORPUS_COLUMNS, KINDS, REQUIRED_NON_NULL
+from pipelines.data.near_duplicates import NearDuplicate
 from pipelines.validation.context import GxConfig
+from pipelines.validation.gate import GateConfig, ValidationReport
 from pipelines.validation.suites import load_parquet, with_severity
 
 SECTION = "validate"
 
 
-class Config(StageConfig):
-    input_dir: str = "data/curated/corpus"
-    suite: str = "curated_corpus"
-    engine: str = Field("pandas", pattern="^(pandas|spark)$")  # spark: the same suite on a Spark DataFrame
-    min_rows: int = Field(1, ge=0)
-    min_chars: int = Field(20, ge=0)
-    max_chars: int = Field(20000, ge=1)
+class Config(GateConfig):
+    input_dir: str
+    min_rows: int = Field(ge=0)
+    min_chars: int = Field(ge=0)
+    max_chars: int = Field(ge=1)
     # n_chars quantiles -> [low, high] the quantile must fall in (distribution drift of lengths)
-    length_quantiles: dict[float, list[float]] = Field(
-        default_factory=lambda: {0.05: [20, 1000], 0.5: [100, 5000], 0.95: [200, 20000]}
-    )
-    kinds: list[str] = Field(default_factory=lambda: list(KINDS))
-    sources: list[str] | None = None  # allowed sources; null: any
-    max_near_duplicate_rate: float = Field(0.05, ge=0, le=1)
-    near_duplicate: dict[str, int] = Field(default_factory=lambda: {"shingle": 5, "num_perm": 32, "bands": 8})
-    max_pii_rate: float = Field(0.01, ge=0, le=1)
-    min_english_share: float = Field(0.8, ge=0, le=1)
-    non_blocking: list[str] = Field(default_factory=list)  # expectation types reported as warnings only
-    results_dir: str = "reports/validation"
-    metrics: str = "metrics/validate.json"
+    length_quantiles: dict[float, list[float]]
+    kinds: list[str]
+    sources: list[str] | None  # allowed sources; null: any
+    max_near_duplicate_rate: float = Field(ge=0, le=1)
+    max_pii_rate: float = Field(ge=0, le=1)
+    min_english_share: float = Field(ge=0, le=1)
 
     @model_validator(mode="after")
     def _bounds(self) -> "Config":
@@ -51,7 +44,7 @@ class Config(StageConfig):
 
 
 
-def corpus_expectations(cfg: Config) -> list:
+def corpus_expectations(cfg: Config, near_duplicate: NearDuplicate) -> list:
     """The curated-corpus contract as GX expectations (GX imported lazily by the caller's run())."""
     import great_expectations.expectations as gxe
 
@@ -74,7 +67,9 @@ def corpus_expectations(cfg: Config) -> list:
             quantile_ranges={"quantiles": quantiles, "value_ranges": [list(cfg.length_quantiles[q]) for q in quantiles]},
         ),
         text.ExpectColumnNearDuplicateRateToBeBelow(
-            column="text", max_value=cfg.max_near_duplicate_rate, **cfg.near_duplicate
+            column="text", max_value=cfg.max_near_duplicate_rate,
+            **{k: getattr(near_duplicate, k) for k in ("shingle", "num_perm", "bands", "rows", "threshold",
+                                                        "max_bucket_size")},
         ),
         text.ExpectColumnPiiRateToBeBelow(column="text", max_value=cfg.max_pii_rate),
         text.ExpectColumnEnglishShareToBeAbove(column="text", min_value=cfg.min_english_share),
@@ -85,12 +80,11 @@ def corpus_expectations(cfg: Config) -> list:
 
 
 
-def run(cfg: Config, gx: GxConfig, engines: EnginesConfig | None = None, *, spark=None) -> dict:
+def run(cfg: Config, gx: GxConfig, near_duplicate: NearDuplicate, engines: EnginesConfig | None = None, *,
+        spark=None) -> ValidationReport:
     """`spark`: a session to reuse (tests share theirs); else one from `engines.spark` when engine is spark."""
-    from pipelines.validation.gate import run_gate  # heavy: imports great_expectations
 
-    return run_gate(
-        suite=cfg.suite, gx_root=gx.context_root, engine=cfg.engine, load=load_parquet(cfg.input_dir, engines, spark),
-        expectations=lambda: corpus_expectations(cfg), results_dir=cfg.results_dir, metrics=cfg.metrics,
-        source=cfg.input_dir,
-    )
+    from pipelines.validation.gate import run_gate
+
+    return run_gate(cfg, gx, load=load_parquet(cfg.input_dir, engines, spark),
+                    expectations=lambda: corpus_expectations(cfg, near_duplicate), source=cfg.input_dir)

@@ -7,26 +7,21 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from pipelines.config import StageConfig
 from pipelines.engines.config import EnginesConfig
-from pipelines.schema import CORPUS_COLUMNS, KINDS, REQUIRED_NON_NULL
+from pipelines.schema import CORPUS_COLUMNS, REQUIRED_NON_NULL
 from pipelines.validation.context import GxConfig
+from pipelines.validation.gate import GateConfig, ValidationReport, run_gate
 from pipelines.validation.suites import load_parquet, with_severity
 
 SECTION = "validate_raw"
 
 
-class Config(StageConfig):
-    input_dir: str = "data/interim/ingested"
-    suite: str = "raw_corpus"
-    engine: str = Field("pandas", pattern="^(pandas|spark)$")
-    min_rows: int = Field(1, ge=0)
-    kinds: list[str] = Field(default_factory=lambda: list(KINDS))
-    sources: list[str] | None = None
-    licences: list[str] | None = None
-    non_blocking: list[str] = Field(default_factory=list)
-    results_dir: str = "reports/validation_raw"
-    metrics: str = "metrics/validate_raw.json"
+class Config(GateConfig):
+    input_dir: str
+    min_rows: int = Field(ge=0)
+    kinds: list[str]
+    sources: list[str] | None  # allowed sources; null: any
+    licences: list[str] | None  # allowed licences; null: any
 
 
 def raw_expectations(cfg: Config) -> list:
@@ -48,12 +43,7 @@ def raw_expectations(cfg: Config) -> list:
     return with_severity(expectations, cfg.non_blocking)
 
 
-def run(cfg: Config, gx: GxConfig, engines: EnginesConfig | None = None, *, spark=None) -> dict:
+def run(cfg: Config, gx: GxConfig, engines: EnginesConfig | None = None, *, spark=None) -> ValidationReport:
     """`spark`: a session to reuse (tests share theirs); else one from `engines.spark` when engine is spark."""
-    from pipelines.validation.gate import run_gate
-
-    return run_gate(
-        suite=cfg.suite, gx_root=gx.context_root, engine=cfg.engine, load=load_parquet(cfg.input_dir, engines, spark),
-        expectations=lambda: raw_expectations(cfg), results_dir=cfg.results_dir, metrics=cfg.metrics,
-        source=cfg.input_dir,
-    )
+    return run_gate(cfg, gx, load=load_parquet(cfg.input_dir, engines, spark),
+                    expectations=lambda: raw_expectations(cfg), source=cfg.input_dir)

@@ -6,29 +6,23 @@ normalized text hash is in train, and at most `max_ngram_overlap_rate` of eval/t
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 from pydantic import Field
 
-from pipelines.config import StageConfig
 from pipelines.engines.config import EnginesConfig
+from pipelines.validation.batches import splits_frame
 from pipelines.validation.context import GxConfig
+from pipelines.validation.gate import GateConfig, ValidationReport, run_gate
 from pipelines.validation.suites import load_frame, with_severity
 
 SECTION = "validate_splits"
-SPLITS = ("train", "eval", "test")
+SPLITS = ("train", "eval", "test")  # the files the split stage writes
 
 
-class Config(StageConfig):
-    split_dir: str = "data/splits"
-    suite: str = "splits"
-    engine: str = Field("pandas", pattern="^(pandas|spark)$")
-    max_hash_overlap_rate: float = Field(0.0, ge=0, le=1)
-    ngram: int = Field(13, ge=1)
-    max_ngram_overlap_rate: float = Field(0.1, ge=0, le=1)
-    non_blocking: list[str] = Field(default_factory=list)
-    results_dir: str = "reports/validation_splits"
-    metrics: str = "metrics/validate_splits.json"
+class Config(GateConfig):
+    split_dir: str
+    max_hash_overlap_rate: float = Field(ge=0, le=1)
+    ngram: int = Field(ge=1)
+    max_ngram_overlap_rate: float = Field(ge=0, le=1)
 
 
 def split_expectations(cfg: Config) -> list:
@@ -46,33 +40,8 @@ def split_expectations(cfg: Config) -> list:
     return with_severity(expectations, cfg.non_blocking)
 
 
-def load_splits(split_dir: str, engines: EnginesConfig | None, spark=None):
-    def load(engine: str):
-        import pandas as pd
-
-        files = {s: Path(split_dir) / f"{s}.parquet" for s in SPLITS}
-        missing = [str(p) for p in files.values() if not p.exists()]
-        if missing:
-            raise FileNotFoundError(f"validate_splits: {', '.join(missing)} missing; run the split stage first")
-        df = pd.concat(
-            [pd.read_parquet(p, columns=["doc_id", "source", "text"]).assign(split=s) for s, p in files.items()],
-            ignore_index=True,
-        )
-        if engine == "pandas":
-            return df
-        from pipelines.engines.spark import session
-
-        return session(engines, spark).createDataFrame(df)
-
-    return load
-
-
-def run(cfg: Config, gx: GxConfig, engines: EnginesConfig | None = None, *, spark=None) -> dict:
+def run(cfg: Config, gx: GxConfig, engines: EnginesConfig | None = None, *, spark=None) -> ValidationReport:
     """`spark`: a session to reuse (tests share theirs); else one from `engines.spark` when engine is spark."""
-    from pipelines.validation.gate import run_gate
-
-    return run_gate(
-        suite=cfg.suite, gx_root=gx.context_root, engine=cfg.engine, load=load_splits(cfg.split_dir, engines, spark),
-        expectations=lambda: split_expectations(cfg), results_dir=cfg.results_dir, metrics=cfg.metrics,
-        source=cfg.split_dir,
-    )
+    batch = splits_frame(cfg.split_dir, SPLITS)
+    return run_gate(cfg, gx, load=load_frame(batch, engines, spark),
+                    expectations=lambda: split_expectations(cfg), source=cfg.split_dir)

@@ -3,15 +3,26 @@
 Lineage tags: the dataset version (the `split` stage's output hash in `dvc.lock`, when the repo has one), the base
 model (path and content hash: `dvc.lock`'s `prepare_base_model` output hash when present, else a sha256 of the
 files), the code revision (`git rev-parse HEAD`, plus whether the tree was dirty). The promote stage attaches the
-registered model version to this run (`training_meta.json: mlflow_run_id`).
+registered model version to this run (`training_meta.json: mlflow_run_id`). Where the run goes (tracking URI,
+experiment and its artifact root) is the shared `registry` section.
 """
 from __future__ import annotations
 
 import hashlib
 import subprocess
 from pathlib import Path
+from typing import Protocol
 
 from pipelines.config import project_root
+from pipelines.models.registry import RegistryConfig, ensure_experiment, flat_params
+
+
+class TrainingInputs(Protocol):
+    """The finetune settings lineage records, as configured (relative paths; the stage's config has them)."""
+
+    base_model_dir: str
+    train_path: str
+    eval_path: str
 
 
 def _dvc_lock_outs() -> dict[str, dict[str, str]]:
@@ -49,7 +60,8 @@ def git_revision() -> dict[str, str]:
     return {"git_commit": rev or "unknown", "git_dirty": str(bool(git("status", "--porcelain"))).lower() if rev else "unknown"}
 
 
-def lineage(cfg, wc: dict) -> dict[str, str]:
+def lineage(cfg: TrainingInputs, wc: dict) -> dict[str, str]:
+    """Lineage tags of a run; `wc` is the worker config (its `base_model_dir` is the absolute path hashed)."""
     outs = _dvc_lock_outs()
     tags = {"llmops.stage": "finetune", "base_model.path": cfg.base_model_dir, **git_revision()}
     split_outs = outs.get("split", {})
@@ -61,38 +73,23 @@ def lineage(cfg, wc: dict) -> dict[str, str]:
     return tags
 
 
-def _flat(d: dict, prefix: str = "") -> dict[str, str]:
-    out: dict[str, str] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = str(v)[:500]
-    return out
-
-
-def log_finetune_run(cfg, wc: dict, meta: dict, losses: list[float], eval_history: list[tuple[int, float]]) -> str:
+def log_finetune_run(registry: RegistryConfig, cfg: TrainingInputs, wc: dict, meta: dict, losses: list[float],
+                     eval_history: list[tuple[int, float]]) -> str:
     """One MLflow run with params, per-step `train_loss` / `eval_loss`, summary metrics and lineage tags."""
     import time
 
-    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.entities import Metric, Param
 
-    from pipelines.models.registry import client as mlflow_client, resolve_path
+    from pipelines.models.registry import client as mlflow_client
 
-    client = mlflow_client(cfg.mlflow.tracking_uri)
-    exp = client.get_experiment_by_name(cfg.mlflow.experiment_name)
-    if exp is None:
-        location = resolve_path(cfg.mlflow.artifact_root).resolve()
-        location.mkdir(parents=True, exist_ok=True)
-        exp_id = client.create_experiment(cfg.mlflow.experiment_name, artifact_location=location.as_uri())
-    else:
-        exp_id = exp.experiment_id
+    client = mlflow_client(registry.tracking_uri)
+    exp_id = ensure_experiment(client, registry).experiment_id
     tags = lineage(cfg, wc)
     run = client.create_run(exp_id, run_name=f"finetune-{tags['git_commit'][:8]}", tags=tags)
     run_id = run.info.run_id
     try:
         now = int(time.time() * 1000)
-        params = [Param(k, v) for k, v in _flat(meta["params"]).items()]
+        params = [Param(k, v) for k, v in flat_params(meta["params"]).items()]
         metrics = [Metric("train_loss", v, now, i) for i, v in enumerate(losses, start=1)]
         metrics += [Metric("eval_loss", v, now, s) for s, v in eval_history]
         for key in ("tokens_per_second", "train_seconds", "seconds", "trainable_params", "final_train_loss"):

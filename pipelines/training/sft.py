@@ -8,7 +8,7 @@ from __future__ import annotations
 import io
 import math
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 IGNORE_INDEX = -100  # label value that torch's cross-entropy (and so HF causal-LM loss) skips
 
@@ -37,7 +37,12 @@ def format_example(tokenizer, prompt: str, response: str, max_length: int) -> di
     return {"input_ids": input_ids, "labels": labels}
 
 
-def load_instruction_rows(path: str) -> tuple[list[tuple[str, str]], dict[str, int]]:
+class InstructionPairs(NamedTuple):
+    pairs: list[tuple[str, str]]  # (prompt, response), in file order
+    counts: dict[str, int]  # rows, instruction_rows, skipped_rows
+
+
+def load_instruction_rows(path: str) -> InstructionPairs:
     """(prompt, response) pairs of the `instruction` rows of a split, in file order, plus counts of what was skipped."""
     import pandas as pd
 
@@ -48,10 +53,15 @@ def load_instruction_rows(path: str) -> tuple[list[tuple[str, str]], dict[str, i
     df = df[df["prompt"].notna() & df["response"].notna()]
     df = df[(df["prompt"].astype(str).str.strip() != "") & (df["response"].astype(str).str.strip() != "")]
     pairs = list(zip(df["prompt"].astype(str), df["response"].astype(str)))
-    return pairs, {"rows": total, "instruction_rows": len(pairs), "skipped_rows": total - len(pairs)}
+    return InstructionPairs(pairs, {"rows": total, "instruction_rows": len(pairs), "skipped_rows": total - len(pairs)})
 
 
-def tokenize_split(tokenizer, path: str, max_length: int, limit: int | None = None) -> tuple[list[dict], dict]:
+class TokenizedSplit(NamedTuple):
+    examples: list[dict[str, list[int]]]  # input_ids + labels (format_example)
+    counts: dict[str, int]  # load_instruction_rows' counts + examples, dropped_no_response_after_truncation
+
+
+def tokenize_split(tokenizer, path: str, max_length: int, limit: int | None = None) -> TokenizedSplit:
     pairs, counts = load_instruction_rows(path)
     if limit is not None:
         pairs = pairs[:limit]
@@ -63,7 +73,7 @@ def tokenize_split(tokenizer, path: str, max_length: int, limit: int | None = No
         else:
             examples.append(ex)
     counts.update({"examples": len(examples), "dropped_no_response_after_truncation": too_long})
-    return examples, counts
+    return TokenizedSplit(examples, counts)
 
 
 def collate(examples: list[dict], pad_id: int) -> dict:
@@ -141,7 +151,12 @@ def _maybe_inject_failure(config: dict, rank: int, step: int) -> None:
         os._exit(1)
 
 
-def eval_loss_over_ranks(model, examples, batch_size, pad_id, rank, world) -> tuple[float, int]:
+class EvalLoss(NamedTuple):
+    loss: float  # token-weighted mean over all ranks (nan without tokens)
+    tokens: int
+
+
+def eval_loss_over_ranks(model, examples, batch_size, pad_id, rank, world) -> EvalLoss:
     """Token-weighted loss over `examples`, sharded across ranks and summed (a collective: every rank calls it)."""
     import torch
     import torch.distributed as dist
@@ -164,7 +179,7 @@ def eval_loss_over_ranks(model, examples, batch_size, pad_id, rank, world) -> tu
         dist.all_reduce(totals)
     if was_training:
         model.train()
-    return (totals[0].item() / totals[1].item() if totals[1].item() > 0 else math.nan), int(totals[1].item())
+    return EvalLoss(totals[0].item() / totals[1].item() if totals[1].item() > 0 else math.nan, int(totals[1].item()))
 
 
 def build_model(config: dict):
@@ -173,7 +188,7 @@ def build_model(config: dict):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(config["base_model_dir"], dtype=getattr(torch, config["dtype"]))
-    if config.get("method", "lora") == "full":
+    if config["method"] == "full":
         return model
     from peft import LoraConfig, get_peft_model
 
@@ -263,7 +278,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     train_examples, train_counts = tokenize_split(tokenizer, config["train_path"], config["max_length"])
     eval_examples, eval_counts = tokenize_split(
-        tokenizer, config["eval_path"], config["max_length"], limit=config.get("max_eval_examples")
+        tokenizer, config["eval_path"], config["max_length"], limit=config["max_eval_examples"]
     )
     batch_size = int(config["per_device_batch_size"])
     if len(train_examples) < world * batch_size:
@@ -271,7 +286,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             f"finetune: {len(train_examples)} usable training examples, need at least "
             f"num_workers*per_device_batch_size = {world * batch_size}"
         )
-    lengths = [len(e["input_ids"]) for e in train_examples] if config.get("length_bucketing") else None
+    lengths = [len(e["input_ids"]) for e in train_examples] if config["length_bucketing"] else None
 
     t_data = time.time()
     model = build_model(config)
@@ -331,8 +346,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
     max_steps = int(config["max_steps"])
-    eval_every = int(config.get("eval_every") or 0)
-    checkpoint_every = int(config.get("checkpoint_every") or 0)
+    eval_every = int(config["eval_every"])
+    checkpoint_every = int(config["checkpoint_every"])
     tokens_local = 0
     steps_this_attempt = 0
     model.train()
@@ -356,7 +371,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             losses.append(mean_over_ranks(float(loss.detach())))
             if eval_every and step % eval_every == 0 and step < max_steps:
                 eval_history.append([step, eval_loss_over_ranks(
-                    model, eval_examples, batch_size, pad_id, rank, world)[0]])
+                    model, eval_examples, batch_size, pad_id, rank, world).loss])
             if checkpoint_every and step % checkpoint_every == 0 and step < max_steps:
                 save_checkpoint({"step": step, "loss": losses[-1]}, final=False)
             _maybe_inject_failure(config, rank, step)

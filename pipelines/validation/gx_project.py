@@ -55,14 +55,15 @@ class Outcome:
     docs_pages: list[str] = field(default_factory=list)  # Data Docs page of each validation result
 
 
-def open_context(gx_root: str | Path) -> FileDataContext:
-    """Open (or scaffold on first use) the file context whose great_expectations.yml lies in `gx_root`.
+def open_context(context_root: str | Path) -> FileDataContext:
+    """Open (or scaffold on first use) the file context whose great_expectations.yml lies in `context_root`
+    (params.yaml `gx.context_root`).
 
     `context_root_dir` rather than `project_root_dir`: the latter appends GX 1.x's default `gx/` folder.
     """
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
-    context = gx.get_context(mode="file", context_root_dir=str(Path(gx_root).resolve()))
+    context = gx.get_context(mode="file", context_root_dir=str(Path(context_root).resolve()))
     bars = context.config.progress_bars
     bars_on = bars is None or (bars.get("globally") if isinstance(bars, dict) else bars.globally)
     if context.config.analytics_enabled is not False or bars_on:

@@ -6,12 +6,11 @@ providers (as UDFs, so every hash must be deterministic across processes: crc32,
 from __future__ import annotations
 
 import re
-import zlib
 from typing import Iterable
 
-import numpy as np
 
-from pipelines.data.text import normalize_text
+from pipelines.data.minhash import shingle_sets
+from pipelines.data.text import text_key, words  # noqa: F401  (words: part of this module's API)
 
 # PII that should not survive redaction: e-mail addresses, phone numbers, IPv4 addresses, card-like and
 # IBAN-like numbers, US SSNs. Redaction placeholders such as [EMAIL] do not match. One pattern, also used in
@@ -37,11 +36,6 @@ EN_STOPWORDS: tuple[str, ...] = (
 MIN_STOPWORDS = 2
 _WORD = re.compile(r"[^\W_]+")
 
-_MERSENNE = np.uint64((1 << 61) - 1)
-
-
-def words(text: str | None) -> list[str]:
-    return _WORD.findall(normalize_text(text))
 
 
 def has_pii(text: str | None) -> bool:
@@ -63,54 +57,15 @@ def english_share(texts: Iterable[str | None]) -> float:
 
 
 def text_hash(text: str | None) -> str:
-    """Exact-duplicate key: the normalized text's crc32 + length (the dedup stage's notion of 'same text')."""
-    norm = normalize_text(text)
-    return f"{zlib.crc32(norm.encode()):08x}:{len(norm)}"
+    """Exact-duplicate key: the dedup stage's notion of 'same text' (`pipelines.data.text.text_key`)."""
+    return text_key(text)
 
 
 def ngram_hashes(text: str | None, n: int) -> set[int]:
-    """crc32 of every word n-gram of the normalized text (a text shorter than n gives its whole word string)."""
-    toks = words(text)
-    if not toks:
-        return set()
-    if len(toks) < n:
-        return {zlib.crc32(" ".join(toks).encode())}
-    return {zlib.crc32(" ".join(toks[i : i + n]).encode()) for i in range(len(toks) - n + 1)}
-
-
-def _perm_params(num_perm: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    a = rng.integers(1, (1 << 61) - 1, size=num_perm, dtype=np.uint64)
-    b = rng.integers(0, (1 << 61) - 1, size=num_perm, dtype=np.uint64)
-    return a, b
-
-
-def minhash_bands(text: str | None, shingle: int = 5, num_perm: int = 32, bands: int = 8) -> list[str]:
-    """LSH band keys of a MinHash signature over word shingles: two texts share a key with probability ~
-    1 - (1 - J^r)^b (r = num_perm / bands rows per band; J their shingle Jaccard similarity)."""
-    hashes = ngram_hashes(text, shingle)
-    if not hashes:
-        return []
-    a, b = _perm_params(num_perm)
-    x = np.fromiter(hashes, dtype=np.uint64, count=len(hashes))
-    with np.errstate(over="ignore"):
-        sig = ((np.outer(x, a) + b) % _MERSENNE).min(axis=0)
-    rows = num_perm // bands
-    return [f"{i}:{zlib.crc32(sig[i * rows:(i + 1) * rows].tobytes()):08x}" for i in range(bands)]
-
-
-def near_duplicate_rate(texts: list[str | None], shingle: int = 5, num_perm: int = 32, bands: int = 8) -> float:
-    """Share of rows that collide in at least one LSH band with another row (exact duplicates included)."""
-    if not texts:
-        return 0.0
-    owners: dict[str, int] = {}
-    flagged: set[int] = set()
-    for i, text in enumerate(texts):
-        for key in minhash_bands(text, shingle, num_perm, bands):
-            j = owners.setdefault(key, i)
-            if j != i:
-                flagged.update((i, j))
-    return len(flagged) / len(texts)
+    """Word n-gram shingles of the normalized text, hashed as near-duplicate detection hashes them
+    (`pipelines.data.minhash.shingle_sets`; a text shorter than n words is one shingle of all its words)."""
+    values, _ = shingle_sets([text], n)
+    return {int(v) for v in values}
 
 
 def duplicate_rate(texts: list[str | None]) -> float:
