@@ -120,8 +120,8 @@ def datasketch_dedup(texts: list[str], shingle: int, num_perm: int, bands: int, 
     """MinHash per doc (update_batch over the same word shingles), MinHashLSH insert + query, union-find."""
     from datasketch import MinHash, MinHashLSH
 
-    from pipelines.data.minhash import words
-    from pipelines.stages.dedup import components_driver
+    from pipelines.data.near_duplicates import components_driver
+    from pipelines.data.text import words
 
     t = time.perf_counter()
     lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, params=(bands, rows))
@@ -152,11 +152,12 @@ def datasketch_dedup(texts: list[str], shingle: int, num_perm: int, bands: int, 
 
 def part_pipeline(spark, work: Path, nd, runs: int) -> dict:
     from pipelines.stages import dedup
+    from pipelines.stages.registry import stage_config
 
     times, peaks, report = [], [], None
     for r in range(runs):
         ingested = work / f"t0_ingested_{r}"
-        cfg = dedup.Config(input_dir=str(ingested), output_dir=str(work / f"t0_out_{r}"),
+        cfg = stage_config("dedup", REPO / "params.yaml", input_dir=str(ingested), output_dir=str(work / f"t0_out_{r}"),
                            rejects_dir=str(work / f"t0_rej_{r}"), metrics=str(work / "t0_m.json"),
                            cluster_report=str(work / "t0_c.json"), cluster_html=str(work / "t0_c.html"),
                            near_duplicate=nd)
@@ -214,7 +215,7 @@ def part_quality(spark, corpus_rows: list[tuple[str, str]], nd, target: int, cap
     import scipy.sparse as sp
 
     from pipelines.data import minhash
-    from pipelines.stages import dedup
+    from pipelines.data import near_duplicates as near
 
     texts = sample_families(corpus_rows, target)
     values, offsets = minhash.shingle_sets(texts, nd.shingle)
@@ -228,7 +229,7 @@ def part_quality(spark, corpus_rows: list[tuple[str, str]], nd, target: int, cap
     true = {(int(i), int(j)) for i, j in zip(a[jac >= nd.threshold], b[jac >= nd.threshold])}
 
     docs = spark.createDataFrame([(f"{i:07d}", t) for i, t in enumerate(texts)], "doc_id string, text string")
-    sig = dedup.signature_table(docs, nd).cache()
+    sig = near.signature_table(docs, nd).cache()
     out = {"sample_docs": len(texts), "true_pairs": len(true),
            "true_pair_jaccard_histogram": dict(zip(
                ["0.80-0.85", "0.85-0.90", "0.90-0.95", "0.95-1.00"],
@@ -239,7 +240,7 @@ def part_quality(spark, corpus_rows: list[tuple[str, str]], nd, target: int, cap
 
     def dropped(pairs: set) -> set:
         """Documents a dedup with these verified pairs drops: every non-root member of a component."""
-        root = dedup.components_driver(list(pairs))
+        root = near.components_driver(list(pairs))
         return {n for n, r in root.items() if n != r}
 
     true_dropped = dropped(true)
@@ -252,10 +253,10 @@ def part_quality(spark, corpus_rows: list[tuple[str, str]], nd, target: int, cap
     variants = [("all_pairs_in_buckets", 10**9)] + [
         (f"{'default_' if c == nd.max_bucket_size else ''}cap_{c}", c) for c in sorted(set(caps) | {nd.max_bucket_size})]
     for name, cap in variants:
-        candidates = dedup.candidate_pairs(sig, cap).cache()
+        candidates = near.candidate_pairs(sig, cap).cache()
         t = time.perf_counter()
         n_candidates = candidates.count()
-        edges = dedup.verified_edges(candidates, sig, nd.threshold)
+        edges = near.verified_edges(candidates, sig, nd.threshold)
         found = {(int(r["a"]), int(r["b"])) for r in edges.select("a", "b").collect()}
         out[f"pairs_{name}"] = {**score(found), "candidate_pairs": n_candidates,
                                 "seconds": round(time.perf_counter() - t, 2),
@@ -263,7 +264,7 @@ def part_quality(spark, corpus_rows: list[tuple[str, str]], nd, target: int, cap
         candidates.unpersist()
         if name.startswith("default"):
             # What dedup decides: pairs put in one cluster (transitive, so some have J below the threshold).
-            root = dedup.components_driver([(f"{i:07d}", f"{j:07d}") for i, j in found])
+            root = near.components_driver([(f"{i:07d}", f"{j:07d}") for i, j in found])
             groups: dict[str, list[int]] = {}
             for node, r in root.items():
                 groups.setdefault(r, []).append(int(node))
@@ -281,6 +282,7 @@ def part_speed(spark, work: Path, base: list[tuple[str, str, str]], nd, factors:
 
     from pipelines.schema import CORPUS_COLUMNS
     from pipelines.stages import dedup
+    from pipelines.stages.registry import stage_config
 
     rows_out = []
     for factor in factors:
@@ -301,7 +303,7 @@ def part_speed(spark, work: Path, base: list[tuple[str, str, str]], nd, factors:
             pq.write_table(table.slice(k, 50_000), path / f"part-{k // 50_000:04d}.parquet")
         spark_t, ds_t, spark_peak, ds_peak, rep, ref = [], [], [], [], None, None
         for r in range(runs):  # interleaved
-            cfg = dedup.Config(input_dir=str(path), output_dir=str(work / f"o{factor}_{r}"),
+            cfg = stage_config("dedup", REPO / "params.yaml", input_dir=str(path), output_dir=str(work / f"o{factor}_{r}"),
                                rejects_dir=str(work / f"r{factor}_{r}"), metrics=str(work / "m.json"),
                                cluster_report=str(work / "c.json"), cluster_html=str(work / "c.html"),
                                near_duplicate=nd)
@@ -349,15 +351,14 @@ def main() -> None:
 
     import platform
 
-    from pipelines.config import load_params, parse_section
-    from pipelines.engines.config import SparkConfig
     from pipelines.engines.spark import get_spark
     from pipelines.stages import dedup
+    from pipelines.stages.registry import shared_config
 
-    cfg = parse_section(load_params(REPO / "params.yaml"), dedup.SECTION, dedup.Config)
-    nd = cfg.near_duplicate
-    spark = get_spark(SparkConfig(master="local[2]", app_name="bench-dedup", driver_memory="6g",
-                                  shuffle_partitions=8))
+    nd = shared_config("near_duplicate", REPO / "params.yaml")
+    engines = shared_config("engines", REPO / "params.yaml", spark={
+        "master": "local[2]", "app_name": "bench-dedup", "driver_memory": "6g", "shuffle_partitions": 8})
+    spark = get_spark(engines.spark)
     work = Path(tempfile.mkdtemp(prefix="bench_dedup_"))
     OUT.parent.mkdir(parents=True, exist_ok=True)
     # Parts not run this time keep their previous figures (each part records its own conditions).

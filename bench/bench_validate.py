@@ -49,8 +49,10 @@ def load_t0():
     return df, raw
 
 
-def hand_written(df, cfg) -> dict:
-    """The curated suite's checks in plain Pandas (same thresholds, same text statistics)."""
+def hand_written(df, cfg, nd) -> dict:
+    """The curated suite's checks in plain Pandas (same thresholds, same text statistics, dedup's near-duplicate
+    definition `nd`)."""
+    from pipelines.data.near_duplicates import near_duplicate_rate
     from pipelines.validation import textstats
     from pipelines.schema import CORPUS_COLUMNS, REQUIRED_NON_NULL
 
@@ -68,8 +70,7 @@ def hand_written(df, cfg) -> dict:
         "n_chars_between": bool(df["n_chars"].between(cfg.min_chars, cfg.max_chars).all()),
         "text_length_between": bool(lengths.between(cfg.min_chars, cfg.max_chars).all()),
         "length_quantiles": all(lo <= v <= hi for v, (lo, hi) in zip(qv, (cfg.length_quantiles[q] for q in qs))),
-        "near_duplicate_rate": textstats.near_duplicate_rate(df["text"].tolist(), **cfg.near_duplicate)
-        <= cfg.max_near_duplicate_rate,
+        "near_duplicate_rate": near_duplicate_rate(df["text"].tolist(), nd) <= cfg.max_near_duplicate_rate,
         "pii_rate": textstats.pii_rate(df["text"].tolist()) <= cfg.max_pii_rate,
         "english_share": textstats.english_share(df["text"].tolist()) >= cfg.min_english_share,
     }
@@ -79,14 +80,14 @@ def hand_written(df, cfg) -> dict:
 def main() -> None:
     if not T0.exists():
         sys.exit(f"t0 corpus not found at {T0}")
-    from pipelines.config import load_params, parse_section
     from pipelines.stages import validate
+    from pipelines.stages.registry import shared_config, stage_config
 
     t = time.perf_counter()
     df, raw_rows = load_t0()
     load_s = time.perf_counter() - t
-    cfg = parse_section(load_params(REPO / "params.yaml"), validate.SECTION, validate.Config)
-    cfg = cfg.model_copy(update={"sources": sorted(df["source"].unique())})
+    cfg = stage_config("validate", REPO / "params.yaml", sources=sorted(df["source"].unique()))
+    nd = shared_config("near_duplicate", REPO / "params.yaml")
 
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     t = time.perf_counter()
@@ -101,7 +102,7 @@ def main() -> None:
     context = gx_project.open_context(gx_root)
     context_s = time.perf_counter() - t
     batch = gx_project.dataframe_batch(context, asset=cfg.suite)
-    checkpoint = gx_project.save_checkpoint(context, cfg.suite, lambda: validate.corpus_expectations(cfg), batch)
+    checkpoint = gx_project.save_checkpoint(context, cfg.suite, lambda: validate.corpus_expectations(cfg, nd), batch)
 
     gx_times, hand_times = [], []
     outcome = checks = None
@@ -110,7 +111,7 @@ def main() -> None:
         outcome = gx_project.outcome(checkpoint.run(batch_parameters={"dataframe": df}))
         gx_times.append(time.perf_counter() - t)
         t = time.perf_counter()
-        checks = hand_written(df, cfg)
+        checks = hand_written(df, cfg, nd)
         hand_times.append(time.perf_counter() - t)
     shutil.rmtree(work, ignore_errors=True)
 

@@ -215,25 +215,58 @@ def test_components_spark_matches_union_find(spark):
     assert got == expected
 
 
-def test_validate_near_duplicate_rate_is_zero_on_dedup_output(near, spark):
-    """One definition of near-duplicate: what dedup leaves, the validate suite's metric (Pandas and Spark engines)
-    finds no near-duplicate in, at dedup's own settings; on dedup's input it does."""
+def _suite_near_duplicate_rate(frame, nd, engine: str) -> float:
+    """The validate suite's near-duplicate expectation, at `nd`, on a Pandas or Spark batch: its observed rate."""
+    import great_expectations as gx
+
+    from pipelines.validation import expectations as text
+
+    context = gx.get_context(mode="ephemeral")
+    source = context.data_sources.add_pandas("p") if engine == "pandas" else context.data_sources.add_spark("s")
+    batch = source.add_dataframe_asset("t").add_batch_definition_whole_dataframe("b").get_batch(
+        batch_parameters={"dataframe": frame})
+    result = batch.validate(text.ExpectColumnNearDuplicateRateToBeBelow.by_definition(nd, column="text",
+                                                                                      max_value=0.0))
+    assert not (result.exception_info or {}).get("raised_exception"), result.exception_info
+    return result.result["observed_value"]
+
+
+@pytest.mark.parametrize("engine", ["pandas", "spark"])
+def test_validate_near_duplicate_rate_is_zero_on_dedup_output(near, spark, engine):
+    """One definition of near-duplicate: in what dedup leaves, the validate suite's metric finds none at dedup's
+    own settings; in dedup's input (planted near-duplicates) it does."""
+    import pandas as pd
+
     _, texts, cfg, _, out, _ = near
+    frames = {
+        "output": pd.DataFrame({"text": out.column("text").to_pylist()}),
+        "input": pd.DataFrame({"text": list(texts.values())}),
+    }
+    if engine == "spark":
+        frames = {k: spark.createDataFrame(v) for k, v in frames.items()}
     nd = cfg.near_duplicate
-    kept = out.column("text").to_pylist()
-    assert near_duplicates.near_duplicate_rate(kept, nd) == 0.0
-    assert near_duplicates.near_duplicate_rate(list(texts.values()) if isinstance(texts, dict) else
-                                               [t for _, t in texts] if texts and isinstance(texts[0], tuple)
-                                               else list(texts), nd) > 0.0
-    frame = spark.createDataFrame([(t,) for t in kept], "text string")
-    assert near_duplicates.near_duplicate_rate_spark(frame, "text", nd) == 0.0
+    assert _suite_near_duplicate_rate(frames["output"], nd, engine) == 0.0
+    # m1 m2 m3 m4, n0 n1 n2, s0 s1 of 15 rows (m4 an exact duplicate of m3: it is a near-duplicate too)
+    assert _suite_near_duplicate_rate(frames["input"], nd, engine) == pytest.approx(9 / 15, abs=1e-6)
 
 
-def test_in_process_and_spark_near_duplicates_agree(near, spark):
-    _, _, cfg, _, _, _ = near
-    corpus = ds.dataset(str(Path(cfg.input_dir)), format="parquet").to_table().to_pylist()
-    texts = [r["text"] for r in corpus]
-    nd = cfg.near_duplicate
-    local = near_duplicates.near_duplicate_rate(texts, nd)
-    frame = spark.createDataFrame([(t,) for t in texts], "text string")
-    assert local > 0 and near_duplicates.near_duplicate_rate_spark(frame, "text", nd) == pytest.approx(local)
+@pytest.mark.parametrize("max_bucket_size", [50, 2], ids=["all_pairs", "stars"])
+def test_in_process_and_spark_near_duplicates_find_the_same_pairs(near, spark, max_bucket_size):
+    """The numpy path (the suite's Pandas engine) and the Spark path (dedup, the suite's Spark engine) verify the
+    same pairs with the same Jaccard, for all-pairs buckets and for stars (every bucket above 2 members)."""
+    _, texts, cfg, _, _, _ = near
+    corpus = [*texts.values(), None, "", "!!! ...", texts["u0"]]  # no words: never a pair; u0 twice
+    nd = cfg.near_duplicate.model_copy(update={"max_bucket_size": max_bucket_size})
+    local = near_duplicates.verified_pairs(corpus, nd)
+    frame = spark.createDataFrame([(t,) for t in corpus], "text string").coalesce(1)  # row ids 0..n-1 in order
+    on_spark = sorted(
+        (int(r["a"]), int(r["b"]), r["jaccard"])
+        for r in near_duplicates.verified_row_pairs_spark(frame, "text", nd).collect()
+    )
+    assert [(a, b) for a, b, _ in local] == [(a, b) for a, b, _ in on_spark]
+    assert [j for _, _, j in local] == pytest.approx([j for _, _, j in on_spark])
+    index = {name: i for i, name in enumerate(texts)}
+    pairs = {(a, b) for a, b, _ in local}
+    assert (index["n0"], index["n1"]) in pairs and (index["n0"], index["n2"]) not in pairs  # below the threshold
+    assert (index["u0"], len(corpus) - 1) in pairs  # an exact duplicate is a near-duplicate too
+    assert not {i for p in pairs for i in p} & {len(texts), len(texts) + 1, len(texts) + 2}  # no words

@@ -8,7 +8,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipelines.config import load_params, parse_section
 from pipelines.stages import validate
 from pipelines.stages.registry import shared_config, stage_config
 from pipelines.errors import StageFailed
@@ -52,15 +51,12 @@ def gx_root(tmp_path, repo_root) -> Path:
 
 def make_cfg(tmp_path: Path, gx_root: Path, input_dir: Path, repo_root: Path) -> validate.Config:
     """params.yaml's own thresholds, with every path moved into tmp_path."""
-    section = parse_section(load_params(repo_root / "params.yaml"), validate.SECTION, validate.Config)
-    return section.model_copy(update={
-        "input_dir": str(input_dir),
-        "results_dir": str(tmp_path / "results"),
-        "metrics": str(tmp_path / "metrics.json"),
-    })
+    return stage_config("validate", repo_root / "params.yaml", input_dir=str(input_dir),
+                        results_dir=str(tmp_path / "results"), metrics=str(tmp_path / "metrics.json"))
 
 
 def _shared(gx_root: Path) -> dict:
+    """The shared sections validate's `run` takes: the GX context (a copy) and dedup's near-duplicate definition."""
     return {"gx": shared_config("gx", context_root=str(gx_root)), "near_duplicate": shared_config("near_duplicate")}
 
 

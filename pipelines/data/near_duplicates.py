@@ -1,10 +1,11 @@
 """Near-duplicate detection: what "near-duplicate" means in this project, for dedup and validation alike.
 
-One definition (`dedup.near_duplicate` in params.yaml), two executions of it:
-- on Spark (dedup, and the validate suite on a Spark batch): `signature_table` -> `candidate_pairs` ->
-  `verified_edges` -> connected components (`components_driver` / `components_spark`);
+One definition (`NearDuplicateDefinition`: the deciding keys of `dedup.near_duplicate` in params.yaml), two
+executions of it:
+- on Spark (dedup, and the validate suite on a Spark batch via `near_duplicate_rate_spark`): `signature_table` ->
+  `candidate_pairs` -> `verified_edges` (-> connected components, `components_driver` / `components_spark`);
 - in process (the validate suite on a Pandas batch): `verified_pairs`, the same signatures, the same LSH buckets
-  and candidate rule, the same exact-Jaccard verification.
+  and candidate rule, the same exact-Jaccard verification (tests/test_dedup.py checks both find the same pairs).
 
 See `pipelines.data.minhash` for shingles, signatures and band keys. Steps:
 1. signatures: one Arrow pass (`mapInArrow`) computes, per text, its sorted word-shingle hash set and the LSH band
@@ -29,7 +30,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Sequence, TypedDict
 
 from pydantic import Field, model_validator
 
@@ -37,10 +38,11 @@ from pipelines.config import StageConfig
 from pipelines.data import minhash, text
 from pipelines.errors import StageFailed
 
-class NearDuplicate(StageConfig):
-    """`dedup.near_duplicate` in params.yaml: dedup drops by it, and the validate suite measures by it."""
 
-    enabled: bool
+class NearDuplicateDefinition(StageConfig):
+    """What makes two texts near-duplicates: the keys of `dedup.near_duplicate` that decide it. Dedup drops by
+    them; the validate suite's expectation (`ExpectColumnNearDuplicateRateToBeBelow`) carries exactly these."""
+
     shingle: int = Field(ge=1)  # word n-grams of the normalized text
     num_perm: int = Field(ge=1)
     bands: int = Field(ge=1)
@@ -49,12 +51,9 @@ class NearDuplicate(StageConfig):
     # All pairs up to this bucket size, a star beyond. On t0 (bench/bench_dedup.py) 50 drops the same documents as
     # clustering all true pairs but verifies only 60% of the pairs directly; 200 finds every pair at 1.3-1.9x time.
     max_bucket_size: int = Field(ge=2)
-    driver_components_max_edges: int = Field(ge=0)  # union-find on the driver up to this many edges, else Spark
-    report_clusters: int = Field(ge=0)  # largest clusters shown in the cluster report
-    report_examples: int = Field(ge=1)  # texts shown per cluster
 
     @model_validator(mode="after")
-    def _bands_fit(self) -> "NearDuplicate":
+    def _bands_fit(self) -> "NearDuplicateDefinition":
         if self.bands * self.rows > self.num_perm:
             raise ValueError(f"bands x rows = {self.bands * self.rows} exceeds num_perm = {self.num_perm}")
         return self
@@ -67,17 +66,51 @@ class NearDuplicate(StageConfig):
         )
 
 
+class NearDuplicate(NearDuplicateDefinition):
+    """`dedup.near_duplicate` in params.yaml: dedup drops by it, and the validate suite measures by it (the
+    definition's keys; the rest says how dedup runs and reports)."""
+
+    enabled: bool
+    driver_components_max_edges: int = Field(ge=0)  # union-find on the driver up to this many edges, else Spark
+    report_clusters: int = Field(ge=0)  # largest clusters shown in the cluster report
+    report_examples: int = Field(ge=1)  # texts shown per cluster
+
+
+class NearDuplicateStats(TypedDict):
+    candidate_pairs: int  # distinct LSH candidate pairs
+    verified_pairs: int  # candidates whose exact shingle Jaccard reaches the threshold
+    components_on: str  # "driver" (union-find) or "spark" (large-star / small-star)
+    clusters: int
+    cluster_size_histogram: dict[str, int]  # size bin ("2", "3", "4", "5-7", ...) -> clusters
+    largest_cluster: int
+
+
+class ClusterExample(TypedDict):
+    doc_id: str
+    source: str
+    kept: bool  # the survivor of its cluster
+    text: str  # first 600 characters
+
+
+class Cluster(TypedDict):
+    survivor: str
+    size: int
+    edge_jaccard_min: float | None  # range of its verified edges (None: not computed)
+    edge_jaccard_max: float | None
+    examples: list[ClusterExample]
+
+
 @dataclass(frozen=True)
 class NearDuplicates:
     assign: Any  # Spark DataFrame (doc_id, _survivor) of the documents to drop
-    stats: dict[str, Any]  # candidate/verified pairs, clusters, size histogram, where components ran
-    clusters: list[dict]  # the largest clusters with example texts, for the report
+    stats: NearDuplicateStats
+    clusters: list[Cluster]  # the largest clusters with example texts, for the report
 
 
 # --- in process: the same definition on a list of texts (the validate suite's Pandas engine) ------------------
 
 
-def verified_pairs(texts: Sequence[str | None], nd: NearDuplicate) -> list[tuple[int, int, float]]:
+def verified_pairs(texts: Sequence[str | None], nd: NearDuplicateDefinition) -> list[tuple[int, int, float]]:
     """(i, j, jaccard), i < j, of the texts that are near-duplicates by `nd`: the same shingles, signatures, LSH
     buckets, candidate rule (all pairs up to max_bucket_size, a star from the smallest index beyond) and exact
     Jaccard check as `candidate_pairs` + `verified_edges` on Spark (row index standing in for doc_id)."""
@@ -87,7 +120,7 @@ def verified_pairs(texts: Sequence[str | None], nd: NearDuplicate) -> list[tuple
     keys = minhash.band_keys(minhash.signatures(values, offsets, nd.num_perm), nd.bands, nd.rows)
     has = np.diff(offsets) > 0  # texts without words have no shingles: never near-duplicates
     buckets: dict[tuple[int, int], list[int]] = {}
-    for i in np.flatnonzero(has):
+    for i in np.flatnonzero(has):  # ascending: every bucket's members come sorted, as Spark's array_sort gives
         for band, key in enumerate(keys[i]):
             buckets.setdefault((band, int(key)), []).append(int(i))
     pairs: set[tuple[int, int]] = set()
@@ -106,7 +139,7 @@ def verified_pairs(texts: Sequence[str | None], nd: NearDuplicate) -> list[tuple
     return found
 
 
-def near_duplicate_rate(texts: Sequence[str | None], nd: NearDuplicate) -> float:
+def near_duplicate_rate(texts: Sequence[str | None], nd: NearDuplicateDefinition) -> float:
     """Share of texts that are a near-duplicate of another text by `nd` (exact duplicates included)."""
     if not texts:
         return 0.0
@@ -114,29 +147,42 @@ def near_duplicate_rate(texts: Sequence[str | None], nd: NearDuplicate) -> float
     return len(flagged) / len(texts)
 
 
-def near_duplicate_rate_spark(df, column: str, nd: NearDuplicate) -> float:
-    """`near_duplicate_rate` of a Spark DataFrame's text column, on the executors (row ids stand in for doc_id)."""
+# --- the same on a Spark DataFrame of texts (the validate suite's Spark engine) -------------------------------
+
+ROW_ID_DIGITS = 20  # zero-padded, row ids sort as strings in row order, as indices do (the star's centre)
+
+
+def verified_row_pairs_spark(df, column: str, nd: NearDuplicateDefinition):
+    """`verified_pairs` of a Spark DataFrame's text column, on the executors: (a, b, jaccard) of zero-padded row
+    ids (`monotonically_increasing_id`; a frame need not have doc_ids, and a broken one may repeat them)."""
     from pyspark.sql import functions as F
 
-    docs = df.select(F.monotonically_increasing_id().cast("string").alias("doc_id"), F.col(column).alias("text"))
-    docs = docs.cache()
+    row_id = F.lpad(F.monotonically_increasing_id().cast("string"), ROW_ID_DIGITS, "0")
+    docs = df.select(row_id.alias("doc_id"), F.col(column).alias("text"))
+    sig = signature_table(docs, nd)
+    return verified_edges(candidate_pairs(sig, nd.max_bucket_size), sig, nd.threshold)
+
+
+def near_duplicate_rate_spark(df, column: str, nd: NearDuplicateDefinition) -> float:
+    """`near_duplicate_rate` of a Spark DataFrame's text column: distinct row ids in verified pairs over rows."""
+    from pyspark.sql import functions as F
+
+    df = df.select(column).cache()  # read once for the row count and once for the signatures
     try:
-        total = docs.count()
+        total = df.count()
         if not total:
             return 0.0
-        sig = signature_table(docs, nd).cache()
-        edges = verified_edges(candidate_pairs(sig, nd.max_bucket_size), sig, nd.threshold)
+        edges = verified_row_pairs_spark(df, column, nd)
         flagged = edges.select(F.explode(F.array("a", "b")).alias("id")).distinct().count()
-        sig.unpersist()
     finally:
-        docs.unpersist()
+        df.unpersist()
     return flagged / total
 
 
 # --- on Spark --------------------------------------------------------------------------------------------------
 
 
-def signature_table(docs, nd: NearDuplicate):
+def signature_table(docs, nd: NearDuplicateDefinition):
     """(doc_id, text) -> (doc_id, shingles array<int> sorted unique, bands array<bigint>), one Arrow pass.
 
     Texts without words get no row: they have no shingles and cannot be near-duplicates."""
@@ -272,7 +318,7 @@ def _histogram(sizes: list[int]) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda kv: int(kv[0].split("-")[0])))
 
 
-def find_near_duplicates(spark, docs, nd: NearDuplicate) -> "NearDuplicates":
+def find_near_duplicates(spark, docs, nd: NearDuplicate) -> NearDuplicates:
     """The near-duplicates of `docs` (doc_id, text, source): which documents to drop for which survivor, the
     figures, and the largest clusters for the report."""
     from pyspark import StorageLevel
@@ -305,7 +351,7 @@ def find_near_duplicates(spark, docs, nd: NearDuplicate) -> "NearDuplicates":
         size_of = {r["_survivor"]: r["count"] for r in assign.groupBy("_survivor").count().collect()}
         jac_range = None
     sizes = sorted(((r, n + 1) for r, n in size_of.items()), key=lambda rs: (-rs[1], rs[0]))
-    stats = {
+    stats: NearDuplicateStats = {
         "candidate_pairs": n_candidates,
         "verified_pairs": n_edges,
         "components_on": where,
@@ -328,7 +374,7 @@ def find_near_duplicates(spark, docs, nd: NearDuplicate) -> "NearDuplicates":
     return NearDuplicates(assign, stats, report)
 
 
-def _cluster_report(docs, assign, top, jac_range, nd: NearDuplicate) -> list[dict]:
+def _cluster_report(docs, assign, top, jac_range, nd: NearDuplicate) -> list[Cluster]:
     """The largest clusters: survivor, size, Jaccard range of their verified edges, example texts."""
     from pyspark.sql import functions as F
 
@@ -344,7 +390,7 @@ def _cluster_report(docs, assign, top, jac_range, nd: NearDuplicate) -> list[dic
     ids = [d for v in wanted.values() for d in v]
     picked = docs.where(F.col("doc_id").isin(ids)).select("doc_id", "source", "text")
     texts = {r["doc_id"]: r for r in picked.collect()}
-    clusters = []
+    clusters: list[Cluster] = []
     for root, size in top:
         lo, hi = jac_range.get(root, (None, None))
         rows = [texts[d] for d in sorted(wanted[root]) if d in texts]

@@ -23,7 +23,7 @@ from pydantic import Field
 
 from pipelines.config import StageConfig
 from pipelines.data import text
-from pipelines.data.near_duplicates import NearDuplicate, find_near_duplicates
+from pipelines.data.near_duplicates import Cluster, NearDuplicate, find_near_duplicates
 from pipelines.schema import CORPUS_COLUMNS, MAX_RAW_CHARS
 from pipelines.engines.spark import count_by, session, spark_path
 from pipelines.engines.config import EnginesConfig
@@ -34,6 +34,7 @@ from pipelines.errors import StageFailed
 SECTION = "dedup"
 STAGE = "dedup"
 RULE = "sha256(NFKC + lowercase + collapsed whitespace + strip of text) equals that of duplicate_of"
+TEMPLATE = "dedup_clusters.html.j2"  # reports/dedup_clusters.html
 
 
 class Config(StageConfig):
@@ -92,16 +93,15 @@ def _rejects(dropped, reason: str, rule: str):
     )
 
 
-TEMPLATE = "dedup_clusters.html.j2"
-
-
 # --- stage ---------------------------------------------------------------------------------------------------
 
 
 # Functional form: "in" is a Python keyword.
 DedupReport = TypedDict("DedupReport", {
     "stage": str, "in": int, "out": int, "dropped": int, "dropped_by_reason": dict[str, int],
-    "duplicate_groups": int, "near_duplicate": dict[str, Any], "out_by_source": dict[str, int],
+    "duplicate_groups": int,
+    "near_duplicate": dict[str, Any],  # {"enabled": bool} and, when enabled, the NearDuplicateStats
+    "out_by_source": dict[str, int],
     "dropped_by_source": dict[str, int], "balanced": bool, "output_dir": str, "rejects_dir": str,
     "cluster_report": str,
 })
@@ -128,8 +128,8 @@ def run(cfg: Config, engines: EnginesConfig | None = None, *, spark=None) -> Ded
     exact_dropped = marked.where(F.col("_rank") > 1)
 
     nd = cfg.near_duplicate
-    near_stats: dict = {"enabled": nd.enabled}
-    clusters: list[dict] = []
+    near_stats: dict[str, Any] = {"enabled": nd.enabled}
+    clusters: list[Cluster] = []
     if nd.enabled:
         found = find_near_duplicates(spark, exact_kept, nd)
         assign, clusters = found.assign, found.clusters

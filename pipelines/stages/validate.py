@@ -11,10 +11,10 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from pipelines.engines.config import EnginesConfig
-from pipelines.schema import CORPUS_COLUMNS, KINDS, REQUIRED_NON_NULL
+from pipelines.schema import CORPUS_COLUMNS, REQUIRED_NON_NULL
 from pipelines.data.near_duplicates import NearDuplicate
 from pipelines.validation.context import GxConfig
-from pipelines.validation.gate import GateConfig, ValidationReport
+from pipelines.validation.gate import GateConfig, ValidationReport, run_gate
 from pipelines.validation.suites import load_parquet, with_severity
 
 SECTION = "validate"
@@ -43,7 +43,6 @@ class Config(GateConfig):
         return self
 
 
-
 def corpus_expectations(cfg: Config, near_duplicate: NearDuplicate) -> list:
     """The curated-corpus contract as GX expectations (GX imported lazily by the caller's run())."""
     import great_expectations.expectations as gxe
@@ -66,10 +65,9 @@ def corpus_expectations(cfg: Config, near_duplicate: NearDuplicate) -> list:
             column="n_chars",
             quantile_ranges={"quantiles": quantiles, "value_ranges": [list(cfg.length_quantiles[q]) for q in quantiles]},
         ),
-        text.ExpectColumnNearDuplicateRateToBeBelow(
-            column="text", max_value=cfg.max_near_duplicate_rate,
-            **{k: getattr(near_duplicate, k) for k in ("shingle", "num_perm", "bands", "rows", "threshold",
-                                                        "max_bucket_size")},
+        # At dedup's definition (`dedup.near_duplicate`): what dedup leaves has none.
+        text.ExpectColumnNearDuplicateRateToBeBelow.by_definition(
+            near_duplicate, column="text", max_value=cfg.max_near_duplicate_rate
         ),
         text.ExpectColumnPiiRateToBeBelow(column="text", max_value=cfg.max_pii_rate),
         text.ExpectColumnEnglishShareToBeAbove(column="text", min_value=cfg.min_english_share),
@@ -79,12 +77,8 @@ def corpus_expectations(cfg: Config, near_duplicate: NearDuplicate) -> list:
     return with_severity(expectations, cfg.non_blocking)
 
 
-
 def run(cfg: Config, gx: GxConfig, near_duplicate: NearDuplicate, engines: EnginesConfig | None = None, *,
         spark=None) -> ValidationReport:
     """`spark`: a session to reuse (tests share theirs); else one from `engines.spark` when engine is spark."""
-
-    from pipelines.validation.gate import run_gate
-
     return run_gate(cfg, gx, load=load_parquet(cfg.input_dir, engines, spark),
                     expectations=lambda: corpus_expectations(cfg, near_duplicate), source=cfg.input_dir)

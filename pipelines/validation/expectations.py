@@ -6,9 +6,10 @@ implementation per execution engine, registered by the `@metric_value` decorator
 Defining the classes registers them (GX's metaclass), so importing this module before a suite is loaded is all a
 file context needs: `gx_project` imports it, and the stored suites name them by snake-case type.
 
-Engines: Pandas computes with `pipelines.validation.textstats`; Spark runs the same logic on the executors (a
-native `rlike` / `array_intersect` aggregate for PII and language, deterministic crc32 UDFs plus explode/groupBy
-or join for near-duplicates and overlap), so only a handful of numbers come back to the driver.
+Engines: Pandas computes with `pipelines.validation.textstats` and `pipelines.data.near_duplicates`; Spark runs
+the same logic on the executors (a native `rlike` / `array_intersect` aggregate for PII and language, dedup's own
+Spark near-duplicate detection, deterministic shingle-hash UDFs plus explode/join for overlap), so only a handful
+of numbers come back to the driver.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from great_expectations.expectations.metrics.column_aggregate_metric_provider im
 from great_expectations.expectations.metrics.metric_provider import metric_value
 
 from pipelines.data import near_duplicates
+from pipelines.data.text import text_key
 from pipelines.validation import textstats
 
 
@@ -77,14 +79,12 @@ class ColumnEnglishShare(ColumnAggregateMetricProvider):
         return float(row["hits"] or 0) / row["n"] if row["n"] else 0.0
 
 
-NEAR_DUPLICATE_KEYS = ("shingle", "num_perm", "bands", "rows", "threshold", "max_bucket_size")
+# The success keys that carry dedup's near-duplicate definition into the suite (and its stored JSON).
+NEAR_DUPLICATE_KEYS: tuple[str, ...] = tuple(near_duplicates.NearDuplicateDefinition.model_fields)
 
 
-def _definition(metric_value_kwargs) -> near_duplicates.NearDuplicate:
-    """The detection settings of `dedup.near_duplicate` (the report-only keys do not change the rate)."""
-    kw = {k: metric_value_kwargs[k] for k in NEAR_DUPLICATE_KEYS}
-    return near_duplicates.NearDuplicate(enabled=True, driver_components_max_edges=0, report_clusters=0,
-                                         report_examples=1, **kw)
+def _definition(metric_value_kwargs) -> near_duplicates.NearDuplicateDefinition:
+    return near_duplicates.NearDuplicateDefinition(**{k: metric_value_kwargs[k] for k in NEAR_DUPLICATE_KEYS})
 
 
 class ColumnNearDuplicateRate(ColumnAggregateMetricProvider):
@@ -126,7 +126,7 @@ class ColumnSplitOverlapRate(ColumnAggregateMetricProvider):
 
         def keys(text):
             if n <= 0:
-                return [textstats.text_hash(text)]
+                return [text_key(text)]
             return [str(h) for h in textstats.ngram_hashes(text, n)]
 
         udf = F.udf(keys, T.ArrayType(T.StringType()))
@@ -183,17 +183,22 @@ class ExpectColumnEnglishShareToBeAbove(_RateAtMost):
 class ExpectColumnNearDuplicateRateToBeBelow(_RateAtMost):
     """Rows that are near-duplicates of another row, by dedup's definition, stay under max_value."""
 
-    # Set by the suite builder from `dedup.near_duplicate` (GX needs a value on its models; None fails the metric).
-    shingle: Optional[int] = None
-    num_perm: Optional[int] = None
-    bands: Optional[int] = None
-    rows: Optional[int] = None
-    threshold: Optional[float] = None
-    max_bucket_size: Optional[int] = None
+    # Required, no defaults: the definition is `dedup.near_duplicate` in params.yaml (`by_definition`).
+    shingle: int
+    num_perm: int
+    bands: int
+    rows: int
+    threshold: float
+    max_bucket_size: int
 
     rate_metric: ClassVar[str] = "column.near_duplicate_rate"
     metric_dependencies: ClassVar[Tuple[str, ...]] = ("column.near_duplicate_rate",)
     success_keys: ClassVar[Tuple[str, ...]] = ("min_value", "max_value", *NEAR_DUPLICATE_KEYS)
+
+    @classmethod
+    def by_definition(cls, nd: near_duplicates.NearDuplicateDefinition, **kwargs: Any):
+        """The expectation at `nd`'s definition (the validate stage passes `dedup.near_duplicate`)."""
+        return cls(**{k: getattr(nd, k) for k in NEAR_DUPLICATE_KEYS}, **kwargs)
 
 
 class ExpectColumnSplitOverlapRateToBeBelow(_RateAtMost):

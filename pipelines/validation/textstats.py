@@ -1,16 +1,17 @@
 """Text-corpus statistics behind the custom GX expectations (and the hand-written benchmark baseline).
 
 Plain Python / numpy, no GX import: the same functions back the Pandas metric providers, the Spark metric
-providers (as UDFs, so every hash must be deterministic across processes: crc32, never `hash()`), and tests.
+providers (as UDFs, so every hash must be deterministic across processes: sha256 and blake2b, never `hash()`),
+and tests. "Same text" and "same words" are `pipelines.data.text`'s, shingles `pipelines.data.minhash`'s, and the
+near-duplicate rate is `pipelines.data.near_duplicates.near_duplicate_rate` (dedup's definition).
 """
 from __future__ import annotations
 
 import re
 from typing import Iterable
 
-
 from pipelines.data.minhash import shingle_sets
-from pipelines.data.text import text_key, words  # noqa: F401  (words: part of this module's API)
+from pipelines.data.text import text_key
 
 # PII that should not survive redaction: e-mail addresses, phone numbers, IPv4 addresses, card-like and
 # IBAN-like numbers, US SSNs. Redaction placeholders such as [EMAIL] do not match. One pattern, also used in
@@ -34,8 +35,8 @@ EN_STOPWORDS: tuple[str, ...] = (
     "be", "by", "at", "or", "from", "you", "your", "what", "which", "an", "have", "not", "can", "a", "i",
 )
 MIN_STOPWORDS = 2
+# Lowercase only, no NFKC: the same tokens as the Spark provider's `lower` + `split` on non-letters/digits.
 _WORD = re.compile(r"[^\W_]+")
-
 
 
 def has_pii(text: str | None) -> bool:
@@ -56,23 +57,23 @@ def english_share(texts: Iterable[str | None]) -> float:
     return float(sum(flags) / len(flags)) if flags else 0.0
 
 
-def text_hash(text: str | None) -> str:
-    """Exact-duplicate key: the dedup stage's notion of 'same text' (`pipelines.data.text.text_key`)."""
-    return text_key(text)
-
-
 def ngram_hashes(text: str | None, n: int) -> set[int]:
     """Word n-gram shingles of the normalized text, hashed as near-duplicate detection hashes them
     (`pipelines.data.minhash.shingle_sets`; a text shorter than n words is one shingle of all its words)."""
-    values, _ = shingle_sets([text], n)
-    return {int(v) for v in values}
+    return _ngram_sets([text], n)[0]
+
+
+def _ngram_sets(texts: list[str | None], n: int) -> list[set[int]]:
+    """`ngram_hashes` of each text, in one vectorized pass (shingle hashes do not depend on the batch)."""
+    values, offsets = shingle_sets(texts, n)
+    return [set(values[offsets[i]:offsets[i + 1]].tolist()) for i in range(len(texts))]
 
 
 def duplicate_rate(texts: list[str | None]) -> float:
     """Share of rows whose normalized text occurs more than once."""
     if not texts:
         return 0.0
-    keys = [text_hash(t) for t in texts]
+    keys = [text_key(t) for t in texts]  # dedup's exact-duplicate key
     counts: dict[str, int] = {}
     for k in keys:
         counts[k] = counts.get(k, 0) + 1
@@ -82,10 +83,11 @@ def duplicate_rate(texts: list[str | None]) -> float:
 def overlap_rate(texts: list[str | None], splits: list[str], reference: str = "train", ngram: int = 0) -> float:
     """Share of non-reference rows (eval/test) that share their normalized-text hash (ngram=0) or any word
     `ngram`-gram (decontamination, e.g. 13 as in GPT-3) with a reference (train) row."""
+    texts = list(texts)
+    key_sets = [{text_key(t)} for t in texts] if ngram <= 0 else _ngram_sets(texts, ngram)
     ref_keys: set = set()
     others: list[set] = []
-    for text, split in zip(texts, splits):
-        keys = {text_hash(text)} if ngram <= 0 else ngram_hashes(text, ngram)
+    for keys, split in zip(key_sets, splits):
         if split == reference:
             ref_keys |= keys
         else:
