@@ -25,8 +25,18 @@ CORPUS_FIELDS: tuple[tuple[str, str], ...] = (
     ("title", "string"),
     ("n_chars", "int"),
 )
-CORPUS_COLUMNS: tuple[str, ...] = tuple(name for name, _ in CORPUS_FIELDS)
-CORPUS_DDL = ", ".join(f"{name} {kind}" for name, kind in CORPUS_FIELDS)
+
+
+def _columns(fields: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
+    return tuple(name for name, _ in fields)
+
+
+def _ddl(fields: tuple[tuple[str, str], ...]) -> str:
+    return ", ".join(f"{name} {kind}" for name, kind in fields)
+
+
+CORPUS_COLUMNS: tuple[str, ...] = _columns(CORPUS_FIELDS)
+CORPUS_DDL = _ddl(CORPUS_FIELDS)
 REQUIRED_NON_NULL: tuple[str, ...] = ("doc_id", "source", "licence", "text")
 KINDS: tuple[str, ...] = ("instruction", "document")
 
@@ -40,8 +50,8 @@ REJECT_FIELDS: tuple[tuple[str, str], ...] = (
     ("rule", "string"),
     ("stage", "string"),
 )
-REJECT_COLUMNS: tuple[str, ...] = tuple(name for name, _ in REJECT_FIELDS)
-REJECT_DDL = ", ".join(f"{name} {kind}" for name, kind in REJECT_FIELDS)
+REJECT_COLUMNS: tuple[str, ...] = _columns(REJECT_FIELDS)
+REJECT_DDL = _ddl(REJECT_FIELDS)
 MAX_RAW_CHARS = 2000  # a rejected record's raw text is kept up to this many characters
 
 

@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
+from pipelines import reports
 from pipelines.orchestration.imports import PACKAGE, Module, closure, import_graph
 
-TEMPLATES_DIR = Path(PACKAGE) / "templates"
+# Repository-relative: the tree analysed may be a copy of the project (tests), not the installed package.
+TEMPLATES_DIR = Path(PACKAGE) / reports.TEMPLATES_DIR.name
 TEMPLATE_SUFFIX = ".j2"
 
 
