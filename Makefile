@@ -15,7 +15,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-fast lock clean-outputs airflow-standalone airflow-dags-test
+.PHONY: install demo test test-fast lock clean-outputs airflow-up airflow-down airflow-status airflow-dags-test browser
 .PHONY: s3-local s3-local-stop data-remote data-push data-pull data-versions ray-up ray-down
 
 install: $(STAMP)
@@ -59,9 +59,17 @@ ray-up: install
 ray-down:
 	$(BIN)/llmops ray down
 
-# The Airflow UI on http://127.0.0.1:8080 with the llmops_lifecycle DAG (login printed by standalone).
-airflow-standalone: install
-	$(BIN)/airflow standalone
+# Airflow for real on this machine: scheduler, dag-processor, triggerer and API server on http://127.0.0.1:8080
+# (login admin / the password in $(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated), LocalExecutor with
+# one task slot per CPU, SQLite metadata DB (params.yaml `airflow`). `make airflow-down` stops all of it.
+airflow-up: install
+	$(BIN)/llmops airflow up
+
+airflow-down:
+	$(BIN)/llmops airflow down
+
+airflow-status:
+	$(BIN)/llmops airflow status
 
 # The DAG run once, in-process, exactly as the scheduler would run it.
 airflow-dags-test: install

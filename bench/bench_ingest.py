@@ -8,6 +8,9 @@ Python worker start-up and imports, the second is warm. docs/s = records in / wa
 
     .venv/bin/python bench/bench_ingest.py            # writes bench/results/ingest.json
     .venv/bin/python bench/bench_ingest.py --files 40 --runs 1   # a quick look on the first 40 template files
+    .venv/bin/python bench/bench_ingest.py --files 10 --runs 1 --ner both   # NER off and on, side by side
+      (--ner on adds pipelines.data.pii's NER_ENTITIES to pii_entities: Presidio + spaCy in the UDF; results go
+      to bench/results/ingest_ner.json with the docs/s ratio on/off and the peak RSS of the process tree)
 """
 from __future__ import annotations
 
@@ -34,7 +37,10 @@ def main() -> dict:
     ap = argparse.ArgumentParser()
     ap.add_argument("--files", type=int, default=0, help="only the first N template files (0: all)")
     ap.add_argument("--runs", type=int, default=RUNS)
+    ap.add_argument("--ner", choices=("off", "on", "both"), default="off")
     args = ap.parse_args()
+    if args.ner != "off":
+        return _ner_side_by_side(args)
     if not T0.exists():
         raise SystemExit(f"t0 corpus not found at {T0}")
     from pipelines.engines.spark import get_spark
@@ -97,6 +103,84 @@ def _result(report: dict, runs: list[float], session_s: float, engines, src_path
     out = REPO / "bench" / "results" / "ingest.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _peak_rss_sampler():
+    """Peak RSS (MB) of this process and all its descendants (Spark's JVM and Python workers), sampled."""
+    import threading
+
+    import psutil
+
+    peak = {"mb": 0.0}
+    stop = threading.Event()
+
+    def loop():
+        me = psutil.Process()
+        while not stop.is_set():
+            total = 0
+            for p in [me, *me.children(recursive=True)]:
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    pass
+            peak["mb"] = max(peak["mb"], total / 2**20)
+            stop.wait(0.5)
+
+    threading.Thread(target=loop, daemon=True).start()
+    return peak, stop
+
+
+def _ner_side_by_side(args) -> dict:
+    """NER off, then on, on the same files in one process and Spark session: docs/s ratio and peak memory."""
+    from pipelines.data import pii
+    from pipelines.engines.spark import get_spark
+    from pipelines.stages import ingest
+    from pipelines.stages.registry import shared_config, stage_config
+
+    os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
+    params = REPO / "params.yaml"
+    engines = shared_config("engines", params)
+    work = Path(tempfile.mkdtemp(prefix="bench-ingest-ner-"))
+    src_path = T0
+    if args.files:
+        src_path = work / "subset"
+        src_path.mkdir()
+        for f in sorted(T0.glob("*.jsonl"))[: args.files]:
+            (src_path / f.name).symlink_to(f)
+    base = stage_config("ingest", params)
+    spark = get_spark(engines.spark)
+    result: dict = {"data": str(T0.relative_to(REPO.parent)), "files": len(list(src_path.glob("*.jsonl"))),
+                    "spark_master": engines.spark.master, "cpu_count": os.cpu_count(), "modes": {}}
+    try:
+        for mode in ("off", "on"):
+            entities = list(base.pii_entities) + (list(pii.NER_ENTITIES) if mode == "on" else [])
+            cfg = stage_config("ingest", params, sources=[{**T0_SOURCE, "path": str(src_path)}],
+                               pii_entities=entities, output_dir=str(work / f"ingested_{mode}"),
+                               rejects_dir=str(work / f"rejects_{mode}"), metrics=str(work / f"{mode}.json"))
+            peak, stop = _peak_rss_sampler()
+            walls = []
+            for run in range(args.runs):
+                for d in (work / f"ingested_{mode}", work / f"rejects_{mode}"):
+                    shutil.rmtree(d, ignore_errors=True)
+                t0 = time.perf_counter()
+                report = ingest.run(cfg, spark=spark)
+                walls.append(time.perf_counter() - t0)
+            stop.set()
+            total = report["total"]
+            result["modes"][mode] = {"run_wall_s": [round(w, 2) for w in walls], "docs_in": total["in"],
+                                     "docs_per_s_best": round(total["in"] / min(walls), 1),
+                                     "peak_rss_mb": round(peak["mb"]), "pii_redacted": total["pii_redacted"],
+                                     "pii_not_scanned": total["pii_not_scanned"], "out": total["out"]}
+        off, on = result["modes"]["off"], result["modes"]["on"]
+        result["ratio_on_off_docs_per_s"] = round(on["docs_per_s_best"] / off["docs_per_s_best"], 3)
+        result["load_average_at_end"] = [round(x, 1) for x in os.getloadavg()]
+        out = REPO / "bench" / "results" / "ingest_ner.json"
+        out.write_text(json.dumps(result, indent=2) + "\n")
+    finally:
+        spark.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(result, indent=2))
     return result
 
 

@@ -1,34 +1,44 @@
-"""LLMOps lifecycle: the stages of dvc.yaml as Airflow tasks.
+"""llmops_lifecycle: the stages of dvc.yaml as Airflow tasks, retraining when new data has drifted.
 
-The task list and dependencies are read from dvc.yaml (never written twice), and each task runs
+The task list and dependencies are read from dvc.yaml (never written twice), and each stage task runs
 `dvc repro --single-item <stage>`, so Airflow runs exactly what `dvc repro` runs on a laptop, records the same
-dvc.lock and skips stages whose inputs did not change. Every stage output is declared as an Asset, so
-downstream DAGs (monitoring, serving) can be scheduled on it.
+dvc.lock and skips stages whose inputs did not change. Every stage's inputs and outputs are Assets (inlets and
+outlets), which is also the lineage OpenLineage reports.
+
+Scheduled on `llmops/landed_data & llmops/drift_detected`: a retrain needs new data AND drift (a same-distribution
+batch lands and waits; retraining without new data changes nothing). A person can still trigger it by hand.
+Around the stages:
+- `retrain_policy` first: a cooldown and a daily cap (`retrain` in params.yaml) stop a drift storm; a refused run
+  skips everything.
+- `approve_promotion` between gate and promote when `retrain.promotion_approval` is true (Airflow HITL): the
+  approver sees the gate decision and the evaluation report link.
+- `deploy` after promote: the serving layer is told to reload and must answer with the new champion; if it does
+  not, `rollback` moves the alias back.
 """
 from __future__ import annotations
 
 import os
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pendulum
-from airflow.sdk import Asset, dag, task
+from airflow.providers.standard.operators.hitl import ApprovalOperator
+from airflow.sdk import dag, task
 
 from llmops_airflow import DEFAULT_ARGS
+from llmops_airflow.assets import DEPLOYED_MODEL, DRIFT_DETECTED, LANDED_DATA, REPO, params, stage_asset
 from pipelines.orchestration.dvc_graph import load_stage_graph
 
-REPO = Path(os.environ.get("LLMOPS_ROOT", Path(__file__).resolve().parents[1]))
 # Stage commands (`dvc`, `llmops`) live next to the Python that runs Airflow.
 VENV_BIN = str(Path(sys.executable).parent)
-
-
-def _asset(path: str) -> Asset:
-    return Asset(name=f"llmops/{path}", uri=(REPO / path).as_uri())
+STAGE_ENV = {"PATH": f"{VENV_BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}", "LLMOPS_ROOT": str(REPO)}
+PROMOTION_APPROVAL = bool(params()["retrain"]["promotion_approval"])
 
 
 @dag(
     dag_id="llmops_lifecycle",
-    schedule=None,
+    schedule=(LANDED_DATA & DRIFT_DETECTED),
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     # One DVC repository, one writer: `dvc repro` holds the repo lock for the whole stage.
@@ -39,24 +49,80 @@ def _asset(path: str) -> Asset:
     doc_md=__doc__,
 )
 def llmops_lifecycle():
+    @task.short_circuit
+    def retrain_policy(*, dag_run, run_id, triggering_asset_events) -> bool:
+        from pipelines.config import load_section
+        from pipelines.orchestration.retrain_policy import RetrainConfig, decide
+
+        trigger = {str(getattr(asset, "name", asset)): [ev.extra for ev in events]
+                   for asset, events in triggering_asset_events.items()}
+        if dag_run.run_type == "manual":  # a person asked for it: the policy only records it
+            trigger["manual"] = True
+        decision = decide(load_section("retrain", RetrainConfig), run_id=run_id, at=dag_run.run_after,
+                          trigger=trigger)
+        print(f"[llmops] retrain policy: {'allowed' if decision['allowed'] else 'refused'}: {decision['reason']}")
+        return decision["allowed"] or dag_run.run_type == "manual"
+
+    policy = retrain_policy()
     tasks = {}
-    for stage in load_stage_graph(REPO):
+    graph = load_stage_graph(REPO)
+    for stage in graph:
 
         @task.bash(
             task_id=stage.name,
             cwd=str(REPO),
-            env={"PATH": f"{VENV_BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}", "LLMOPS_ROOT": str(REPO)},
+            env=STAGE_ENV,
             append_env=True,
-            outlets=[_asset(out) for out in stage.outs],
+            inlets=[stage_asset(dep) for dep in stage.deps if not dep.startswith("pipelines/")],
+            outlets=[stage_asset(out) for out in stage.outs],
             doc_md=f"`{stage.cmd}` through DVC",
         )
         def run_stage(name: str = stage.name) -> str:
             return f"dvc repro --single-item {name}"
 
         tasks[stage.name] = run_stage()
-    for stage in load_stage_graph(REPO):
+    for stage in graph:
         for upstream in stage.upstream:
             tasks[upstream] >> tasks[stage.name]
+        if not stage.upstream:
+            policy >> tasks[stage.name]
+
+    if PROMOTION_APPROVAL and {"gate", "promote"} <= tasks.keys():
+
+        @task
+        def gate_summary() -> dict:
+            from pipelines.orchestration.deploy import gate_summary
+
+            return gate_summary()
+
+        approval = ApprovalOperator(
+            task_id="approve_promotion",
+            subject="Promote {{ ti.xcom_pull(task_ids='gate_summary')['candidate'] }}? Gate: "
+                    "{{ ti.xcom_pull(task_ids='gate_summary')['decision'] }}",
+            body="{{ ti.xcom_pull(task_ids='gate_summary')['body'] }}",
+            response_timeout=timedelta(days=2),
+        )
+        summary = gate_summary()
+        tasks["gate"] >> summary >> approval >> tasks["promote"]
+
+    if "promote" in tasks:
+
+        @task(outlets=[DEPLOYED_MODEL])
+        def deploy(*, outlet_events) -> dict:
+            from pipelines.orchestration.deploy import deploy_champion
+
+            report = deploy_champion()
+            outlet_events[DEPLOYED_MODEL].extra = {k: report[k] for k in ("version", "status", "servers")}
+            return dict(report)
+
+        @task(trigger_rule="one_failed")
+        def rollback() -> dict:
+            from pipelines.orchestration.deploy import rollback_champion
+
+            return dict(rollback_champion(reason="deployment check failed"))
+
+        deployed = deploy()
+        tasks["promote"] >> deployed >> rollback()
 
 
 llmops_lifecycle()

@@ -52,13 +52,13 @@ def serve(
     params: Optional[Path] = typer.Option(None, "--params", "-p"),
     host: Optional[str] = typer.Option(None, help="bind address (default: params.yaml serve.host)"),
     port: Optional[int] = typer.Option(None, help="port (default: params.yaml serve.port)"),
+    engine: Optional[str] = typer.Option(None, help="uvicorn (one process) or ray (Ray Serve autoscaling); "
+                                                    "default: params.yaml serve.engine"),
 ) -> None:
-    """Serve the current champion (params.yaml registry: model_name@alias) over an OpenAI-style HTTP API."""
-    import uvicorn
-
+    """Serve the champion (params.yaml registry: model_name@alias) over the OpenAI-compatible HTTP API."""
     from pipelines.config import load_section
     from pipelines.models.registry import RegistryConfig
-    from pipelines.serving.api import ServeConfig, create_app
+    from pipelines.serving.config import ServeConfig
 
     try:
         cfg = load_section("serve", ServeConfig, params)
@@ -66,7 +66,57 @@ def serve(
     except ConfigError as exc:
         typer.secho(str(exc), fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2)
-    uvicorn.run(create_app(cfg, registry), host=host or cfg.host, port=port or cfg.port, log_level="info")
+    cfg = cfg.model_copy(update={k: v for k, v in (("host", host), ("port", port), ("engine", engine)) if v})
+    try:
+        if cfg.engine == "ray":
+            from pipelines.serving.ray_app import run_ray
+
+            run_ray(cfg, registry)
+            return
+        import uvicorn
+
+        from pipelines.serving.app import create_app
+
+        app = create_app(cfg, registry)
+    except (RuntimeError, FileNotFoundError, ValueError) as exc:
+        typer.secho(f"serve: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2)
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info")
+
+
+@app.command("rollback")
+def rollback(
+    params: Optional[Path] = typer.Option(None, "--params", "-p"),
+    to: Optional[int] = typer.Option(None, "--to", help="version to make champion (default: the previous one)"),
+) -> None:
+    """Move the champion alias back to the previous champion; running servers pick it up without a restart."""
+    from pipelines.config import load_section
+    from pipelines.models.registry import RegistryConfig
+    from pipelines.serving.rollback import rollback as do_rollback
+
+    try:
+        registry = load_section("registry", RegistryConfig, params)
+        moved = do_rollback(registry, to)
+    except (ConfigError, ValueError) as exc:
+        typer.secho(f"rollback: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2)
+    except Exception as exc:  # an unknown version: MlflowException
+        typer.secho(f"rollback: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2)
+    typer.echo(f"{moved['model_name']}@{moved['alias']}: v{moved['previous_version']} -> v{moved['version']}")
+
+
+@app.command("api-key")
+def api_key(key_id: str = typer.Argument(..., help="the key's id (logged as key_id)"),
+            admin: bool = typer.Option(False, help="may call /admin/reload")) -> None:
+    """Make an API key: prints the key once and the JSON entry (hash only) for LLMOPS_API_KEYS_FILE."""
+    import json
+
+    from pipelines.serving.auth import new_key
+
+    secret, entry = new_key(key_id, admin)
+    typer.echo(f"key (shown once): {secret}")
+    typer.echo(json.dumps(entry))
 
 
 @app.command("retrieve")
@@ -346,6 +396,63 @@ def ray_down() -> None:
     import subprocess
 
     raise typer.Exit(code=subprocess.run([_ray_bin(), "stop"]).returncode)
+
+
+airflow_app = typer.Typer(add_completion=False, no_args_is_help=True,
+                          help="Airflow on this machine: scheduler, dag-processor, triggerer and API server.")
+app.add_typer(airflow_app, name="airflow")
+
+
+def _airflow_config(params: Optional[Path]):
+    from pipelines.config import load_params, parse_section
+    from pipelines.orchestration.airflow_services import AirflowConfig
+
+    return parse_section(load_params(params), "airflow", AirflowConfig)
+
+
+@airflow_app.command("up")
+def airflow_up(params: Optional[Path] = typer.Option(None, "--params", "-p")) -> None:
+    """Migrate the metadata DB and start the four services (loopback, parallelism fitted to the CPUs)."""
+    from pipelines.orchestration import airflow_services
+
+    try:
+        started = airflow_services.up(_airflow_config(params), echo=typer.echo)
+    except (RuntimeError, TimeoutError) as exc:
+        typer.secho(str(exc), fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2)
+    for service in started:
+        typer.echo(f"  {service['name']:<14} pid {service['pid']:<8} log {service['log']}")
+
+
+@airflow_app.command("down")
+def airflow_down(params: Optional[Path] = typer.Option(None, "--params", "-p")) -> None:
+    """Stop every service (SIGTERM to its process group, SIGKILL after airflow.stop_timeout_s), leaving no orphan."""
+    from pipelines.orchestration import airflow_services
+
+    report = airflow_services.down(_airflow_config(params))
+    for name, seconds in report["stopped"].items():
+        killed = " (SIGKILL)" if name in report["killed"] else ""
+        typer.echo(f"  {name:<14} stopped in {seconds:.1f} s{killed}")
+    typer.echo(f"Airflow down; stray processes killed: {report['orphans_killed']}")
+
+
+@airflow_app.command("status")
+def airflow_status(params: Optional[Path] = typer.Option(None, "--params", "-p")) -> None:
+    from pipelines.orchestration import airflow_services
+
+    for name, alive in airflow_services.status(_airflow_config(params)).items():
+        typer.echo(f"  {name:<14} {'running' if alive else 'stopped'}")
+
+
+@airflow_app.command("env")
+def airflow_env(params: Optional[Path] = typer.Option(None, "--params", "-p")) -> None:
+    """`export` lines for running the `airflow` CLI against the same home and settings (eval "$(llmops airflow env)")."""
+    import shlex
+
+    from pipelines.orchestration import airflow_services
+
+    for key, value in airflow_services.airflow_env(_airflow_config(params)).items():
+        typer.echo(f"export {key}={shlex.quote(value)}")
 
 
 @app.command("dvc-deps")

@@ -93,3 +93,11 @@ def s3_bucket(s3_server):
     name = f"test-{uuid.uuid4().hex[:12]}"
     client.create_bucket(Bucket=name)
     return name, client
+
+
+@pytest.fixture(scope="session")
+def e2e_reproduced(tmp_path_factory, repo_root, base_model_dir) -> Path:
+    """A test-sized copy of the repository after one `dvc repro` (tests/e2e_support.py), shared by the e2e tests."""
+    from e2e_support import make_workspace, reproduce
+
+    return reproduce(make_workspace(tmp_path_factory, repo_root, base_model_dir))

@@ -1,4 +1,5 @@
-"""DAG integrity: the DAG folder imports cleanly, fast, without heavy engines, and mirrors dvc.yaml."""
+"""DAG integrity: the DAG folder imports cleanly, fast, without heavy engines; the lifecycle mirrors dvc.yaml and
+the ingest, monitor and lifecycle DAGs are chained by Assets (the watcher, landed data, drift)."""
 from __future__ import annotations
 
 import json
@@ -18,6 +19,17 @@ imported = time.perf_counter()
 bag = DagBag(dag_folder=sys.argv[1])
 parsed = time.perf_counter()
 dag = bag.dags.get("llmops_lifecycle")
+def assets_of(cond):
+    if hasattr(cond, "objects"):  # AssetAll / AssetAny: flatten
+        return [a for o in cond.objects for a in assets_of(o)]
+    return [cond]
+def schedule(d):
+    cond = getattr(d.timetable, "asset_condition", None)
+    return {"timetable": type(d.timetable).__name__, "condition": type(cond).__name__ if cond is not None else None,
+            "assets": sorted(a.name for a in assets_of(cond)) if cond is not None else []}
+def watchers(d):
+    cond = getattr(d.timetable, "asset_condition", None)
+    return sorted(w.name for a in (assets_of(cond) if cond is not None else []) for w in (getattr(a, "watchers", None) or []))
 print(json.dumps({
     "import_errors": {k: str(v) for k, v in bag.import_errors.items()},
     "dags": sorted(bag.dags),
@@ -25,7 +37,10 @@ print(json.dumps({
     "dag_parse_s": parsed - imported,
     "heavy": [m for m in sys.argv[2].split(",") if m in sys.modules],
     "tasks": {t.task_id: sorted(t.upstream_task_ids) for t in dag.tasks} if dag else {},
-    "commands": {t.task_id: t.python_callable() for t in dag.tasks} if dag else {},
+    "commands": {t.task_id: t.python_callable() for t in dag.tasks if t.task_type == "_BashDecoratedOperator"} if dag else {},
+    "schedules": {d: schedule(bag.dags[d]) for d in bag.dags},
+    "watchers": {d: watchers(bag.dags[d]) for d in bag.dags},
+    "outlets_of": {d: sorted({a.name for t in bag.dags[d].tasks for a in t.outlets}) for d in bag.dags},
     "outlets": {t.task_id: [a.uri for a in t.outlets] for t in dag.tasks} if dag else {},
 }))
 """
@@ -40,12 +55,35 @@ def test_dag_folder_parses_without_errors_or_heavy_imports(repo_root, tmp_path):
     result = json.loads(out.stdout.strip().splitlines()[-1])
     print(f"\nairflow import {result['airflow_import_s']:.2f}s, DAG folder parse {result['dag_parse_s']:.2f}s")
     assert result["import_errors"] == {}
-    assert result["dags"] == ["llmops_lifecycle"]
+    assert result["dags"] == ["llmops_ingest", "llmops_lifecycle", "llmops_monitor"]
     assert result["heavy"] == [], f"DAG parse imported heavy modules: {result['heavy']}"
     assert result["dag_parse_s"] < 10
-    expected = {s.name: sorted(s.upstream) for s in load_stage_graph(repo_root)}
-    assert result["tasks"] == expected
+    graph = load_stage_graph(repo_root)
+    expected = {s.name: sorted(s.upstream) or ["retrain_policy"] for s in graph}
+    assert {k: v for k, v in result["tasks"].items() if k in expected} == expected
+    assert result["tasks"]["deploy"] == ["promote"] and result["tasks"]["rollback"] == ["deploy"]
+    assert result["tasks"]["retrain_policy"] == []
+    assert set(result["commands"]) == set(expected)
     for name, cmd in result["commands"].items():
         assert cmd == f"dvc repro --single-item {name}"
     assert all(uri.startswith("file://") for uris in result["outlets"].values() for uri in uris)
     assert result["outlets"]["dedup"], "stage outputs must be declared as Assets"
+
+
+def test_dags_are_chained_by_assets(repo_root, tmp_path):
+    env = dict(os.environ, AIRFLOW_HOME=str(tmp_path), AIRFLOW__CORE__LOAD_EXAMPLES="False", LLMOPS_ROOT=str(repo_root))
+    env["PYTHONPATH"] = os.pathsep.join([str(repo_root / "plugins"), env.get("PYTHONPATH", "")])
+    out = subprocess.run([sys.executable, "-c", PROBE, str(repo_root / "dags"), ",".join(HEAVY)],
+                         env=env, capture_output=True, text=True, timeout=300, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    schedules, outlets = result["schedules"], result["outlets_of"]
+    # The watcher on the landing inbox starts ingest; ingest's landed data starts the monitor (or its cron);
+    # the lifecycle needs landed data AND drift.
+    assert schedules["llmops_ingest"]["assets"] == ["llmops/landing_inbox"]
+    assert result["watchers"]["llmops_ingest"] == ["llmops_landing_ready"]
+    assert "llmops/landed_data" in outlets["llmops_ingest"]
+    assert schedules["llmops_monitor"]["timetable"] == "AssetOrTimeSchedule"
+    assert schedules["llmops_monitor"]["assets"] == ["llmops/landed_data"]
+    assert "llmops/drift_detected" in outlets["llmops_monitor"]
+    assert schedules["llmops_lifecycle"]["condition"] == "AssetAll"
+    assert schedules["llmops_lifecycle"]["assets"] == ["llmops/drift_detected", "llmops/landed_data"]

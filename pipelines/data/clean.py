@@ -200,25 +200,45 @@ def quality_failure(text: str, rules: QualityRules) -> tuple[str, str] | None:
 
 
 def cleaner_options(normalize: Normalize, language: Language, quality: QualityRules, pii_entities: Sequence[str],
-                    skip_rules: Sequence[str] = ()) -> dict[str, Any]:
-    """`make_cleaner`'s `opts`: the configs as plain dicts, plus the rules one source skips."""
+                    skip_rules: Sequence[str] = (), pii_ner: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`make_cleaner`'s `opts`: the configs as plain dicts, plus the rules one source skips and the NER sizing
+    (`pii_ner`: batch_size, chunk_chars, score_threshold; None: pipelines.data.pii_ner's defaults)."""
     return {
         "normalize": normalize.model_dump(),
         "language": language.model_dump(),
         "quality": quality.model_dump(),
         "pii_entities": list(pii_entities),
         "skip_rules": list(skip_rules),
+        "pii_ner": dict(pii_ner or {}),
     }
 
 
-def make_cleaner(*, kind: str, pii_policy: str, opts: dict[str, Any]) -> Callable[[dict], dict]:
+# Languages the English NER is run on: "und" (too short or unsure to judge) is scanned rather than skipped.
+NER_LANGUAGES = ("en", "und")
+
+
+def pii_actions(policy: str | dict[str, str], entities: Sequence[str]) -> dict[str, str]:
+    """entity -> action for a source's `pii` (one action, or a mapping with `default`)."""
+    if isinstance(policy, dict):
+        return {e: policy.get(e, policy["default"]) for e in entities}
+    return {e: policy for e in entities}
+
+
+def make_cleaner(*, kind: str, pii_policy: str | dict[str, str], opts: dict[str, Any]) -> Callable[[dict], dict]:
     """A function that normalizes, identifies the language of, applies the quality rules and the PII policy to
-    one parsed record (prompt/response/text/title already mapped from the source's fields).
+    one parsed record (prompt/response/text/title already mapped from the source's fields). Its attribute `many`
+    does the same for a list of records, running NER over all of them in `nlp.pipe` batches: what the Spark UDF
+    calls per Arrow batch.
 
     It returns the cleaned fields plus `reason`/`rule`/`detail` (reason None when kept), `lang`, `lang_prob`,
-    `pii` (entity type of every span found) and `changed` (normalization altered the record). `opts` =
-    {"normalize", "language", "quality", "pii_entities", "skip_rules"} as plain dicts, cheap to ship to Spark
-    executors; the configs are built once per cleaner, not per record.
+    `pii` (entity type of every span found), `pii_unscanned` (the policy needed English NER but the text is in
+    another language: not scanned, counted, never passed as clean) and `changed` (normalization altered the
+    record). `opts` = {"normalize", "language", "quality", "pii_entities", "skip_rules", "pii_ner"} as plain
+    dicts, cheap to ship to Spark executors; the configs are built once per cleaner, not per record.
+
+    `pii_policy` gives an action per entity type: redact (typed placeholder), pseudonymize (consistent fake value
+    per document), drop (the record goes to rejects, reason `pii`, rule = the first such type found) or keep
+    (left as is, still counted). NER runs only for the NER types whose action is not keep.
     """
     norm = Normalize(**opts["normalize"])
     lang_cfg = Language(**opts["language"])
@@ -226,15 +246,21 @@ def make_cleaner(*, kind: str, pii_policy: str, opts: dict[str, Any]) -> Callabl
     off = rules_off()
     rules = QualityRules(**{k: off[k] if k in skip else v for k, v in opts["quality"].items()})
     entities = list(opts.get("pii_entities", pii.ENTITIES))
+    actions = pii_actions(pii_policy, entities)
+    structured = [e for e in entities if e in pii.ENTITIES]
+    ner = [e for e in entities if e in pii.NER_ENTITIES and actions[e] != "keep"]
+    ner_opts = opts.get("pii_ner") or {}
     judge_language = bool(lang_cfg.allowed) and "language" not in skip
+    pii_fields = ("prompt", "response", "title") if kind == "instruction" else ("text", "title")
 
-    def clean(rec: dict[str, Any]) -> dict[str, Any]:
+    def prepare(rec: dict[str, Any]) -> tuple[dict, dict | None]:
+        """Everything before PII: (out, fields) with fields None when the record is already rejected."""
         out: dict[str, Any] = {"reason": None, "rule": None, "detail": None, "lang": "und", "lang_prob": 0.0,
-                               "pii": [], "changed": False}
+                               "pii": [], "pii_unscanned": False, "changed": False}
 
-        def reject(reason: str, rule: str, detail: str, fields: dict) -> dict:
+        def reject(reason: str, rule: str, detail: str, fields: dict) -> tuple[dict, None]:
             out.update(reason=reason, rule=rule, detail=detail, **fields)
-            return out
+            return out, None
 
         # The size cap first, on the raw record: a 10 MB document is refused before any per-character work.
         raw_len = sum(len(rec.get(k) or "") for k in ("prompt", "response", "text"))
@@ -263,22 +289,56 @@ def make_cleaner(*, kind: str, pii_policy: str, opts: dict[str, Any]) -> Callabl
             if judge_language and lang != "und" and lang not in lang_cfg.allowed:
                 return reject("language", "allowed_languages", f"{lang} ({prob:.2f}) not in {lang_cfg.allowed}",
                               fields)
+        return out, fields
 
-        if entities:
-            found: list[str] = []
-            for k in ("prompt", "response", "title") if kind == "instruction" else ("text", "title"):
-                if fields[k]:
-                    redacted, types = pii.redact(fields[k], entities)
-                    found += types
-                    if pii_policy == "redact":
-                        fields[k] = redacted
-            out["pii"] = found
-            if found and pii_policy == "drop":
-                first = min(found, key=pii.ENTITIES.index)
-                return reject("pii", first, f"{len(found)} span(s): {', '.join(sorted(set(found)))}", fields)
-            if kind == "instruction":
-                fields["text"] = f"{fields['prompt']}\n\n{fields['response']}"
+    def finish(out: dict, fields: dict, spans: dict[str, list]) -> dict:
+        found = [sp.entity for k in pii_fields for sp in spans.get(k, [])]
+        out["pii"] = found
+        dropped = [e for e in found if actions.get(e) == "drop"]
+        if dropped:
+            first = min(dropped, key=pii.ALL_ENTITIES.index)
+            out.update(reason="pii", rule=first, detail=f"{len(found)} span(s): {', '.join(sorted(set(found)))}",
+                       **fields)
+            return out
+        if out["pii_unscanned"] and any(actions[e] == "drop" for e in ner):
+            out.update(reason="pii", rule="not_scanned",
+                       detail=f"language {out['lang']}: not scanned by the English NER, and the policy drops "
+                              f"{', '.join(e for e in ner if actions[e] == 'drop')}", **fields)
+            return out
+        for k in pii_fields:
+            if spans.get(k):
+                fields[k] = pii.apply(fields[k], spans[k], actions)
+        if kind == "instruction":
+            fields["text"] = f"{fields['prompt']}\n\n{fields['response']}"
         out.update(fields)
         return out
 
+    def clean_many(recs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        prepared = [prepare(rec) for rec in recs]
+        # (record number, field, text, run NER?) of every field to scan
+        todo = []
+        for i, (out, fields) in enumerate(prepared):
+            if fields is None or not entities:
+                continue
+            scan = bool(ner) and out["lang"] in NER_LANGUAGES
+            out["pii_unscanned"] = bool(ner) and not scan
+            todo += [(i, k, fields[k], scan) for k in pii_fields if fields[k]]
+        spans: list[dict[str, list]] = [{} for _ in recs]
+        ner_items = [t for t in todo if t[3]]
+        if ner_items:
+            from pipelines.data import pii_ner  # spaCy and Presidio are imported only where a policy needs them
+
+            found = pii_ner.detect_many([t[2] for t in ner_items], structured + ner, pii_ner.NerOptions(**ner_opts))
+            for (i, k, _, _), sp in zip(ner_items, found):
+                spans[i][k] = sp
+        for i, k, text, scan in todo:
+            if not scan:
+                spans[i][k] = pii.detect(text, structured) if structured else []
+        return [out if fields is None else finish(out, fields, spans[i])
+                for i, (out, fields) in enumerate(prepared)]
+
+    def clean(rec: dict[str, Any]) -> dict[str, Any]:
+        return clean_many([rec])[0]
+
+    clean.many = clean_many  # type: ignore[attr-defined]
     return clean

@@ -18,10 +18,11 @@ KindCounts = TypedDict("KindCounts", {"in": int, "out": int, "rejected": int})
 
 
 class PiiReport(TypedDict):
-    policy: str
+    policy: str | dict[str, str]
     spans_found: dict[str, int]   # entity -> spans in what was kept and in what the drop policy rejected
     docs_with_pii: int
-    redacted: dict[str, int]      # spans_found under the redact policy, else {}
+    redacted: dict[str, int]      # spans_found of the entities the policy redacts (or pseudonymizes)
+    not_scanned: int              # records the English NER was needed for but not run on (another language)
 
 
 SourceReport = TypedDict("SourceReport", {
@@ -29,7 +30,7 @@ SourceReport = TypedDict("SourceReport", {
     "format": str,
     "kind": str,
     "licence": str,
-    "pii_policy": str,
+    "pii_policy": str | dict[str, str],
     "in": int,
     "out": int,
     "rejected": int,
@@ -51,6 +52,7 @@ TotalReport = TypedDict("TotalReport", {
     "rejected_by_rule": dict[str, dict[str, int]],
     "pii_redacted": dict[str, int],
     "pii_spans_found": dict[str, int],
+    "pii_not_scanned": int,
     "languages": dict[str, int],
     "normalized_changed": int,
     "by_kind": dict[str, KindCounts],
@@ -68,6 +70,7 @@ class CleanedCounts:
     pii_docs: dict[tuple, int]          # (source,) -> those rows holding at least one span
     languages: dict[tuple, int]         # (source, lang) -> kept records
     normalized_changed: dict[tuple, int]  # (source,) -> kept records that normalization altered
+    pii_unscanned: dict[tuple, int]     # (source,) -> kept or pii-dropped records NER was needed for, not run on
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,7 @@ def count_cleaned(cleaned) -> CleanedCounts:
     pii_rows = judged.select("source", F.explode("_pii").alias("entity"), F.col("_pos"), F.col("_file"))
     pii_counts = count_by(pii_rows, "source", "entity")
     pii_docs = count_by(pii_rows.select("source", "_file", "_pos").distinct(), "source")
+    unscanned = count_by(judged.where(F.col("_pii_unscanned")), "source")
     kept_stats = count_by(cleaned.where(F.col("_reason").isNull()), "source", "_lang", "_changed")
     langs: dict[tuple, int] = {}
     changed: dict[tuple, int] = {}
@@ -100,7 +104,7 @@ def count_cleaned(cleaned) -> CleanedCounts:
         langs[(name, lang)] = langs.get((name, lang), 0) + n
         if was_changed:
             changed[(name,)] = changed.get((name,), 0) + n
-    return CleanedCounts(n_in, by_rule, pii_counts, pii_docs, langs, changed)
+    return CleanedCounts(n_in, by_rule, pii_counts, pii_docs, langs, changed, unscanned)
 
 
 def count_written(spark, corpus_dir: Path, rejects_dir: Path) -> WrittenCounts:
@@ -163,7 +167,9 @@ def source_report(src: Source, cleaned: CleanedCounts, written: WrittenCounts, b
             "policy": src.pii,
             "spans_found": spans,
             "docs_with_pii": cleaned.pii_docs.get((src.name,), 0),
-            "redacted": spans if src.pii == "redact" else {},
+            "redacted": {e: n for e, n in spans.items()
+                         if src.pii_actions([e])[e] in ("redact", "pseudonymize")},
+            "not_scanned": cleaned.pii_unscanned.get((src.name,), 0),
         },
         "languages": {lang: n for (name, lang), n in sorted(cleaned.languages.items()) if name == src.name},
         "normalized_changed": cleaned.normalized_changed.get((src.name,), 0),
@@ -207,6 +213,7 @@ def total_report(sources: Mapping[str, SourceReport]) -> TotalReport:
         "rejected_by_rule": _sum_dicts(r["rejected_by_rule"] for r in reps),
         "pii_redacted": _sum_dicts(r["pii"]["redacted"] for r in reps),
         "pii_spans_found": _sum_dicts(r["pii"]["spans_found"] for r in reps),
+        "pii_not_scanned": sum(r["pii"]["not_scanned"] for r in reps),
         "languages": _sum_dicts(r["languages"] for r in reps),
         "normalized_changed": sum(r["normalized_changed"] for r in reps),
         "by_kind": _by_kind(sources),

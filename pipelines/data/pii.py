@@ -9,6 +9,11 @@ parenthesized area code, an extension, dash/dot groups, three or more digit grou
 
 Overlaps are resolved by priority (SECRET, EMAIL, IBAN, CREDIT_CARD, national ids, IP_ADDRESS, PHONE), so a
 card number is never also counted as a phone number.
+
+Names, organisations, places, dates and street addresses (`NER_ENTITIES`) come from `pipelines.data.pii_ner`
+(Presidio's analyzer over spaCy's English NER, plus pattern recognizers); this module only names them, so that
+configs can be checked without loading a model. `apply` turns spans into text under a per-entity policy
+(redact with a typed placeholder, pseudonymize with a consistent fake value per document, keep).
 """
 from __future__ import annotations
 
@@ -27,6 +32,11 @@ ENTITIES: tuple[str, ...] = (
     "SECRET", "EMAIL", "IBAN", "CREDIT_CARD", "US_SSN", "UK_NINO", "ES_NIF", "IT_FISCAL_CODE", "IP_ADDRESS",
     "PHONE",
 )
+# Found by pipelines.data.pii_ner. MODEL_ENTITIES need the spaCy model; the others are pattern recognizers.
+MODEL_ENTITIES: tuple[str, ...] = ("PERSON", "ORGANIZATION", "LOCATION", "DATE_TIME", "NRP")
+NER_ENTITIES: tuple[str, ...] = (*MODEL_ENTITIES, "ADDRESS", "URL", "TITLE")
+ALL_ENTITIES: tuple[str, ...] = (*ENTITIES, *NER_ENTITIES)
+ACTIONS = ("redact", "pseudonymize", "drop", "keep")  # what a source's policy may do with one entity type
 
 
 @dataclass(frozen=True)
@@ -217,3 +227,62 @@ def redact(text: str | None, entities: Iterable[str] | None = None) -> tuple[str
         last = sp.end
     out.append(text[last:])
     return "".join(out), [sp.entity for sp in spans]
+
+
+# --- applying a policy -----------------------------------------------------------------------------------------
+
+_FAKES: dict[str, tuple[str, ...]] = {
+    "PERSON": ("Alex Morgan", "Sam Taylor", "Jordan Lee", "Casey Brooks", "Robin Hayes", "Jamie Fox", "Drew Parker",
+               "Kim Ellis", "Pat Quinn", "Lee Carter", "Avery Stone", "Riley Shaw"),
+    "ORGANIZATION": ("Acme Corp", "Globex", "Initech", "Umbrella Ltd", "Stark Industries", "Wayne Enterprises",
+                     "Hooli", "Vandelay Industries"),
+    "LOCATION": ("Springfield", "Riverton", "Lakeside", "Fairview", "Greenville", "Oakdale", "Milton", "Ashford"),
+    "ADDRESS": ("12 Example Street", "34 Sample Road", "56 Placeholder Avenue", "78 Test Lane", "90 Demo Drive"),
+    "DATE_TIME": ("1 January 2000", "2 February 2001", "3 March 2002", "4 April 2003", "5 May 2004"),
+    "NRP": ("Freedonian", "Ruritanian", "Latverian", "Genovian"),
+    "TITLE": ("Mx.",),
+}
+
+
+def _fake(entity: str, n: int) -> str:
+    """The n-th (0-based) fake value of `entity` in one document: distinct values get distinct fakes."""
+    pool = _FAKES.get(entity)
+    if pool:
+        base = pool[n % len(pool)]
+        return base if n < len(pool) else f"{base} {n // len(pool) + 1}"
+    if entity == "EMAIL":
+        return f"user{n + 1}@example.com"
+    if entity == "PHONE":
+        return f"555-01{n % 100:02d}"
+    if entity == "URL":
+        return f"https://example{n + 1}.com"
+    if entity == "IP_ADDRESS":
+        return f"192.0.2.{n % 254 + 1}"  # TEST-NET-1, RFC 5737
+    return placeholder(f"{entity}_{n + 1}")  # identifiers and secrets: no plausible fake, a numbered placeholder
+
+
+def apply(text: str | None, spans: list[Span], actions: dict[str, str]) -> str | None:
+    """`text` with each span replaced as `actions[span.entity]` says: `redact` -> `<TYPE>`, `pseudonymize` -> a
+    fake value, the same fake for the same original value within this text; `keep`/`drop` (and entities absent
+    from `actions`) leave the span as it is (drop is the caller's decision about the whole record)."""
+    if not text or not spans:
+        return text
+    out, last = [], 0
+    seen: dict[tuple[str, str], str] = {}
+    counts: dict[str, int] = {}
+    for sp in sorted(spans, key=lambda s: s.start):
+        action = actions.get(sp.entity, "keep")
+        if action not in ("redact", "pseudonymize"):
+            continue
+        out.append(text[last:sp.start])
+        if action == "redact":
+            out.append(placeholder(sp.entity))
+        else:
+            key = (sp.entity, " ".join(sp.text.lower().split()))
+            if key not in seen:
+                seen[key] = _fake(sp.entity, counts.get(sp.entity, 0))
+                counts[sp.entity] = counts.get(sp.entity, 0) + 1
+            out.append(seen[key])
+        last = sp.end
+    out.append(text[last:])
+    return "".join(out)

@@ -6,14 +6,15 @@ Entries of this user-declared list are the one place where config keys may be le
 """
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from pipelines.config import StageConfig
-from pipelines.data.clean import RULE_NAMES
+from pipelines.data import pii as pii_mod
+from pipelines.data.clean import RULE_NAMES, pii_actions
 
-PII_POLICIES = ("redact", "drop", "keep")
+PII_POLICIES = ("redact", "drop", "keep")  # a whole-source policy; a mapping may also pseudonymize per entity
 SKIPPABLE = (*RULE_NAMES, "language")  # what a source's skip_rules may name
 TEXT_FIELDS = ("text", "file")  # the raw fields a `text` source offers
 
@@ -54,7 +55,10 @@ class Source(StageConfig):
     # Required: data whose licence nobody wrote down does not enter the corpus (None only to give a clear message).
     licence: str | None = Field(default=None, validate_default=True)
     # Required too: what to do with personal data found in this source (None only to give a clear message).
-    pii: str | None = Field(default=None, validate_default=True)
+    # Either one action for every entity type (`redact`, `drop`, `keep`) or a mapping entity -> action
+    # (redact | pseudonymize | drop | keep) with `default` for the types it does not name, e.g.
+    # {default: redact, PERSON: pseudonymize, DATE_TIME: keep}.
+    pii: str | dict[str, str] | None = Field(default=None, validate_default=True)
     fields: FieldMap | None = None  # `text` sources default to {text: text}; their raw fields are text and file
     skip_rules: list[str] = []    # quality rules (or "language") not applied to this source, e.g. for code
 
@@ -65,12 +69,30 @@ class Source(StageConfig):
 
     @field_validator("pii")
     @classmethod
-    def _pii_declared(cls, value: str | None, info: ValidationInfo) -> str:
+    def _pii_declared(cls, value: str | dict | None, info: ValidationInfo) -> str | dict[str, str]:
+        name = info.data.get("name", "?")
+        if isinstance(value, dict):
+            if "default" not in value:
+                raise ValueError(f"source '{name}': a per-entity pii policy needs a `default` action "
+                                 f"(for the entity types it does not name)")
+            unknown = sorted(k for k in value if k != "default" and k not in pii_mod.ALL_ENTITIES)
+            if unknown:
+                raise ValueError(f"source '{name}': unknown PII entity type(s) {unknown} in pii; "
+                                 f"known: {', '.join(pii_mod.ALL_ENTITIES)}")
+            bad = {k: v for k, v in value.items() if v not in pii_mod.ACTIONS}
+            if bad:
+                raise ValueError(f"source '{name}': pii actions must be one of {', '.join(pii_mod.ACTIONS)}, "
+                                 f"not {bad}")
+            return dict(value)
         value = _required_choice(value, info, "PII policy", "pii: redact, drop or keep")
         if value not in PII_POLICIES:
-            raise ValueError(f"source '{info.data.get('name', '?')}': pii must be one of {', '.join(PII_POLICIES)}, "
+            raise ValueError(f"source '{name}': pii must be one of {', '.join(PII_POLICIES)}, "
                              f"not {value!r}")
         return value
+
+    def pii_actions(self, entities: Sequence[str]) -> dict[str, str]:
+        """entity -> action (redact | pseudonymize | drop | keep) for each entity type detection runs on."""
+        return pii_actions(self.pii, entities)
 
     @field_validator("skip_rules")
     @classmethod

@@ -20,10 +20,12 @@ from pipelines.io import read_json
 from pipelines.models.registry import (
     ADAPTER_ARTIFACT_PATH,
     HASH_TAG,
+    PROMPT_TAG,
     SPEC_FILE,
     existing_version,
     flat_metrics,
     flat_params,
+    prompt_templates_sha256,
     resolve_path,
 )
 
@@ -138,6 +140,7 @@ def register_candidate(client, exp_id: str, model_name: str, files: CandidateFil
         **lineage,
         "promote_run_id": run_id,
         HASH_TAG: adapter_hash,
+        **({PROMPT_TAG: prompt_hash} if (prompt_hash := prompt_templates_sha256()) else {}),
         "gate_decision": "promote",
         "previous_champion": str(previous_champion),
     }, description=f"adapter {adapter_hash[:12]} promoted by the gate")

@@ -21,6 +21,23 @@ from pipelines.config import StageConfig, project_root
 ADAPTER_ARTIFACT_PATH = "candidate"
 SPEC_FILE = "llmops_spec.json"
 HASH_TAG = "adapter_sha256"
+# prompt versioning: the sha256 of the serving prompt templates (pipelines/serving/prompts/*.j2) when a version is
+# registered; serving reports it next to the hash of the templates it runs
+PROMPT_TAG = "prompt_templates_sha256"
+PROMPTS_DIR = Path(__file__).resolve().parents[1] / "serving" / "prompts"
+
+
+def prompt_templates_sha256(directory: str | Path = PROMPTS_DIR) -> str | None:
+    """Content hash of every `*.j2` prompt template (name + bytes, sorted); None when there are none."""
+    import hashlib
+
+    files = sorted(Path(directory).glob("*.j2"))
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 class RegistryConfig(StageConfig):

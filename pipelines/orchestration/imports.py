@@ -11,7 +11,7 @@ Floors, bottom to top; a module may import from its own floor or below, never ab
 0. contracts: `config`, `errors`, `io`, `schema`, `reports` (and the `pipelines` package itself)
 1. engines: `engines/` (Spark, Ray), `storage/` (S3)
 2. domain packages: `data`, `validation`, `embeddings`, `training`, `models`, `serving`, `versioning`,
-   `orchestration` (acyclic between each other)
+   `orchestration`, `monitoring` (acyclic between each other)
 3. `stages/`: wiring of domain code, one module per stage; a stage never imports another stage
 4. entry points: `cli`, `summary`
 5. Airflow: `dags/`, `plugins/`
@@ -32,9 +32,9 @@ FLOORS: dict[int, tuple[str, ...]] = {
     0: ("pipelines", "pipelines.config", "pipelines.errors", "pipelines.io", "pipelines.schema", "pipelines.reports"),
     1: ("pipelines.engines", "pipelines.storage"),
     2: ("pipelines.data", "pipelines.validation", "pipelines.embeddings", "pipelines.training", "pipelines.models",
-        "pipelines.serving", "pipelines.versioning", "pipelines.orchestration"),
+        "pipelines.serving", "pipelines.versioning", "pipelines.orchestration", "pipelines.monitoring"),
     3: ("pipelines.stages",),
-    4: ("pipelines.cli", "pipelines.summary"),
+    4: ("pipelines.cli", "pipelines.summary", "pipelines.monitor"),
 }
 AIRFLOW_FLOOR = 5
 FLOOR_NAMES = {0: "contracts", 1: "engines", 2: "domain", 3: "stages", 4: "entry points", 5: "airflow"}

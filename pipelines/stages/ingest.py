@@ -41,6 +41,7 @@ from pipelines.data.ingest_accounting import (
 from pipelines.data.ingest_rows import kept, reject_rows, rejected, with_doc_id, write_corpus, write_rejects
 from pipelines.data.parse_checks import classify
 from pipelines.data.source_config import Source
+from pipelines.data.landing import landed_sources
 from pipelines.data.sources import READERS, check_exists, local_path, staging_area
 from pipelines.engines.config import EnginesConfig
 from pipelines.engines.spark import session
@@ -48,6 +49,12 @@ from pipelines.io import atomic_path, write_json
 
 SECTION = "ingest"
 STAGE = "ingest"
+
+
+class PiiNer(StageConfig):
+    batch_size: int = Field(ge=1)       # texts per nlp.pipe batch
+    chunk_chars: int = Field(ge=200)    # longer texts are cut at a line/sentence/word boundary, offsets kept
+    score_threshold: float = Field(ge=0, le=1)  # Presidio results below it are ignored
 
 
 class Config(StageConfig):
@@ -61,15 +68,17 @@ class Config(StageConfig):
     language: Language          # allowed: [] identifies and reports, drops nothing
     quality: QualityRules       # null (or {} / []) switches a rule off
     pii_entities: list[str]     # detectors run on every source; [] turns detection off
+    pii_ner: PiiNer             # sizing of the NER detectors (pipelines.data.pii_ner)
     binary_control_ratio: float = Field(gt=0, le=1)  # control/undecodable chars above it: binary_content
     staging_dir: str | None  # where s3:// sources are copied; null: a temp dir removed after the run
+    landed_dir: str | None  # approved landing batches (pipelines/data/landing.py), read as more sources; null: none
 
     @field_validator("pii_entities")
     @classmethod
     def _known_entities(cls, value: list[str]) -> list[str]:
-        unknown = [e for e in value if e not in pii_mod.ENTITIES]
+        unknown = [e for e in value if e not in pii_mod.ALL_ENTITIES]
         if unknown:
-            raise ValueError(f"unknown PII entity type(s) {unknown}; known: {', '.join(pii_mod.ENTITIES)}")
+            raise ValueError(f"unknown PII entity type(s) {unknown}; known: {', '.join(pii_mod.ALL_ENTITIES)}")
         return value
 
     @model_validator(mode="after")
@@ -79,6 +88,19 @@ class Config(StageConfig):
         if dupes:
             raise ValueError(f"source names must be unique; repeated: {', '.join(dupes)}")
         return self
+
+
+def with_landed_sources(cfg: Config) -> Config:
+    """The declared sources plus the approved batches of the landing inbox (a landed source may not reuse a
+    declared source's name: its manifest, licence and approval are its own)."""
+    if not cfg.landed_dir:
+        return cfg
+    landed = landed_sources(cfg.landed_dir)
+    clash = sorted({s.name for s in landed} & {s.name for s in cfg.sources})
+    if clash:
+        raise ValueError(f"landed source(s) {clash} reuse the name of a declared ingest source; rename the "
+                         f"landing folder")
+    return cfg.model_copy(update={"sources": [*cfg.sources, *landed]}) if landed else cfg
 
 
 class IngestReport(TypedDict):
@@ -91,6 +113,7 @@ class IngestReport(TypedDict):
 
 
 def run(cfg: Config, engines: EnginesConfig | None = None, *, spark=None) -> IngestReport:
+    cfg = with_landed_sources(cfg)
     for src in cfg.sources:
         check_exists(src)
     spark = session(engines, spark)
@@ -105,7 +128,8 @@ def run(cfg: Config, engines: EnginesConfig | None = None, *, spark=None) -> Ing
         for df in frames[1:]:
             parsed = parsed.unionByName(df)
         cleaned = clean_on_spark(parsed, cfg.sources, normalize=cfg.normalize, language=cfg.language,
-                                 quality=cfg.quality, pii_entities=cfg.pii_entities)
+                                 quality=cfg.quality, pii_entities=cfg.pii_entities,
+                                 pii_ner=cfg.pii_ner.model_dump())
         # The UDF runs once: good rows, rejects and every count below read this cache.
         cleaned = cleaned.cache()
         try:

@@ -36,6 +36,7 @@ STAGES: dict[str, str] = {
     "audit": "pipelines.stages.audit",
     "gate": "pipelines.stages.gate",
     "promote": "pipelines.stages.promote",
+    "drift": "pipelines.stages.drift",
 }
 
 # `run` keyword -> (params.yaml section, its model). The same object goes to every stage that asks for it.

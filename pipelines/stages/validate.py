@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
+from pipelines.data.landing import allowed_with_landed
 from pipelines.engines.config import EnginesConfig
 from pipelines.schema import CORPUS_COLUMNS, REQUIRED_NON_NULL
 from pipelines.data.near_duplicates import NearDuplicate
@@ -29,6 +30,7 @@ class Config(GateConfig):
     length_quantiles: dict[float, list[float]]
     kinds: list[str]
     sources: list[str] | None  # allowed sources; null: any
+    landed_dir: str | None  # approved landing sources are allowed too; null: none
     max_near_duplicate_rate: float = Field(ge=0, le=1)
     max_pii_rate: float = Field(ge=0, le=1)
     min_english_share: float = Field(ge=0, le=1)
@@ -73,7 +75,8 @@ def corpus_expectations(cfg: Config, near_duplicate: NearDuplicate) -> list:
         text.ExpectColumnEnglishShareToBeAbove(column="text", min_value=cfg.min_english_share),
     ]
     if cfg.sources is not None:
-        expectations.append(gxe.ExpectColumnValuesToBeInSet(column="source", value_set=list(cfg.sources)))
+        expectations.append(gxe.ExpectColumnValuesToBeInSet(
+            column="source", value_set=allowed_with_landed(cfg.sources, cfg.landed_dir, "name")))
     return with_severity(expectations, cfg.non_blocking)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from pipelines.data.landing import allowed_with_landed
 from pipelines.engines.config import EnginesConfig
 from pipelines.schema import CORPUS_COLUMNS, REQUIRED_NON_NULL
 from pipelines.validation.context import GxConfig
@@ -22,6 +23,7 @@ class Config(GateConfig):
     kinds: list[str]
     sources: list[str] | None  # allowed sources; null: any
     licences: list[str] | None  # allowed licences; null: any
+    landed_dir: str | None  # approved landing sources (and their licences) are allowed too; null: none
 
 
 def raw_expectations(cfg: Config) -> list:
@@ -37,9 +39,11 @@ def raw_expectations(cfg: Config) -> list:
         gxe.ExpectColumnValuesToBeInSet(column="kind", value_set=list(cfg.kinds)),
     ]
     if cfg.sources is not None:
-        expectations.append(gxe.ExpectColumnValuesToBeInSet(column="source", value_set=list(cfg.sources)))
+        expectations.append(gxe.ExpectColumnValuesToBeInSet(
+            column="source", value_set=allowed_with_landed(cfg.sources, cfg.landed_dir, "name")))
     if cfg.licences is not None:
-        expectations.append(gxe.ExpectColumnValuesToBeInSet(column="licence", value_set=list(cfg.licences)))
+        expectations.append(gxe.ExpectColumnValuesToBeInSet(
+            column="licence", value_set=allowed_with_landed(cfg.licences, cfg.landed_dir, "licence")))
     return with_severity(expectations, cfg.non_blocking)
 
 

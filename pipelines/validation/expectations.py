@@ -42,20 +42,27 @@ def _pandas_column(execution_engine, metric_domain_kwargs):
 
 
 class ColumnPiiRate(ColumnAggregateMetricProvider):
-    """Share of rows whose text still matches a PII pattern (e-mail, phone, IP, SSN, IBAN-like)."""
+    """Share of rows in which ingest's own PII detector (`pipelines.data.pii.detect`: the validators for e-mail,
+    phone, cards, IBAN, SSN, national ids, IP, secrets) still finds a span: validation and ingest agree."""
 
     metric_name = "column.pii_rate"
 
     @metric_value(engine=PandasExecutionEngine)
     def _pandas(cls, execution_engine, metric_domain_kwargs, **kwargs):
         df, col = _pandas_column(execution_engine, metric_domain_kwargs)
-        return textstats.pii_rate(df[col].tolist())
+        return textstats.detected_pii_rate(df[col].tolist())
 
     @metric_value(engine=SparkDFExecutionEngine)
     def _spark(cls, execution_engine, metric_domain_kwargs, **kwargs):
         df, col = _pandas_column(execution_engine, metric_domain_kwargs)
-        hit = F.when(F.coalesce(F.col(col).rlike(textstats.PII_PATTERN), F.lit(False)), 1).otherwise(0)
-        row = df.agg(F.count(F.lit(1)).alias("n"), F.sum(hit).alias("hits")).collect()[0]
+
+        @F.pandas_udf(T.IntegerType())
+        def hits(texts):  # the same detector on the executors
+            from pipelines.data import pii
+
+            return texts.map(lambda t: int(bool(t) and bool(pii.detect(t))))
+
+        row = df.agg(F.count(F.lit(1)).alias("n"), F.sum(hits(F.col(col))).alias("hits")).collect()[0]
         return float(row["hits"] or 0) / row["n"] if row["n"] else 0.0
 
 
@@ -167,7 +174,8 @@ class _RateAtMost(ColumnAggregateExpectation):
 
 
 class ExpectColumnPiiRateToBeBelow(_RateAtMost):
-    """Rows with PII surviving redaction (e-mails, phones, IPs, SSN-, IBAN-like numbers) stay under max_value."""
+    """Rows in which ingest's PII detector still finds PII (e-mails, phones, cards, IBANs, ids, IPs, secrets) stay
+    under max_value."""
 
     rate_metric: ClassVar[str] = "column.pii_rate"
     metric_dependencies: ClassVar[Tuple[str, ...]] = ("column.pii_rate",)

@@ -39,6 +39,25 @@ MIN_STOPWORDS = 2
 _WORD = re.compile(r"[^\W_]+")
 
 
+def detected_pii_rate(texts: Iterable[str | None], entities: Iterable[str] | None = None) -> float:
+    """Share of rows in which ingest's own detector still finds PII: `pipelines.data.pii.detect` (validators) for
+    the structured types, plus `pipelines.data.pii_ner` when `entities` names NER types. The curated suite's
+    PII-rate expectation uses it, so validation and ingest agree on what PII is (placeholders never match)."""
+    from pipelines.data import pii
+
+    texts = list(texts)
+    if not texts:
+        return 0.0
+    wanted = list(pii.ENTITIES if entities is None else entities)
+    if any(e in pii.NER_ENTITIES for e in wanted):
+        from pipelines.data import pii_ner
+
+        flags = [bool(spans) for spans in pii_ner.detect_many(texts, wanted)]
+    else:
+        flags = [bool(t) and bool(pii.detect(t, wanted)) for t in texts]
+    return float(sum(flags) / len(flags))
+
+
 def has_pii(text: str | None) -> bool:
     return bool(text) and _PII.search(text) is not None
 

