@@ -44,8 +44,15 @@ demo: install
 	$(BIN)/dvc repro
 	$(BIN)/llmops summary
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest -ra --durations=15
+
+# Debian's Chromium for the Airflow UI test (Playwright drives it; `playwright install` would need a download).
+browser:
+	@command -v chromium >/dev/null || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+		else echo "install Debian's chromium (sudo apt-get install chromium) for the UI test"; exit 1; fi; }
 
 test-fast: install
 	$(BIN)/python -m pytest -ra -m "not slow"

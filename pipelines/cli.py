@@ -455,6 +455,40 @@ def airflow_env(params: Optional[Path] = typer.Option(None, "--params", "-p")) -
         typer.echo(f"export {key}={shlex.quote(value)}")
 
 
+@app.command("maturity")
+def maturity(
+    root: Optional[Path] = typer.Option(None, help="repository root"),
+    html: Optional[Path] = typer.Option(None, "--html", help="also write the HTML scorecard here"),
+    as_json: Optional[Path] = typer.Option(None, "--json", help="also write the scorecard as JSON here"),
+) -> None:
+    """LLMOps maturity (Level 1/2 criteria, the seed's 10 challenges) scored from evidence in the repo and deployment."""
+    from pipelines.config import project_root
+    from pipelines.io import write_json
+    from pipelines.maturity.scorecard import scorecard, table, write_html
+
+    card = scorecard((root or project_root()).resolve())
+    typer.echo(table(card))
+    if html:
+        typer.echo(f"HTML: {write_html(card, html)}")
+    if as_json:
+        write_json(as_json, card)
+
+
+@app.command("infra-validate")
+def infra_validate(root: Optional[Path] = typer.Option(None, help="repository root")) -> None:
+    """Check infra/ (Compose, Kubernetes manifests, Helm values) offline: schemas, policies, params consistency."""
+    from pipelines.config import project_root
+    from pipelines.infra.validate import validate_all
+
+    report = validate_all((root or project_root()).resolve())
+    for problem in report.problems:
+        typer.secho(f"{problem.severity}: {problem}", fg=typer.colors.RED if problem.severity == "error" else None,
+                    err=True)
+    typer.echo(f"{len(report.files)} files checked: {len(report.errors)} errors, {len(report.warnings)} warnings")
+    if report.errors:
+        raise typer.Exit(code=1)
+
+
 @app.command("dvc-deps")
 def dvc_deps(
     write: bool = typer.Option(False, "--write", help="rewrite the code deps (and missing params) in dvc.yaml"),

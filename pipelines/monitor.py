@@ -40,3 +40,17 @@ def prompt_drift(window: Window) -> dict[str, Any]:
                 "report": None, "triggered": []}
     return _drift(window, "prompt_drift", current_path=window["request_log"], current_format="request_log",
                   field="prompt", since=window["since"], until=window["until"])
+
+
+def online_evaluation(window: Window) -> dict[str, Any]:
+    """Live traffic in the window, sampled and scored with the offline scorers; alerts above the thresholds."""
+    from pipelines.config import load_params, parse_section
+    from pipelines.monitoring import online_eval
+
+    cfg = parse_section(load_params(), "online_eval", online_eval.OnlineEvalConfig)
+    cfg = cfg.model_copy(update={"request_log": window["request_log"], "since": window["since"],
+                                 "until": window["until"],
+                                 "metrics": str(Path(window["run_dir"]) / "online_eval.json")})
+    report = online_eval.evaluate_window(cfg)
+    return {"status": report["status"], "alerts": list(report["alerts"]), "rates": report["rates"],
+            "sampled": report["sampled"], "report": cfg.metrics}

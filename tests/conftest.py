@@ -97,7 +97,10 @@ def s3_bucket(s3_server):
 
 @pytest.fixture(scope="session")
 def e2e_reproduced(tmp_path_factory, repo_root, base_model_dir) -> Path:
-    """A test-sized copy of the repository after one `dvc repro` (tests/e2e_support.py), shared by the e2e tests."""
+    """A test-sized copy of the repository after one `dvc repro` (tests/e2e_support.py), shared by the e2e tests.
+    LLMOPS_E2E_WORKSPACE names one made before (a developer iterating on the loop test reuses it)."""
     from e2e_support import make_workspace, reproduce
 
+    if reuse := os.environ.get("LLMOPS_E2E_WORKSPACE"):
+        return reproduce(Path(reuse))
     return reproduce(make_workspace(tmp_path_factory, repo_root, base_model_dir))

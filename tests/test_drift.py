@@ -21,7 +21,7 @@ from pipelines.stages.registry import stage_config
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample"
 MAX_TOKENS = 32
-N = 80  # texts per window here (the bench: 500)
+N = 60  # texts per window here (the bench: 500)
 
 
 def settings(**overrides) -> DriftSettings:
@@ -40,19 +40,20 @@ def encoder(cache_dir) -> WindowEncoder:
 
 @pytest.fixture(scope="module")
 def pools(encoder):
-    """Shipped instruction records (a 320-record subset), their half-length cuts, XQuAD English questions and
+    """Shipped instruction records (a 240-record subset), their half-length cuts, XQuAD English questions and
     paragraphs; embedded together once."""
     instr = cal.instruction_pool([SAMPLE / "raw" / "gpteacher_roleplay.json", SAMPLE / "raw" / "gpteacher_codegen.json"])
-    keep = np.random.default_rng(0).choice(len(instr.texts), size=320, replace=False)
+    keep = np.random.default_rng(0).choice(len(instr.texts), size=240, replace=False)
     instr = cal.Pool("instructions", [instr.texts[i] for i in keep], [instr.ids[i] for i in keep])
-    short = cal.Pool("half", [cal.truncate(t, 0.5) for t in instr.texts[:120]], instr.ids[:120])
+    short = cal.Pool("half", [cal.truncate(t, 0.5) for t in instr.texts[:80]], instr.ids[:80])
     xq = cal.xquad_pool(SAMPLE / "rag" / "xquad.en.json")
-    keep = np.random.default_rng(1).choice(len(xq.texts), size=120, replace=False)
+    keep = np.random.default_rng(1).choice(len(xq.texts), size=80, replace=False)
     xq = cal.Pool("xquad_en", [xq.texts[i] for i in keep], [xq.ids[i] for i in keep])
     cal.embed_pools(encoder, instr, short, xq)
     return {"instr": instr, "short": short, "xquad": xq}
 
 
+@pytest.mark.slow
 def test_same_distribution_splits_false_alarm_rate_at_most_5_percent(pools):
     row = cal.run_scenario(cal.null_scenario("null", pools["instr"]), settings(), N, 20, seed=3)
     assert row["splits"] == 20
@@ -60,22 +61,25 @@ def test_same_distribution_splits_false_alarm_rate_at_most_5_percent(pools):
     assert set(row["per_test_rate"]) == set(ALL_TESTS)
 
 
+@pytest.mark.slow
 def test_topic_shift_is_detected(pools):
     row = cal.run_scenario(cal.shift_scenario("topic", pools["instr"], pools["xquad"]), settings(), N, 10, seed=4)
     assert row["alarm_rate"] >= 0.9, row
-    assert row["per_test_rate"]["embedding_mmd"] >= 0.9 and row["per_test_rate"]["topics"] >= 0.9, row
+    assert row["per_test_rate"]["embedding_mmd"] >= 0.9 and row["per_test_rate"]["embedding_classifier"] >= 0.9, row
 
 
+@pytest.mark.slow
 def test_length_shift_is_detected(pools):
     instr, short = pools["instr"], pools["short"]
-    ref_pool = cal.Pool("ref", instr.texts[120:], instr.ids[120:], instr.vectors[120:])
+    ref_pool = cal.Pool("ref", instr.texts[80:], instr.ids[80:], instr.vectors[80:])
     row = cal.run_scenario(cal.shift_scenario("length", ref_pool, short), settings(), N, 10, seed=5)
     assert row["alarm_rate"] >= 0.9 and row["per_test_rate"]["length"] >= 0.9, row
 
 
+@pytest.mark.slow
 def test_language_shift_is_detected(pools, encoder, shared_data):
     de = cal.xquad_pool(shared_data / "rag" / "xquad" / "xquad.de.json")
-    keep = np.random.default_rng(2).choice(len(de.texts), size=100, replace=False)
+    keep = np.random.default_rng(2).choice(len(de.texts), size=80, replace=False)
     de = cal.Pool("xquad_de", [de.texts[i] for i in keep], [de.ids[i] for i in keep])
     cal.embed_pools(encoder, de)
     row = cal.run_scenario(cal.shift_scenario("language", pools["xquad"], de), settings(), N, 10, seed=6)
@@ -90,8 +94,8 @@ def test_mmd_permutation_p_value_is_uniform_ish_under_the_null():
     assert shifted == pytest.approx(1 / 200)
 
 
-def test_empty_or_small_window_is_not_enough_data_never_an_alarm(pools):
-    ref = pools["instr"].take(range(100), "reference")
+def test_empty_or_small_window_is_not_enough_data_never_an_alarm():
+    ref = memory_window("reference", [f"text number {i} about something" for i in range(100)])
     for current in (memory_window("empty", []), memory_window("tiny", ["hello there"] * 5)):
         result = detect_drift(ref, current, settings(min_window=50))  # no vectors needed: nothing runs
         assert result["status"] == INSUFFICIENT and result["drifted"] is False and result["tests"] == {}
@@ -167,12 +171,14 @@ def train_split(tmp_path_factory) -> Path:
 
 
 def stage_cfg(tmp_path, train_split, cache_dir, current, **overrides):
-    return stage_config("drift", reference_path=str(train_split), embeddings_dir=str(tmp_path / "no_embeddings"),
-                        current_path=str(current), cache_dir=str(cache_dir), max_tokens=MAX_TOKENS,
-                        metrics=str(tmp_path / "metrics" / "drift.json"), report=str(tmp_path / "drift.html"),
-                        detector={"max_window": 300}, **overrides)
+    values = {"reference_path": str(train_split), "embeddings_dir": str(tmp_path / "no_embeddings"),
+              "current_path": str(current), "cache_dir": str(cache_dir), "max_tokens": MAX_TOKENS,
+              "metrics": str(tmp_path / "metrics" / "drift.json"), "report": str(tmp_path / "drift.html"),
+              "detector": {"max_window": 300}}
+    return stage_config("drift", **{**values, **overrides})
 
 
+@pytest.mark.slow
 def test_stage_shipped_window_shows_no_drift(tmp_path, train_split, cache_dir):
     from pipelines.stages import drift
 
@@ -189,6 +195,7 @@ def test_stage_shipped_window_shows_no_drift(tmp_path, train_split, cache_dir):
     assert report["reference_vectors"] == "encoded"
 
 
+@pytest.mark.slow
 def test_stage_drifted_window_reads_reference_vectors_from_embeddings(tmp_path, train_split, cache_dir, encoder):
     """A German window drifts (language among the triggered tests); the reference's vectors come from an
     embed-style output directory (chunks.parquet + manifest) instead of being encoded."""
@@ -214,6 +221,7 @@ def test_stage_drifted_window_reads_reference_vectors_from_embeddings(tmp_path, 
     assert "DRIFTED" in (tmp_path / "drift.html").read_text()
 
 
+@pytest.mark.slow
 def test_stage_prompt_drift_on_request_log_and_empty_window(tmp_path, train_split, cache_dir):
     from pipelines.stages import drift
 

@@ -10,7 +10,7 @@ import yaml
 
 from e2e_support import VENV_BIN, run as _run
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # the first test carries the reproduction
 
 
 @pytest.fixture(scope="module")

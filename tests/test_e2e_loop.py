@@ -30,7 +30,8 @@ import yaml
 
 from e2e_support import VENV_BIN, env_for, run, set_params
 
-pytestmark = pytest.mark.slow
+# The first test carries the workspace's reproduction and Airflow's start-up.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 DATA = Path(__file__).parent / "data" / "landing"
 TIMELINE: list[tuple[float, str]] = []
@@ -288,6 +289,18 @@ def test_drifted_batch_retrains_and_the_server_answers_with_the_new_champion(loo
         columns=["source"]).to_pylist()}
     assert {"t0_reviews", "gpteacher_more", "xquad_more"} <= landed
     mark("7. the running server answers with the new version")
+
+    # Lineage: OpenLineage events of this lifecycle run, raw data in, model out, deployment last.
+    events = [json.loads(line) for line in (loop["home"] / "openlineage" / "events.jsonl").read_text().splitlines()]
+    done = {e["job"]["name"]: e for e in events if e.get("eventType") == "COMPLETE"}
+    ingest_inputs = {d["name"] for d in done["llmops_lifecycle.ingest"].get("inputs", [])}
+    finetune_outputs = {d["name"] for d in done["llmops_lifecycle.finetune"].get("outputs", [])}
+    assert any(name.endswith("data/landed") for name in ingest_inputs), ingest_inputs
+    assert any(name.endswith("models/candidate") for name in finetune_outputs), finetune_outputs
+    assert "llmops_lifecycle.deploy" in done
+    card = (ws / "reports" / "model_card.md").read_text()
+    assert f"version **{after}**" in card and "t0_reviews" in card and "data/landed" in card
+    mark("lineage: OpenLineage events from landed data to the deployed model; model card written")
 
 
 def test_second_drift_inside_the_cooldown_does_not_retrain(loop):

@@ -33,7 +33,8 @@ having he her here hers herself him himself his how i if in into is it its itsel
 nor not now of off on once only or other our ours ourselves out over own same she should so some such than that the
 their theirs them themselves then there these they this those through to too under until up very was we were what
 when where which while who whom why will with would you your yours yourself yourselves""".split())
-MAX_EXAMPLES = 10
+MAX_EXAMPLES = 10  # rejected lines listed
+EXAMPLES_PER_REASON = 3  # flagged samples listed per reason
 
 
 class Thresholds(StageConfig):
@@ -81,7 +82,7 @@ class OnlineEvalReport(TypedDict):
     counts: dict[str, int]
     mean_groundedness: float | None
     alerts: list[Alert]
-    examples: list[dict[str, Any]]  # flagged samples: request_id and why
+    examples: list[dict[str, Any]]  # flagged samples (a few per reason): request_id and why
     seconds: float
 
 
@@ -138,6 +139,7 @@ def evaluate_window(cfg: OnlineEvalConfig) -> OnlineEvalReport:
               "guard_unknown": 0, "rag": 0, "rag_judged": 0, "ungrounded": 0, "errors": errors}
     scores: list[float] = []
     examples: list[dict[str, Any]] = []
+    shown: dict[str, int] = {}
     for rec in sample:
         why = []
         if scorer.score_one(rec.get("response")) >= cfg.toxicity_threshold:
@@ -167,8 +169,11 @@ def evaluate_window(cfg: OnlineEvalConfig) -> OnlineEvalReport:
                 if g < cfg.min_groundedness:
                     counts["ungrounded"] += 1
                     why.append(f"ungrounded ({g:.2f})")
-        if why and len(examples) < MAX_EXAMPLES:
+        reasons = [w.split(" ")[0] for w in why]
+        if any(shown.get(r, 0) < EXAMPLES_PER_REASON for r in reasons):
             examples.append({"request_id": rec.get("request_id"), "ts": rec.get("ts"), "why": why})
+            for r in reasons:
+                shown[r] = shown.get(r, 0) + 1
 
     n = len(sample)
 

@@ -17,7 +17,7 @@ from typing import Any, TypedDict
 
 from pipelines.config import load_params, load_section, project_root
 from pipelines.io import read_json, write_json
-from pipelines.models.registry import RegistryConfig, find_champion, set_alias
+from pipelines.models.registry import RegistryConfig, find_champion
 
 DEPLOYMENT_RECORD = "reports/deployment.json"
 
@@ -96,15 +96,12 @@ class RollbackReport(TypedDict):
     reason: str
 
 
-def rollback_champion(registry: RegistryConfig | None = None, *, reason: str,
-                      promotion_record: str = "reports/promotion.json") -> RollbackReport:
-    """Move the alias back to the champion before the last promotion (the promotion record names it)."""
+def rollback_champion(registry: RegistryConfig | None = None, *, reason: str) -> RollbackReport:
+    """Move the alias back to the champion before the last promotion (`llmops rollback`, the tag promote wrote)."""
+    from pipelines.serving.rollback import rollback
+
     registry = registry or load_section("registry", RegistryConfig)
-    record = read_json(project_root() / promotion_record)
-    previous = record.get("previous_champion")
-    if previous is None:
-        raise RuntimeError("the last promotion had no previous champion: nothing to roll back to")
-    moved = set_alias(registry, previous)
+    moved = rollback(registry)
     return RollbackReport(model_name=moved["model_name"], alias=moved["alias"], version=moved["version"],
                           previous_version=moved["previous_version"], reason=reason)
 

@@ -24,8 +24,8 @@ from typing import Literal, NotRequired, TypedDict
 
 from pipelines.config import StageConfig
 from pipelines.errors import StageFailed
-from pipelines.io import read_json, write_json
-from pipelines.models import promotion
+from pipelines.io import read_json, write_json, write_text
+from pipelines.models import model_card, promotion
 from pipelines.models import registry as mlflow_registry
 from pipelines.models.lm import dir_sha256
 from pipelines.models.registry import RegistryConfig
@@ -40,6 +40,7 @@ class Config(StageConfig):
     candidate_dir: str
     base_model_dir: str
     record: str
+    model_card: str  # Markdown card of the registered version (also its MLflow description and a run artifact)
 
 
 Action = Literal["recorded_rejection", "promoted", "already_champion"]
@@ -113,6 +114,9 @@ def run(cfg: Config, registry: RegistryConfig) -> PromoteReport:
     if decision["decision"] == "reject":
         recorded = promotion.recorded_rejection(client, exp_id, adapter_hash)
         run_id = recorded or promotion.log_candidate_run(client, exp_id, cfg, decision, adapter_hash, "reject")
+        write_text(cfg.model_card, f"# Candidate {adapter_hash[:12]} rejected by the gate\n\nFailed checks: "
+                   f"{', '.join(decision.get('failed', [])) or 'none'}; nothing was registered (MLflow run `{run_id}`)."
+                   f"\nThe champion stays version {previous_champion}.\n")
         outcome = dict(action="recorded_rejection", run_id=run_id, version=None, champion=previous_champion,
                        already_recorded=recorded is not None, failed=decision.get("failed", []))
     else:
@@ -121,6 +125,12 @@ def run(cfg: Config, registry: RegistryConfig) -> PromoteReport:
         moved = previous is None or int(previous.version) != int(version.version)
         if moved:
             client.set_registered_model_alias(registry.model_name, registry.alias, version.version)
+        card = model_card.render(model_name=registry.model_name, version=int(version.version), alias=registry.alias,
+                                 run_id=run_id, adapter_sha256=adapter_hash, decision=decision,
+                                 base_model=cfg.base_model_dir)
+        write_text(cfg.model_card, card)
+        client.update_model_version(registry.model_name, version.version, description=card)
+        client.log_text(run_id, card, "model_card.md")
         outcome = dict(action="promoted" if moved else "already_champion", run_id=run_id,
                        version=int(version.version), champion=int(version.version),
                        created_version=created, alias_moved=moved, source=version.source)
