@@ -41,6 +41,9 @@ print(json.dumps({
     "schedules": {d: schedule(bag.dags[d]) for d in bag.dags},
     "watchers": {d: watchers(bag.dags[d]) for d in bag.dags},
     "outlets_of": {d: sorted({a.name for t in bag.dags[d].tasks for a in t.outlets}) for d in bag.dags},
+    "asset_uris": sorted({(a.name, a.uri) for d in bag.dags.values() for t in d.tasks for a in [*t.inlets, *t.outlets]
+                          if hasattr(a, "uri")} | {(a.name, a.uri) for d in bag.dags.values()
+                          for a in (assets_of(d.timetable.asset_condition) if getattr(d.timetable, "asset_condition", None) is not None else [])}),
     "outlets": {t.task_id: [a.uri for a in t.outlets] for t in dag.tasks} if dag else {},
 }))
 """
@@ -85,5 +88,11 @@ def test_dags_are_chained_by_assets(repo_root, tmp_path):
     assert schedules["llmops_monitor"]["timetable"] == "AssetOrTimeSchedule"
     assert schedules["llmops_monitor"]["assets"] == ["llmops/landed_data"]
     assert "llmops/drift_detected" in outlets["llmops_monitor"]
+    # One URI, one Asset: Airflow deactivates Assets that share a URI under two names (a task with an inactive
+    # inlet fails at start), so the stage inputs and the named Assets must not collide.
+    names_by_uri: dict[str, set[str]] = {}
+    for name, uri in result["asset_uris"]:
+        names_by_uri.setdefault(uri, set()).add(name)
+    assert {uri: names for uri, names in names_by_uri.items() if len(names) > 1} == {}
     assert schedules["llmops_lifecycle"]["condition"] == "AssetAll"
     assert schedules["llmops_lifecycle"]["assets"] == ["llmops/drift_detected", "llmops/landed_data"]

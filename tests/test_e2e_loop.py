@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -215,11 +216,13 @@ def test_corrupt_drop_is_refused_and_nothing_lands(loop):
 
 def test_same_distribution_batch_lands_without_retrain(loop):
     ws, api, seen = loop["ws"], loop["api"], loop["seen"]
-    # Held-out rows of the shipped sources, in the proportions the workspace trained on (it took the first 60
-    # role-play and code rows and the paragraphs of the first 8 XQuAD articles).
+    # A seeded sample of the shipped sources' held-out rows, in the proportions the workspace trained on (it took
+    # the first 60 role-play and code rows and the paragraphs of the first 8 XQuAD articles). A random sample, not
+    # the next rows: the files are ordered, and rows 60-100 alone are a shifted subpopulation the detector flags.
     shipped = Path(__file__).resolve().parents[1] / "data" / "sample"
-    rows = json.loads((shipped / "raw" / "gpteacher_roleplay.json").read_text())[60:100]
-    rows += json.loads((shipped / "raw" / "gpteacher_codegen.json").read_text())[60:100]
+    rng = random.Random(1)
+    rows = rng.sample(json.loads((shipped / "raw" / "gpteacher_roleplay.json").read_text())[60:], 40)
+    rows += rng.sample(json.loads((shipped / "raw" / "gpteacher_codegen.json").read_text())[60:], 40)
     titles = [a["title"] for a in json.loads((shipped / "rag" / "xquad.en.json").read_text())["data"]][8:]
     paragraphs = [json.loads(line) for line in (shipped / "raw" / "xquad_en_paragraphs.jsonl").read_text().splitlines()
                   if line.strip()]

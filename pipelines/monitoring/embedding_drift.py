@@ -102,7 +102,11 @@ def reference_vectors_from_embeddings(embeddings_dir: str | Path, doc_ids: Seque
     table = table.filter(pc.equal(table.column("ordinal"), 0))
     ids = table.column("doc_id").to_pylist()
     col = table.column("vector").combine_chunks()
-    vecs = col.flatten().to_numpy().reshape(len(ids), col.type.list_size)
+    flat = col.flatten().to_numpy(zero_copy_only=False)
+    if not ids or len(flat) % len(ids):  # ragged vectors: not embed's output
+        return None
+    # embed writes list<float> (a fixed-size list on some writers): the dimension is the flat length per row.
+    vecs = flat.reshape(len(ids), len(flat) // len(ids))
     where = {d: i for i, d in enumerate(ids)}
     if any(d not in where for d in doc_ids):
         return None

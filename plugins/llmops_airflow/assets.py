@@ -23,8 +23,10 @@ def _path(p: str) -> Path:
 
 
 def stage_asset(path: str) -> Asset:
-    """A DVC stage output (or input) as an Asset: the lineage and Asset graph of the lifecycle DAG."""
-    return Asset(name=f"llmops/{path}", uri=_path(path).as_uri())
+    """A DVC stage output (or input) as an Asset: the lineage and Asset graph of the lifecycle DAG. A path that is
+    one of the named Assets below is that Asset (Airflow deactivates two Assets with one URI)."""
+    uri = _path(path).as_uri()
+    return _BY_URI.get(uri) or Asset(name=f"llmops/{path}", uri=uri)
 
 
 def _landing_watcher(landing: dict) -> AssetWatcher:
@@ -54,3 +56,5 @@ DRIFT_DETECTED = Asset(name="llmops/drift_detected", uri=(REPO / "reports" / "mo
 MONITOR_ALERT = Asset(name="llmops/monitor_alert", uri=(REPO / "reports" / "monitor" / "alerts").as_uri())
 # The champion alias moved and the serving layer answers with it.
 DEPLOYED_MODEL = Asset(name="llmops/deployed_model", uri=(REPO / "reports" / "deployment.json").as_uri())
+
+_BY_URI = {a.uri: a for a in (LANDING_INBOX, LANDED_DATA, DRIFT_DETECTED, MONITOR_ALERT, DEPLOYED_MODEL)}
