@@ -97,14 +97,29 @@ class Airflow:
         return self.wait(f"{dag_id} {run_id} to finish", check, timeout)
 
     def approve(self, dag_id: str, run_id: str, task_id: str, timeout: float) -> dict:
-        def pending():
+        """Approve like a person in the UI: once the task is waiting for input (answering while it is still
+        starting races its own transition), then check the answer was taken; a retried task asks again."""
+        deadline = time.monotonic() + timeout
+
+        def waiting():
+            if self.tasks(dag_id, run_id).get(task_id) not in ("awaiting_input", "deferred"):
+                return None
             details = self.get(f"/dags/{dag_id}/dagRuns/{run_id}/hitlDetails")["hitl_details"]
-            return next((d for d in details if d["task_instance"]["task_id"] == task_id), None)
-        detail = self.wait(f"the approval {task_id} of {dag_id}", pending, timeout)
-        resp = self.http.patch(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/-1/hitlDetails",
-                               json={"chosen_options": ["Approve"], "params_input": {}})
-        assert resp.status_code == 200, resp.text
-        return detail
+            return next((d for d in details if d["task_instance"]["task_id"] == task_id
+                         and not d.get("response_received")), None)
+
+        while True:
+            detail = self.wait(f"the approval {task_id} of {dag_id}", waiting, max(1.0, deadline - time.monotonic()))
+            resp = self.http.patch(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/-1/hitlDetails",
+                                   json={"chosen_options": ["Approve"], "params_input": {}})
+            assert resp.status_code == 200, resp.text
+            try:
+                self.wait(f"{task_id} to take the answer", lambda: self.tasks(dag_id, run_id).get(task_id)
+                          in ("success", "skipped", "failed"), timeout=60)
+                return detail
+            except AssertionError:
+                if time.monotonic() > deadline:
+                    raise
 
 
 def _drop(ws: Path, source: str, rows: list[dict], manifest: dict, *, name: str = "batch.jsonl",
