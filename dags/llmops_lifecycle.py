@@ -13,7 +13,7 @@ Around the stages:
 - `approve_promotion` between gate and promote when `retrain.promotion_approval` is true (Airflow HITL): the
   approver sees the gate decision and the evaluation report link.
 - `deploy` after promote: the serving layer is told to reload and must answer with the new champion; if it does
-  not, `rollback` moves the alias back.
+  not, the alias moves back to the previous champion (`llmops rollback` does the same by hand).
 """
 from __future__ import annotations
 
@@ -107,22 +107,21 @@ def llmops_lifecycle():
 
     if "promote" in tasks:
 
-        @task(outlets=[DEPLOYED_MODEL])
+        @task(outlets=[DEPLOYED_MODEL], retries=0)  # a retry after a rollback would "deploy" the old champion
         def deploy(*, outlet_events) -> dict:
-            from pipelines.orchestration.deploy import deploy_champion
+            """The servers must answer with the new champion; if one keeps serving another version, the alias
+            moves back to the previous champion (the rollback path) and the task fails, saying so."""
+            from pipelines.orchestration.deploy import deploy_champion, rollback_champion
 
-            report = deploy_champion()
+            try:
+                report = deploy_champion()
+            except RuntimeError as exc:
+                rolled = rollback_champion(reason=str(exc))
+                raise RuntimeError(f"{exc}; rolled back: {rolled}") from exc
             outlet_events[DEPLOYED_MODEL].extra = {k: report[k] for k in ("version", "status", "servers")}
             return dict(report)
 
-        @task(trigger_rule="one_failed")
-        def rollback() -> dict:
-            from pipelines.orchestration.deploy import rollback_champion
-
-            return dict(rollback_champion(reason="deployment check failed"))
-
-        deployed = deploy()
-        tasks["promote"] >> deployed >> rollback()
+        tasks["promote"] >> deploy()
 
 
 llmops_lifecycle()
