@@ -47,9 +47,14 @@ def latest_monitor_run(reports_dir: Path) -> dict[str, Any] | None:
     if not runs:
         return None
     run = runs[-1]
-    return {"run": run.name,
-            "results": {p.stem: _json(p) for p in sorted(run.glob("*.json"))},
-            "reports": sorted(p.name for p in run.glob("*.html"))}
+    windows = []
+    for path in sorted(run.glob("*.json")):
+        r = _json(path)
+        if isinstance(r, dict) and "drifted" in r:  # a drift report (data or prompts)
+            triggered = (r.get("summary") or {}).get("triggered") or (r.get("result") or {}).get("triggered") or []
+            windows.append({"name": path.stem, "status": r.get("status"), "drifted": bool(r.get("drifted")),
+                            "triggered": list(triggered)})
+    return {"run": run.name, "windows": windows, "reports": sorted(p.name for p in run.glob("*.html"))}
 
 
 def collect(root: Path | None = None) -> dict[str, Any]:
