@@ -31,6 +31,17 @@ T0_SOURCE = {"name": "t0_train_50k", "format": "jsonl", "kind": "instruction", "
              "pii": "redact", "fields": {"prompt": "prompt", "response": "completion"}}
 
 
+def _t0_subset(files: int | None, work: Path) -> Path:
+    """The t0 corpus, or its first `files` template files (symlinked into `work`)."""
+    if not files:
+        return T0
+    subset = work / "subset"
+    subset.mkdir()
+    for f in sorted(T0.glob("*.jsonl"))[:files]:
+        (subset / f.name).symlink_to(f)
+    return subset
+
+
 def main() -> dict:
     import argparse
 
@@ -50,12 +61,7 @@ def main() -> dict:
     params = REPO / "params.yaml"
     engines = shared_config("engines", params)
     work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
-    src_path = T0
-    if args.files:
-        src_path = work / "subset"
-        src_path.mkdir()
-        for f in sorted(T0.glob("*.jsonl"))[: args.files]:
-            (src_path / f.name).symlink_to(f)
+    src_path = _t0_subset(args.files, work)
     cfg = stage_config(
         "ingest", params, sources=[{**T0_SOURCE, "path": str(src_path)}],
         output_dir=str(work / "ingested"), rejects_dir=str(work / "rejects"), metrics=str(work / "ingest.json"),
@@ -142,12 +148,7 @@ def _ner_side_by_side(args) -> dict:
     params = REPO / "params.yaml"
     engines = shared_config("engines", params)
     work = Path(tempfile.mkdtemp(prefix="bench-ingest-ner-"))
-    src_path = T0
-    if args.files:
-        src_path = work / "subset"
-        src_path.mkdir()
-        for f in sorted(T0.glob("*.jsonl"))[: args.files]:
-            (src_path / f.name).symlink_to(f)
+    src_path = _t0_subset(args.files, work)
     base = stage_config("ingest", params)
     spark = get_spark(engines.spark)
     result: dict = {"data": str(T0.relative_to(REPO.parent)), "files": len(list(src_path.glob("*.jsonl"))),

@@ -29,7 +29,7 @@ def _cfg(tmp_path, **overrides) -> landing.LandingConfig:
 
 
 def _drop(cfg, source: str, files: dict[str, bytes | str], manifest: dict | None = MANIFEST) -> None:
-    folder = landing._root_path(cfg.inbox) / source
+    folder = landing.root_path(cfg.inbox) / source
     folder.mkdir(parents=True, exist_ok=True)
     if manifest is not None:
         (folder / landing.MANIFEST).write_text(yaml.safe_dump(manifest))

@@ -86,7 +86,8 @@ class AcceptReport(TypedDict):
     refused: list[RefusedFile]
 
 
-def _root_path(path: str | Path) -> Path:
+def root_path(path: str | Path) -> Path:
+    """A params path: absolute as given, else from the project root."""
     p = Path(path)
     return p if p.is_absolute() else project_root() / p
 
@@ -168,7 +169,7 @@ def _pii_summary(rows: list[dict[str, Any]], source: Source, limit: int) -> tupl
 
 
 def load_approvals(landed_dir: str | Path) -> dict[str, dict[str, Any]]:
-    path = _root_path(landed_dir) / APPROVALS
+    path = root_path(landed_dir) / APPROVALS
     return read_json(path) if path.exists() else {}
 
 
@@ -178,7 +179,7 @@ def _is_approved(approvals: dict[str, dict[str, Any]], source: Source) -> bool:
 
 def scan_inbox(cfg: LandingConfig) -> InboxScan:
     """What is in the inbox: batches ready to accept (approved or awaiting approval) and files refused."""
-    inbox = _root_path(cfg.inbox)
+    inbox = root_path(cfg.inbox)
     approvals = load_approvals(cfg.landed_dir)
     batches: list[Batch] = []
     refused: list[RefusedFile] = []
@@ -240,14 +241,15 @@ def approval_body(batches: list[Batch], refused: list[RefusedFile]) -> str:
 
 # --- moving a drop ------------------------------------------------------------------------------------------
 
-def _stamp(run_id: str) -> str:
+def run_stamp(run_id: str) -> str:
+    """An Airflow run id as a folder name."""
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in run_id)[:80] or str(int(time.time()))
 
 
 def reject(cfg: LandingConfig, refused: list[RefusedFile], run_id: str) -> list[RefusedFile]:
     """Move refused files out of the inbox into rejects, each with its reason (so the next drop starts clean)."""
-    inbox = _root_path(cfg.inbox)
-    dest_root = _root_path(cfg.rejects_dir) / _stamp(run_id)
+    inbox = root_path(cfg.inbox)
+    dest_root = root_path(cfg.rejects_dir) / run_stamp(run_id)
     moved = []
     for item in refused:
         src = inbox / item["file"]
@@ -269,12 +271,12 @@ def accept(cfg: LandingConfig, scan: InboxScan, *, run_id: str, approved_by: str
     `approved_sources`: the new sources a person approved in this run (None: none). Batches of sources that are
     neither approved before nor now stay in the inbox for a later decision. Idempotent: a retried task finds the
     files already moved and reports them again."""
-    inbox = _root_path(cfg.inbox)
-    landed = _root_path(cfg.landed_dir)
+    inbox = root_path(cfg.inbox)
+    landed = root_path(cfg.landed_dir)
     approvals = load_approvals(cfg.landed_dir)
     now_ok = set(approved_sources or [])
     accepted = []
-    stamp = _stamp(run_id)
+    stamp = run_stamp(run_id)
     for batch in scan["batches"]:
         if not (batch["approved"] or batch["source"] in now_ok):
             continue
@@ -308,7 +310,7 @@ def accept(cfg: LandingConfig, scan: InboxScan, *, run_id: str, approved_by: str
 
 def landed_sources(landed_dir: str | Path) -> list[Source]:
     """The approved landed sources as `ingest.sources` entries (path: every data file of their folder)."""
-    landed = _root_path(landed_dir)
+    landed = root_path(landed_dir)
     approvals = load_approvals(landed_dir)
     sources = []
     for folder in sorted(p for p in landed.iterdir() if p.is_dir()) if landed.exists() else []:
@@ -345,7 +347,7 @@ def pull_s3_inbox(cfg: LandingConfig) -> list[str]:
     bucket, prefix = split_uri(cfg.s3_inbox)
     prefix = prefix.rstrip("/") + "/" if prefix else ""
     s3 = boto3.client("s3", endpoint_url=endpoint_url())
-    inbox = _root_path(cfg.inbox)
+    inbox = root_path(cfg.inbox)
     pulled = []
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for obj in page.get("Contents", []):

@@ -13,8 +13,8 @@ from typing import Any, TypedDict
 
 import yaml
 
-from pipelines.config import StageConfig, project_root
-from pipelines.data.landing import MANIFEST, read_records
+from pipelines.config import StageConfig
+from pipelines.data.landing import MANIFEST, read_records, root_path, run_stamp
 from pipelines.data.source_config import Source
 from pipelines.io import write_text
 
@@ -34,11 +34,6 @@ class DataWindow(TypedDict):
     skipped: list[dict[str, str]]  # landed files that could not be read, with the reason
 
 
-def _root(path: str | Path) -> Path:
-    p = Path(path)
-    return p if p.is_absolute() else project_root() / p
-
-
 def _compose(row: dict[str, Any], source: Source) -> str | None:
     fields = source.fields
     if fields is None:
@@ -54,7 +49,7 @@ def _compose(row: dict[str, Any], source: Source) -> str | None:
 def build_data_window(landed_dir: str, files: list[str], out_path: str | Path) -> DataWindow:
     """One JSONL window of the landed `files` (paths relative to `landed_dir`, as the ingest DAG's Asset event
     lists them); rows without text are left out and counted."""
-    landed = _root(landed_dir)
+    landed = root_path(landed_dir)
     texts: list[dict[str, str]] = []
     skipped: list[dict[str, str]] = []
     for rel in files:
@@ -74,7 +69,7 @@ def build_data_window(landed_dir: str, files: list[str], out_path: str | Path) -
                 texts.append({"text": text, "source": source.name})
     if not texts:
         return DataWindow(path=None, rows=0, files=list(files), skipped=skipped)
-    out = _root(out_path)
+    out = root_path(out_path)
     write_text(out, "".join(json.dumps(t, ensure_ascii=False) + "\n" for t in texts))
     return DataWindow(path=str(out), rows=len(texts), files=list(files), skipped=skipped)
 
@@ -89,10 +84,6 @@ class Window(TypedDict):
     until: str
 
 
-def _stamp(run_id: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in run_id)[:80]
-
-
 def collect_window(*, run_id: str, until: datetime, landed_files: list[str]) -> Window:
     """The run's window: the landed files its Asset events named, and live traffic in the last
     `request_window_minutes` before the run's own time (not the clock's: a rerun sees the same window)."""
@@ -102,10 +93,10 @@ def collect_window(*, run_id: str, until: datetime, landed_files: list[str]) -> 
     params = load_params()
     monitor = parse_section(params, "monitor", MonitorConfig)
     landing = parse_section(params, "landing", LandingConfig)
-    run_dir = _root(monitor.reports_dir) / _stamp(run_id)
+    run_dir = root_path(monitor.reports_dir) / run_stamp(run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
     until = until if until.tzinfo else until.replace(tzinfo=timezone.utc)
     since = until - timedelta(minutes=monitor.request_window_minutes)
     data = build_data_window(landing.landed_dir, sorted(set(landed_files)), run_dir / "data_window.jsonl")
-    return Window(run_dir=str(run_dir), data=data, request_log=str(_root(params["serve"]["request_log"])),
+    return Window(run_dir=str(run_dir), data=data, request_log=str(root_path(params["serve"]["request_log"])),
                   since=since.isoformat(), until=until.isoformat())
