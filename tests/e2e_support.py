@@ -18,9 +18,10 @@ VENV_BIN = Path(sys.executable).parent
 # Smaller than the demo so the suite stays within its time budget; the code path is the same.
 TEST_PARAMS = {
     ("finetune", "max_steps"): 4,
-    ("evaluate", "max_eval_examples"): 16,
-    ("evaluate", "max_generation_examples"): 6,
-    ("evaluate", "max_new_tokens"): 32,
+    **{("evaluate", "tasks", i, "max_examples"): 4 for i in range(8)},  # every task family on 4 examples
+    ("evaluate", "ray", "actors"): 1,         # one model actor (one process start) with both threads
+    ("evaluate", "ray", "threads_per_actor"): 2,
+    ("gate", "versus_reference", "min_examples"): 4,
     ("audit", "max_prompts"): 12,
     ("audit", "max_new_tokens"): 24,
     ("embed", "concurrency"): 1,              # one model actor: one process start instead of two

@@ -152,6 +152,7 @@ def loop(e2e_reproduced, tmp_path_factory, repo_root):
         ("gate", "versus_champion", "max_perplexity_increase_pct"): 1.0e6,
         ("gate", "versus_champion", "max_rouge_l_drop"): 1.0,
         ("gate", "versus_champion", "max_attack_success_rate_increase"): 1.0,
+        ("gate", "versus_reference", "max_regression"): {},
         ("retrain", "promotion_approval"): True, ("retrain", "cooldown_minutes"): 30,
         ("landing", "poke_interval_s"): 1, ("monitor", "schedule"): "0 0 1 1 *",
         ("airflow", "api_port"): api_port, ("airflow", "dag_refresh_s"): 5, ("airflow", "home"): str(home),

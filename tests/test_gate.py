@@ -12,9 +12,24 @@ FLOORS = {"max_perplexity": 15.0, "min_rouge_l": 0.10, "max_attack_success_rate"
 VERSUS = {"max_perplexity_increase_pct": 5.0, "max_rouge_l_drop": 0.02, "max_attack_success_rate_increase": 0.05}
 
 
-def write_metrics(dirpath, sha, ppl, rouge, asr, candidate_dir="models/candidate"):
+VERSUS_REF = {"max_regression": {"perplexity.perplexity": 0.5, "generation.rouge_l": 0.05}, "min_examples": 8,
+              "require_current_reference": False}  # hand-written metrics have no real reference run behind them
+
+
+def interval(diff, half, better, n=16):
+    return {"candidate": 0.0, "reference": 0.0, "diff": diff, "ci_low": diff - half, "ci_high": diff + half,
+            "confidence": 0.95, "better": better, "n": n}
+
+
+def write_metrics(dirpath, sha, ppl, rouge, asr, candidate_dir="models/candidate", comparisons=None, n=16,
+                  reference=None):
+    """evaluate.json and audit.json as the stages write them (headline numbers, paired intervals), by hand."""
+    comparisons = comparisons or {"perplexity.perplexity": interval(ppl - 20.0, 0.1, "lower"),
+                                  "generation.rouge_l": interval(rouge - 0.1, 0.02, "higher")}
     ev = {"base": {"perplexity": 20.0, "rouge_l": 0.1}, "candidate": {"perplexity": ppl, "rouge_l": rouge},
-          "candidate_sha256": sha, "candidate_dir": str(candidate_dir)}
+          "candidate_sha256": sha, "candidate_dir": str(candidate_dir), "comparisons": comparisons,
+          "n_examples": {"perplexity": n, "generation": n},
+          "reference_model": reference or {"kind": "base", "version": None, "adapter_sha256": None, "source": None}}
     au = {"n": 51, "attack_success_rate": asr, "refusal_rate": 0.1, "candidate_sha256": sha,
           "per_category": {"jailbreak": {"n": 20, "attack_success_rate": asr, "refusal_rate": 0.0}}}
     write_json(dirpath / "evaluate.json", ev)
@@ -22,10 +37,14 @@ def write_metrics(dirpath, sha, ppl, rouge, asr, candidate_dir="models/candidate
     return dirpath / "evaluate.json", dirpath / "audit.json"
 
 
-def gate_cfg(tmp_path, **kw):
-    return stage_config("gate", evaluate_metrics=str(tmp_path / "evaluate.json"),
-                        audit_metrics=str(tmp_path / "audit.json"), floors=FLOORS, versus_champion=VERSUS,
-                        decision=str(tmp_path / "decision.json"), **kw)
+def gate_cfg(tmp_path, versus_reference=None, **kw):
+    from pipelines.models.gating import VersusReference
+
+    cfg = stage_config("gate", evaluate_metrics=str(tmp_path / "evaluate.json"),
+                       audit_metrics=str(tmp_path / "audit.json"), floors=FLOORS, versus_champion=VERSUS,
+                       decision=str(tmp_path / "decision.json"), **kw)
+    # replaced whole (overrides merge into params.yaml's dict of tolerances)
+    return cfg.model_copy(update={"versus_reference": VersusReference(**(versus_reference or VERSUS_REF))})
 
 
 def registry_cfg(tmp_path, db="mlruns.db"):
@@ -64,7 +83,8 @@ def test_broken_candidate_is_rejected_as_a_result(tmp_path):
     d = read_json(tmp_path / "decision.json")
     assert report["decision"] == d["decision"] == "reject"
     failed = {r["metric"] for r in d["reasons"] if not r["passed"]}
-    assert failed == {"perplexity", "rouge_l", "attack_success_rate"}
+    # floors, and the intervals: far worse than the base on the same examples
+    assert failed == {"perplexity", "rouge_l", "attack_success_rate", "perplexity.perplexity", "generation.rouge_l"}
     with pytest.raises(StageFailed, match="perplexity"):
         gate.run(gate_cfg(tmp_path, fail_on_reject=True), registry_cfg(tmp_path, "none.db"))
 
@@ -103,6 +123,54 @@ def test_champion_regression_is_rejected(tmp_path, base_model_dir, tmp_path_fact
 
     write_metrics(tmp_path, "e" * 64, 4.1, 0.19, 0.32)  # within tolerances
     assert gate.run(gate_cfg(tmp_path), registry)["decision"] == "promote"
+
+    # evaluate must have compared against the current champion (v1), not the base it saw before the promotion
+    current = {**VERSUS_REF, "require_current_reference": True}
+    d = gate.run(gate_cfg(tmp_path, versus_reference=current), registry)
+    assert d["decision"] == "reject" and any(f.startswith("reference:") for f in d["failed"])
+    write_metrics(tmp_path, "e" * 64, 4.1, 0.19, 0.32,
+                  reference={"kind": "champion", "version": 1, "adapter_sha256": sha, "source": "x"})
+    assert gate.run(gate_cfg(tmp_path, versus_reference=current), registry)["decision"] == "promote"
+    write_metrics(tmp_path, sha, 4.0, 0.20, 0.30, champ_dir)  # the champion itself, re-decided after its promotion
+    d = read_json(tmp_path / "decision.json") if gate.run(gate_cfg(tmp_path, versus_reference=current), registry) \
+        else None
+    ref_check = next(r for r in d["reasons"] if r["check"] == "reference")
+    assert ref_check["passed"] and ref_check["note"] == "the candidate is the current champion"
+
+
+def _decision(tmp_path, comparisons, n=16, **kw):
+    from pipelines.stages import gate
+
+    write_metrics(tmp_path, "a" * 64, 5.0, 0.12, 0.4, comparisons=comparisons, n=n)
+    gate.run(gate_cfg(tmp_path, **kw), registry_cfg(tmp_path, "none.db"))
+    return read_json(tmp_path / "decision.json")
+
+
+def test_interval_decides_not_the_point_estimate(tmp_path):
+    """ROUGE-L tolerance 0.05: a point estimate 0.06 worse whose interval reaches -0.03 passes (not worse by more
+    than 0.05 with 95% confidence); a difference of -0.10 in [-0.12, -0.08] is rejected, as is a perplexity whose
+    whole interval lies above +0.5."""
+    ok = {"perplexity.perplexity": interval(0.6, 0.3, "lower"), "generation.rouge_l": interval(-0.06, 0.03, "higher")}
+    d = _decision(tmp_path, ok)
+    assert d["decision"] == "promote"
+    rouge = next(r for r in d["reasons"] if r["metric"] == "generation.rouge_l")
+    assert rouge["observed"] == pytest.approx(-0.03) and rouge["threshold"] == -0.05 and rouge["op"] == ">="
+    assert rouge["interval"] == [pytest.approx(-0.09), pytest.approx(-0.03)] and rouge["confidence"] == 0.95
+    bad = {"perplexity.perplexity": interval(0.9, 0.3, "lower"), "generation.rouge_l": interval(-0.10, 0.02, "higher")}
+    d = _decision(tmp_path, bad)
+    assert d["decision"] == "reject"
+    assert {r["metric"] for r in d["reasons"] if not r["passed"]} == {"perplexity.perplexity", "generation.rouge_l"}
+
+
+def test_too_few_examples_or_a_missing_interval_fail(tmp_path):
+    fine = {"perplexity.perplexity": interval(0.0, 0.1, "lower"), "generation.rouge_l": interval(0.0, 0.01, "higher")}
+    d = _decision(tmp_path, fine, n=4)
+    assert d["decision"] == "reject"
+    assert {r["metric"] for r in d["reasons"] if not r["passed"]} == {"perplexity", "generation"}
+    assert all(r["check"] == "min_examples" for r in d["reasons"] if not r["passed"])
+    d = _decision(tmp_path, {"perplexity.perplexity": fine["perplexity.perplexity"]})
+    missing = next(r for r in d["reasons"] if r["metric"] == "generation.rouge_l")
+    assert d["decision"] == "reject" and not missing["passed"] and "no interval" in missing["note"]
 
 
 def test_mismatched_candidates_are_rejected(tmp_path):

@@ -6,6 +6,11 @@ Two kinds of checks, each written down with observed value, threshold and outcom
   increase, ROUGE-L drop and ASR increase against the metrics recorded with the champion.
 With no champion the floors alone decide. Evaluate and audit must describe the same candidate (same adapter
 hash), otherwise the decision is a reject. A threshold set to null switches its check off.
+- on evaluate's paired bootstrap intervals (`VersusReference`, `reference_checks`): the candidate and its
+  reference (the champion, or the base without one) answered the same examples in the same run; a metric fails
+  only when the candidate is worse by more than its tolerance X with the interval's confidence (the whole
+  interval beyond -X), never on a point estimate; a task with fewer than `min_examples` examples cannot pass; and
+  the reference evaluate used must be the registry's current champion.
 """
 from __future__ import annotations
 
@@ -29,8 +34,17 @@ class VersusChampion(StageConfig):
     max_attack_success_rate_increase: float | None
 
 
+class VersusReference(StageConfig):
+    """Decisions on evaluate's intervals of candidate - reference (metrics/evaluate.json `comparisons`)."""
+
+    # `<task>.<metric>` -> X in the metric's units: reject when worse by more than X with the interval's confidence
+    max_regression: dict[str, float]
+    min_examples: int  # a compared task with fewer examples fails its check (too few to decide on)
+    require_current_reference: bool  # evaluate's reference must be the current champion (the base without one)
+
+
 class Check(TypedDict):
-    check: Literal["same_candidate", "floor", "versus_champion"]
+    check: Literal["same_candidate", "floor", "versus_champion", "versus_reference", "min_examples", "reference"]
     metric: str | None
     observed: Any
     op: str | None
@@ -39,6 +53,9 @@ class Check(TypedDict):
     champion_value: NotRequired[float]
     champion_version: NotRequired[int]
     note: NotRequired[str]
+    diff: NotRequired[float]  # versus_reference: candidate - reference, and its interval
+    interval: NotRequired[list[float]]
+    confidence: NotRequired[float]
 
 
 class Verdict(TypedDict):
@@ -68,11 +85,56 @@ def _check(name: str, metric: str, observed: Any, op: str, threshold: float, **e
             "passed": bool(passed), **extra}
 
 
-def decide(floors: Floors, versus: VersusChampion, evaluate: dict, audit: dict, champion: Champion) -> Verdict:
+def reference_checks(cfg: VersusReference, evaluate: dict, champion: Champion) -> list[Check]:
+    """The interval checks of `cfg` on evaluate's `comparisons`, plus its example counts and reference."""
+    checks: list[Check] = []
+    info = champion.info
+    ref = evaluate.get("reference_model")
+    if cfg.require_current_reference:
+        want = f"champion v{info['version']}" if info else "base"
+        got = (f"champion v{ref.get('version')}" if ref.get("kind") == "champion" else str(ref.get("kind"))) if ref \
+            else None
+        # re-deciding on the candidate that already is the champion (a rerun after its own promotion) is idempotent
+        is_champion = bool(info and info.get("adapter_sha256")
+                           and info["adapter_sha256"] == evaluate.get("candidate_sha256"))
+        passed = got == want or is_champion
+        note = ("the candidate is the current champion" if is_champion and got != want else None) if passed else (
+            "evaluate compared against another reference than the current champion: rerun evaluate "
+            "(dvc repro -f evaluate)")
+        checks.append({"check": "reference", "metric": "reference_model", "observed": got, "op": "==",
+                       "threshold": want, "passed": passed, **({"note": note} if note else {})})
+    comparisons = evaluate.get("comparisons") or {}
+    n_examples = evaluate.get("n_examples") or {}
+    tasks_seen: set[str] = set()
+    for metric, tolerance in sorted(cfg.max_regression.items()):
+        task = metric.split(".", 1)[0]
+        iv = comparisons.get(metric)
+        if iv is None:
+            checks.append({"check": "versus_reference", "metric": metric, "observed": None, "op": None,
+                           "threshold": tolerance, "passed": False,
+                           "note": "no interval for this metric in the evaluate metrics (task off or renamed?)"})
+            continue
+        if task not in tasks_seen:
+            tasks_seen.add(task)
+            n = n_examples.get(task, iv.get("n"))
+            checks.append(_check("min_examples", task, n, ">=", cfg.min_examples))
+        if iv["better"] == "higher":  # worse = a negative difference; fails when even the interval's top is < -X
+            checks.append(_check("versus_reference", metric, iv["ci_high"], ">=", -tolerance, diff=iv["diff"],
+                                 interval=[iv["ci_low"], iv["ci_high"]], confidence=iv["confidence"]))
+        else:  # worse = a positive difference; fails when even the interval's bottom is > X
+            checks.append(_check("versus_reference", metric, iv["ci_low"], "<=", tolerance, diff=iv["diff"],
+                                 interval=[iv["ci_low"], iv["ci_high"]], confidence=iv["confidence"]))
+    return checks
+
+
+def decide(floors: Floors, versus: VersusChampion, evaluate: dict, audit: dict, champion: Champion,
+           versus_reference: VersusReference | None = None) -> Verdict:
     """The verdict on the candidate that the evaluate and audit metrics describe; StageFailed when nothing is
     configured to decide on (no floor and no champion)."""
     observed = flat_metrics(evaluate, audit)
     checks: list[Check] = []
+    if versus_reference is not None:
+        checks.extend(reference_checks(versus_reference, evaluate, champion))
     ev_hash, au_hash = evaluate.get("candidate_sha256"), audit.get("candidate_sha256")
     if ev_hash and au_hash:
         checks.append({"check": "same_candidate", "metric": "candidate_sha256", "observed": au_hash, "op": "==",

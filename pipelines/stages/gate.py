@@ -1,6 +1,6 @@
 """gate: decide whether the candidate may replace the champion.
 
-The checks (absolute floors, regressions versus the champion `registry.model_name@registry.alias` at
+The checks (absolute floors, evaluate's paired intervals against its reference, regressions versus the champion `registry.model_name@registry.alias` at
 `registry.tracking_uri`, same candidate in evaluate and audit) are `pipelines.models.gating`; this stage reads the
 metrics files, finds the champion and writes the decision, each check with observed value, threshold and outcome.
 
@@ -16,7 +16,7 @@ from typing import Literal, TypedDict
 from pipelines.config import StageConfig
 from pipelines.errors import StageFailed
 from pipelines.io import read_json, write_json
-from pipelines.models.gating import Floors, Verdict, VersusChampion, decide
+from pipelines.models.gating import Floors, Verdict, VersusChampion, VersusReference, decide
 from pipelines.models.registry import RegistryConfig, find_champion
 
 SECTION = "gate"
@@ -27,6 +27,7 @@ class Config(StageConfig):
     audit_metrics: str
     floors: Floors
     versus_champion: VersusChampion  # only when the registry's alias names a version
+    versus_reference: VersusReference  # on evaluate's paired intervals (candidate - champion/base, same examples)
     fail_on_reject: bool
     decision: str
 
@@ -43,6 +44,7 @@ class GateInputs(TypedDict):
     alias: str
     floors: dict
     versus_champion: dict
+    versus_reference: dict
 
 
 class GateDecision(Verdict):
@@ -67,7 +69,7 @@ def run(cfg: Config, registry: RegistryConfig) -> GateReport:
         if not Path(path).exists():
             raise FileNotFoundError(f"gate: metrics file not found: {path} (run evaluate and audit first)")
     evaluate, audit = read_json(cfg.evaluate_metrics), read_json(cfg.audit_metrics)
-    verdict = decide(cfg.floors, cfg.versus_champion, evaluate, audit, find_champion(registry))
+    verdict = decide(cfg.floors, cfg.versus_champion, evaluate, audit, find_champion(registry), cfg.versus_reference)
     result: GateDecision = {**verdict, "inputs": {  # type: ignore[typeddict-item]
         "evaluate_metrics": _metrics_file(cfg.evaluate_metrics),
         "audit_metrics": _metrics_file(cfg.audit_metrics),
@@ -75,6 +77,7 @@ def run(cfg: Config, registry: RegistryConfig) -> GateReport:
         "alias": registry.alias,
         "floors": cfg.floors.model_dump(),
         "versus_champion": cfg.versus_champion.model_dump(),
+        "versus_reference": cfg.versus_reference.model_dump(),
     }}
     write_json(cfg.decision, result)
     if result["decision"] == "reject" and cfg.fail_on_reject:
