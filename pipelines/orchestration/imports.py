@@ -34,7 +34,7 @@ FLOORS: dict[int, tuple[str, ...]] = {
     1: ("pipelines.engines", "pipelines.storage"),
     2: ("pipelines.data", "pipelines.validation", "pipelines.embeddings", "pipelines.training", "pipelines.models",
         "pipelines.serving", "pipelines.versioning", "pipelines.orchestration", "pipelines.monitoring",
-        "pipelines.infra", "pipelines.maturity",
+        "pipelines.infra", "pipelines.maturity", "pipelines.security",
         "pipelines.evaluation"),
     3: ("pipelines.stages",),
     4: ("pipelines.cli", "pipelines.summary", "pipelines.monitor"),

@@ -33,6 +33,7 @@ STAGES: dict[str, str] = {
     "evaluate_retrieval": "pipelines.stages.evaluate_retrieval",
     "finetune": "pipelines.stages.finetune",
     "evaluate": "pipelines.stages.evaluate",
+    "train_guard": "pipelines.stages.train_guard",
     "audit": "pipelines.stages.audit",
     "gate": "pipelines.stages.gate",
     "promote": "pipelines.stages.promote",
