@@ -379,3 +379,91 @@ def test_no_champion_gives_503(tmp_path):
         r = client.post("/v1/chat/completions", json={"model": "nobody",
                                                       "messages": [{"role": "user", "content": "hi"}]})
         assert r.status_code == 503 and r.json()["error"]["code"] == "model_unavailable"
+
+
+def _limits(rt, **values):
+    """Set serve.limits fields on the running server (restored by the caller with the returned old values)."""
+    old = {k: getattr(rt.cfg.limits, k) for k in values}
+    for k, v in values.items():
+        object.__setattr__(rt.cfg.limits, k, v)
+    return old
+
+
+def _wait_idle(rt, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline and (rt.inflight or rt._occupancy()):
+        time.sleep(0.1)
+    assert rt.inflight == 0 and rt._occupancy() == 0
+
+
+def test_concurrency_bound_gives_503_with_retry_after(served):
+    rt = served["rt"]
+    old = _limits(rt, max_concurrent=2)
+    held = 0
+    try:
+        for _ in range(2):  # both slots taken, as two requests in flight hold them (deterministic: no race with a
+            rt.admit()      # generation that happens to finish first)
+            held += 1
+        with pytest.raises(openai.InternalServerError) as err:  # the client's class for 503
+            ask(served["client"], "One more?")
+        assert err.value.status_code == 503 and err.value.body["code"] == "server_overloaded"
+        assert err.value.response.headers["retry-after"] == "1"
+        with pytest.raises(openai.InternalServerError):
+            served["client"].embeddings.create(model="all-MiniLM-L6-v2", input="also bounded")
+        rt.leave()  # one slot frees up: served again
+        held -= 1
+        assert ask(served["client"], "And now?").choices
+    finally:
+        for _ in range(held):
+            rt.leave()
+        _limits(rt, **old)
+    _wait_idle(rt)
+    assert any(x["status"] == 503 for x in log_lines(served["log"]))
+
+
+def test_request_timeout_gives_504_and_cancels_the_generation(served):
+    rt, url = served["rt"], served["server"].url
+    old = _limits(rt, request_timeout_s=0.2)
+    try:
+        with pytest.raises(openai.InternalServerError) as err:
+            ask(served["client"], "Write an essay about rivers and their deltas.", max_tokens=60)
+        assert err.value.status_code == 504 and err.value.body["code"] == "timeout"
+        # streaming: the error arrives as an OpenAI error event, then [DONE]
+        with httpx.stream("POST", url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
+                          json={"model": "m", "messages": [{"role": "user", "content": "Describe a long voyage."}],
+                                "max_tokens": 60, "stream": True}, timeout=60) as r:
+            events = [x[6:] for x in r.iter_lines() if x.startswith("data: ")]
+        assert events[-1] == "[DONE]" and json.loads(events[-2])["error"]["code"] == "timeout"
+    finally:
+        _limits(rt, **old)
+    _wait_idle(rt)  # the generations were cancelled: no slot stays taken
+    deadline = time.time() + 10
+    while [x["status"] for x in log_lines(served["log"])][-2:] != [504, 504]:  # logged as the stream closes
+        assert time.time() < deadline, [x["status"] for x in log_lines(served["log"])][-4:]
+        time.sleep(0.1)
+
+
+def test_request_log_rotation_keeps_every_line_readable(tmp_path):
+    from pipelines.monitoring.windows import read_request_log
+    from pipelines.serving.request_log import RequestLog, log_files
+
+    path = tmp_path / "logs" / "requests.jsonl"
+    log = RequestLog(path, max_bytes=2000)
+    for i in range(40):
+        log.record(request_id=f"r{i}", key_id="k", model="m", model_version="1", alias="champion", mode="chat",
+                   status=200, prompt=f"question {i} from bob@example.com", response="an answer", prompt_tokens=5,
+                   completion_tokens=2, latency_ms=1.0, ttft_ms=0.5)
+    files = log_files(path)
+    assert log.rotations >= 3 and len(files) == log.rotations + 1 and files[-1] == path
+    assert [f.name for f in files[:2]] == ["requests.000001.jsonl", "requests.000002.jsonl"]
+    assert all(f.stat().st_size <= 2000 for f in files)
+    # monitoring reads the rotated files and the live one, oldest first, by the log's path or by its folder
+    for where in (path, path.parent):
+        got = read_request_log(where)
+        assert [r["request_id"] for r in got.records] == [f"r{i}" for i in range(40)] and not got.rejected
+    assert "bob@example.com" not in "".join(f.read_text() for f in files)
+    # a second writer (another process on the same log) continues the numbering, never overwrites
+    RequestLog(path, max_bytes=2000).record(
+        request_id="x", key_id=None, model="m", model_version="1", alias="champion", mode="chat", status=200,
+        prompt="p" * 1500, response=None, prompt_tokens=1, completion_tokens=0, latency_ms=1.0, ttft_ms=None)
+    assert len(log_files(path)) == len(files) + 1 and len(read_request_log(path).records) == 41

@@ -14,6 +14,7 @@ never a crash; a missing file is an empty window (the drift decision then says "
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -197,6 +198,15 @@ def parse_ts(value: Any) -> datetime | None:
     return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
 
 
+def _rotated_request_logs(path: Path) -> list[Path]:
+    """The files serving rotated the log at `path` into (`<stem>.<000001...>.jsonl`, pipelines/serving/
+    request_log.py), oldest first: a window over the log's path reads them before the live file."""
+    pattern = re.compile(rf"^{re.escape(path.stem)}\.(\d{{6,}}){re.escape(path.suffix)}$")
+    found = [(int(m.group(1)), p) for p in path.parent.glob(f"{path.stem}.*{path.suffix}")
+             if (m := pattern.match(p.name))] if path.suffix and path.parent.is_dir() else []
+    return [p for _, p in sorted(found)]
+
+
 def read_request_log(path: str | Path | None, since: str | datetime | None = None,
                      until: str | datetime | None = None) -> RequestLog:
     """The request log's records with `since <= ts < until` (either bound None: open). A line that is not a JSON
@@ -210,7 +220,8 @@ def read_request_log(path: str | Path | None, since: str | datetime | None = Non
     if path is None:
         return log
     root = Path(path)
-    files = sorted(root.rglob("*.jsonl")) if root.is_dir() else ([root] if root.exists() else [])
+    files = sorted(root.rglob("*.jsonl")) if root.is_dir() else _rotated_request_logs(root) + (
+        [root] if root.exists() else [])
     for file in files:
         for line, rec, error in _records(file, jsonl=True):
             log.lines_read += 1

@@ -65,6 +65,8 @@ class RayServeConfig(StageConfig):
     target_ongoing_requests: float = Field(gt=0)
     upscale_delay_s: float = Field(ge=0)
     downscale_delay_s: float = Field(ge=0)
+    look_back_period_s: float = Field(gt=0)  # ongoing requests are averaged over this window
+    metrics_interval_s: float = Field(gt=0)  # how often replicas/handles push their ongoing-request counts
     num_cpus: float = Field(gt=0)  # CPUs reserved per replica
 
 

@@ -4,13 +4,17 @@ Schema (monitoring reads exactly these fields): ts, request_id, key_id, model, m
 prompt (last user message, redacted by pipelines.data.pii), prompt_sha256 (of the unredacted prompt), response
 (redacted; null on errors), prompt_tokens, completion_tokens, latency_ms, ttft_ms, pii_found {prompt, response},
 guard (null until the guard fills it), contexts ([{doc_id, chunk_id, text}] in RAG mode, else null).
-Rotation: above `max_bytes` the file is renamed to `<path>.<n>` (n = 1, 2, ...) and a new one started.
+Rotation: a line that would take the file above `max_bytes` first renames it to `<stem>.<n>.jsonl` (n = 000001,
+000002, ... zero-padded, so name order is time order and every rotated file still ends in `.jsonl`) and starts a new
+one. Readers (pipelines.monitoring.windows.read_request_log) given the log's path read its rotated files first, then
+the live one (`log_files`); given the folder, every `*.jsonl` in name order, which is the same order.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 import threading
 from collections import Counter
 from datetime import datetime, timezone
@@ -35,6 +39,29 @@ def redact(text: str | None) -> tuple[str | None, dict[str, int]]:
     return out, dict(Counter(entities))
 
 
+def rotated_name(path: Path, n: int) -> Path:
+    return path.with_name(f"{path.stem}.{n:06d}{path.suffix}")
+
+
+def _rotated(path: Path) -> list[tuple[int, Path]]:
+    pattern = re.compile(rf"^{re.escape(path.stem)}\.(\d{{6,}}){re.escape(path.suffix)}$")
+    if not path.parent.is_dir():
+        return []
+    return sorted((int(m.group(1)), p) for p in path.parent.glob(f"{path.stem}.*{path.suffix}")
+                  if (m := pattern.match(p.name)))
+
+
+def rotated_files(path: str | Path) -> list[Path]:
+    """The rotated files of the log at `path`, oldest first."""
+    return [p for _, p in _rotated(Path(path))]
+
+
+def log_files(path: str | Path) -> list[Path]:
+    """Every file of the log at `path` in time order: the rotated ones, then the live one (when it exists)."""
+    path = Path(path)
+    return rotated_files(path) + ([path] if path.exists() else [])
+
+
 class RequestLog:
     def __init__(self, path: str | Path, max_bytes: int):
         self.path = Path(path)
@@ -42,6 +69,23 @@ class RequestLog:
         self._lock = threading.Lock()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.written = 0
+        self.rotations = 0
+
+    def _rotate(self) -> None:
+        """Move the live file to the next free `<stem>.<n>.jsonl`. Several processes may share one log (Ray Serve
+        replicas on a node): the target is created with link() (never overwrites another's rotation), and a live
+        file another process has just rotated away is simply started anew."""
+        while True:
+            done = _rotated(self.path)
+            target = rotated_name(self.path, done[-1][0] + 1 if done else 1)
+            try:
+                os.link(self.path, target)
+            except FileExistsError:
+                continue
+            except FileNotFoundError:
+                return
+            os.unlink(self.path)
+            return
 
     def record(self, *, request_id: str, key_id: str | None, model: str | None, model_version: str | None,
                alias: str | None, mode: str, status: int, prompt: str | None, response: str | None,
@@ -63,11 +107,10 @@ class RequestLog:
         }
         data = (json.dumps(line, ensure_ascii=False) + "\n").encode("utf-8")
         with self._lock:
-            if self.max_bytes and self.path.exists() and self.path.stat().st_size + len(data) > self.max_bytes:
-                n = 1
-                while self.path.with_name(f"{self.path.name}.{n}").exists():
-                    n += 1
-                os.replace(self.path, self.path.with_name(f"{self.path.name}.{n}"))
+            if self.max_bytes and (size := self.path.stat().st_size if self.path.exists() else 0) and \
+                    size + len(data) > self.max_bytes:
+                self._rotate()
+                self.rotations += 1
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
                 os.write(fd, data)  # one write per line on an O_APPEND fd: lines never interleave

@@ -1,0 +1,414 @@
+"""Serving throughput and latency: the batched API vs its naive one-at-a-time path vs `transformers serve`, side by
+side in one run, then a 60 s soak of 32 concurrent streams.
+
+Three servers on loopback, each a separate process on the same model directory (models/base, SmolLM2-135M,
+float32, CPU), all started before measuring and idle while another is measured:
+
+- `batched`: `pipelines.serving.app` with `serve.batching.mode=continuous` (transformers ContinuousBatchingManager)
+- `naive`:   the same app with `mode=naive` (one `generate` at a time under a lock: the baseline)
+- `hf`:      `transformers serve models/base --device cpu --continuous-batching --cb-num-blocks N
+             --cb-max-batch-tokens M` (same KV-cache size as ours)
+
+Our two servers serve the base model as the champion slot directly (no registry), with auth off (loopback), the
+response cache off (every request generates) and the request log on (PII redaction included, as in production).
+
+Load: C concurrent closed-loop clients (C in --levels), each sending streaming chat completions back to back
+(greedy, `max_tokens` = --max-tokens, distinct short prompts, the same prompt list for every server) until the
+level's requests (max(8, 2C)) are done. Per level and server: req/s and completion tok/s over the level's wall
+time, latency and time-to-first-token p50/p95. Completion tokens are counted the same way for every server (the
+streamed text re-tokenized by the client, after the clock stops). The levels run interleaved (repeat r: level L:
+server S) and the tables give medians over --repeats.
+
+Soak: --soak-clients streams held open for --soak-s seconds against `batched` (each client re-opens a stream as
+soon as the previous one ends); every non-200 status, malformed chunk or stream without `[DONE]` is an error.
+
+    .venv/bin/python bench/bench_serve.py [--repeats 3] [--max-tokens 32] [--levels 1,8,32] [--soak-s 60]
+
+Writes bench/results/serve.json and bench/results/serve.md.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+OUT_JSON = REPO / "bench" / "results" / "serve.json"
+OUT_MD = REPO / "bench" / "results" / "serve.md"
+sys.path.insert(0, str(REPO))
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONHASHSEED": "0",
+       "TOKENIZERS_PARALLELISM": "false"}
+
+SUBJECTS = ["a cat", "the sea", "a robot", "a train", "the moon", "a garden", "a city", "a dragon", "a teacher",
+            "a river", "a storm", "a violin", "a lighthouse", "a bakery", "a mountain", "a forest"]
+STYLES = ["Write a short story about {}.", "Describe {} in a few sentences.", "Tell me three facts about {}.",
+          "Write a poem about {}."]
+
+
+def prompts(n: int) -> list[str]:
+    out = []
+    for i in range(n):
+        out.append(STYLES[(i // len(SUBJECTS)) % len(STYLES)].format(SUBJECTS[i % len(SUBJECTS)]))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- servers
+def child_server(mode: str, base: str, port: int, num_blocks: int, max_batch_tokens: int, log_dir: str) -> None:
+    """Our API in this process, serving `base` directly as the champion slot."""
+    import uvicorn
+
+    from pipelines.models import lm
+    from pipelines.serving.app import create_app
+    from pipelines.serving.auth import KeyStore
+    from pipelines.serving.config import ServeConfig
+    from pipelines.serving.engine import Engine
+    from pipelines.serving.reload import Served
+    from pipelines.config import config_from_params
+    from pipelines.stages.registry import shared_config
+
+    cfg = config_from_params("serve", ServeConfig, {
+        "host": "127.0.0.1", "port": port, "reload_poll_s": 0, "request_log": f"{log_dir}/{mode}.jsonl",
+        "cache": {"max_entries": 0},
+        "batching": {"mode": mode, "num_blocks": num_blocks, "max_batch_tokens": max_batch_tokens},
+        "limits": {"max_concurrent": 256, "rate_limit_rps": 1e6, "rate_limit_burst": 1000000}})
+    registry = shared_config("registry", tracking_uri=f"sqlite:///{log_dir}/none.db", model_name="base")
+    app = create_app(cfg, registry, keys=KeyStore([]), manage_lifecycle=False)
+    rt = app.state.runtime
+    engine = Engine(lm.load_model(base, None, cache=False), mode, num_blocks, max_batch_tokens)
+    asyncio.run(engine.warmup())
+    rt.slots.served[registry.alias] = Served(alias=registry.alias, version="base", engine=engine, run_id=None,
+                                             source=base, base_model=base, adapter_sha256=None, prompt_sha256=None,
+                                             loaded_at=time.time())
+    rt._models_changed()
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Proc:
+    def __init__(self, name: str, argv: list[str], port: int, log: Path):
+        self.name, self.port, self.log = name, port, log
+        self.url = f"http://127.0.0.1:{port}"
+        self.fh = open(log, "w")
+        self.p = subprocess.Popen(argv, cwd=REPO, env=ENV, stdout=self.fh, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+
+    def wait_ready(self, path: str, timeout: float = 300) -> None:
+        import httpx
+
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.p.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.p.returncode}; see {self.log}:\n"
+                                   + self.log.read_text()[-3000:])
+            try:
+                if httpx.get(self.url + path, timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"{self.name} not ready after {timeout:.0f} s; see {self.log}")
+
+    def stop(self) -> None:
+        if self.p.poll() is None:
+            os.killpg(self.p.pid, signal.SIGTERM)
+            try:
+                self.p.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.p.pid, signal.SIGKILL)
+                self.p.wait(10)
+        self.fh.close()
+
+
+# ---------------------------------------------------------------------------------------------------- load
+async def one_stream(client, url: str, model: str, prompt: str, max_tokens: int, ours: bool) -> dict:
+    """One streaming chat completion. `ours`: our API (greedy by `temperature: 0`, usage chunk, `[DONE]` required);
+    else transformers serve, which rejects `stream_options`, is greedy by the model's generation config when no
+    temperature is sent (its batching manager takes the FIRST request's sampling settings for all), and ends its
+    streams after the finish_reason chunk without `data: [DONE]`."""
+    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
+            "stream": True}
+    if ours:
+        body.update(temperature=0.0, stream_options={"include_usage": True})
+    t0 = time.perf_counter()
+    ttft, text, done, error, finished = None, [], False, None, False
+    try:
+        async with client.stream("POST", url + "/v1/chat/completions", json=body) as r:
+            if r.status_code != 200:
+                await r.aread()
+                return {"ok": False, "error": f"HTTP {r.status_code}: {r.text[:200]}"}
+            async for line in r.aiter_lines():
+                if not line.startswith("data: "):
+                    continue
+                data = line[6:]
+                if data == "[DONE]":
+                    done = True
+                    break
+                chunk = json.loads(data)
+                if "error" in chunk:
+                    error = f"error chunk: {chunk['error']}"
+                    break
+                for c in chunk.get("choices") or []:
+                    finished = finished or bool(c.get("finish_reason"))
+                    piece = (c.get("delta") or {}).get("content")
+                    if piece:
+                        if ttft is None:
+                            ttft = time.perf_counter() - t0
+                        text.append(piece)
+    except Exception as exc:  # noqa: BLE001 - counted
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    if not ours and finished and not error:
+        done = True
+    if error or not done:
+        return {"ok": False, "error": error or ("stream ended without [DONE]" if finished else
+                                                 "stream ended before its finish_reason")}
+    return {"ok": True, "latency": time.perf_counter() - t0, "ttft": ttft, "text": "".join(text)}
+
+
+async def run_level(url: str, model: str, clients: int, n_requests: int, max_tokens: int, usage: bool) -> dict:
+    import httpx
+
+    todo = list(enumerate(prompts(n_requests)))
+    results: list[dict] = []
+    limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(300, connect=10), limits=limits) as client:
+        async def worker():
+            while todo:
+                _, p = todo.pop(0)
+                results.append(await one_stream(client, url, model, p, max_tokens, usage))
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        wall = time.perf_counter() - t0
+    return {"wall": wall, "results": results}
+
+
+def pct(xs: list[float], q: float) -> float | None:
+    if not xs:
+        return None
+    xs = sorted(xs)
+    k = (len(xs) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
+
+
+def summarize(run: dict, tok) -> dict:
+    ok = [r for r in run["results"] if r["ok"]]
+    tokens = sum(len(tok.encode(r["text"], add_special_tokens=False)) for r in ok)
+    lat = [r["latency"] for r in ok]
+    ttft = [r["ttft"] for r in ok if r["ttft"] is not None]
+    return {"requests": len(run["results"]), "errors": len(run["results"]) - len(ok),
+            "error_samples": [r["error"] for r in run["results"] if not r["ok"]][:3],
+            "wall_s": run["wall"], "req_per_s": len(ok) / run["wall"], "tok_per_s": tokens / run["wall"],
+            "completion_tokens": tokens, "p50_s": pct(lat, 0.5), "p95_s": pct(lat, 0.95),
+            "ttft_p50_s": pct(ttft, 0.5), "ttft_p95_s": pct(ttft, 0.95)}
+
+
+async def soak(url: str, model: str, clients: int, seconds: float, max_tokens: int) -> dict:
+    import httpx
+
+    stop_at = time.perf_counter() + seconds
+    stats = {"streams": 0, "errors": 0, "error_samples": [], "tokens_text": []}
+    open_now = {"n": 0, "min_while_running": clients, "samples": []}
+    limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
+    ps = prompts(64)
+
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+        async def worker(i):
+            k = i
+            while time.perf_counter() < stop_at:
+                open_now["n"] += 1
+                r = await one_stream(client, url, model, ps[k % len(ps)], max_tokens, True)
+                open_now["n"] -= 1
+                k += clients
+                stats["streams"] += 1
+                if not r["ok"]:
+                    stats["errors"] += 1
+                    if len(stats["error_samples"]) < 5:
+                        stats["error_samples"].append(r["error"])
+
+        async def sampler():
+            while time.perf_counter() < stop_at:
+                open_now["samples"].append(open_now["n"])
+                await asyncio.sleep(1.0)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(sampler(), *(worker(i) for i in range(clients)))
+        wall = time.perf_counter() - t0
+    samples = open_now["samples"]
+    return {"clients": clients, "seconds": seconds, "wall_s": wall, "streams": stats["streams"],
+            "errors": stats["errors"], "error_samples": stats["error_samples"],
+            "open_streams_min": min(samples) if samples else None,
+            "open_streams_median": statistics.median(samples) if samples else None}
+
+
+# ---------------------------------------------------------------------------------------------------- report
+def med(rows: list[dict], key: str) -> float | None:
+    vals = [r[key] for r in rows if r.get(key) is not None]
+    return statistics.median(vals) if vals else None
+
+
+def fmt(x, nd=2):
+    return "-" if x is None else f"{x:.{nd}f}"
+
+
+def render(result: dict) -> str:
+    a = result["args"]
+    lines = ["# Serving benchmark", "",
+             f"`{result['command']}` on {result['machine']} ({result['date']}). Model {a['base']} (SmolLM2-135M, "
+             f"float32, CPU); greedy, `max_tokens={a['max_tokens']}`, streaming, short distinct prompts; "
+             f"loopback; medians over {a['repeats']} interleaved repeats; requests per level max(8, 2 x clients).",
+             "", "| clients | server | req/s | tok/s | p50 s | p95 s | TTFT p50 s | TTFT p95 s | errors |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for level in result["levels"]:
+        for name in result["servers"]:
+            m = result["medians"].get(f"{name}@{level}")
+            if m is None:
+                continue
+            lines.append(f"| {level} | {name} | {fmt(m['req_per_s'])} | {fmt(m['tok_per_s'], 1)} | {fmt(m['p50_s'])} "
+                         f"| {fmt(m['p95_s'])} | {fmt(m['ttft_p50_s'])} | {fmt(m['ttft_p95_s'])} | {m['errors']} |")
+    lines += ["", "Ratios (median tok/s; req/s in brackets):", "",
+              "| clients | batched / naive | batched / transformers serve |", "|---:|---:|---:|"]
+    for level in result["levels"]:
+        r = result["ratios"].get(str(level), {})
+        lines.append(f"| {level} | {fmt(r.get('batched_vs_naive_tok'))}x ({fmt(r.get('batched_vs_naive_req'))}x) | "
+                     f"{fmt(r.get('batched_vs_hf_tok'))}x ({fmt(r.get('batched_vs_hf_req'))}x) |")
+    if result.get("hf_error"):
+        lines += ["", f"transformers serve: {result['hf_error']}"]
+    s = result.get("soak")
+    if s:
+        lines += ["", f"Soak (batched): {s['clients']} concurrent streams for {s['seconds']:.0f} s: {s['streams']} "
+                      f"streams completed, **{s['errors']} errors**, open streams sampled each second: min "
+                      f"{s['open_streams_min']}, median {s['open_streams_median']}."]
+        if s["error_samples"]:
+            lines.append(f"Error samples: {s['error_samples']}")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--levels", default="1,8,32")
+    ap.add_argument("--servers", default="batched,naive,hf")
+    ap.add_argument("--soak-s", type=float, default=60.0)
+    ap.add_argument("--soak-clients", type=int, default=32)
+    ap.add_argument("--num-blocks", type=int, default=None, help="default: params.yaml serve.batching.num_blocks")
+    ap.add_argument("--max-batch-tokens", type=int, default=None, help="default: params.yaml serve.batching")
+    ap.add_argument("--base", default="models/base")
+    ap.add_argument("--out", default=str(OUT_JSON))
+    ap.add_argument("--child", nargs=6, metavar=("MODE", "BASE", "PORT", "NB", "MBT", "LOGDIR"),
+                    help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks: stop the servers
+    if args.child:
+        mode, base, port, nb, mbt, log_dir = args.child
+        child_server(mode, base, int(port), int(nb), int(mbt), log_dir)
+        return
+
+    from pipelines.config import config_from_params
+    from pipelines.serving.config import ServeConfig
+
+    batching = config_from_params("serve", ServeConfig, {}).batching
+    nb = args.num_blocks or batching.num_blocks
+    mbt = args.max_batch_tokens or batching.max_batch_tokens
+    base = str((REPO / args.base).resolve()) if not Path(args.base).is_absolute() else args.base
+    if not (Path(base) / "config.json").exists():
+        sys.exit(f"no model at {base}: run `dvc repro prepare_base_model` first")
+    levels = [int(x) for x in args.levels.split(",")]
+    names = [s for s in args.servers.split(",") if s]
+    tmp = Path(tempfile.mkdtemp(prefix="bench_serve_"))
+    procs: dict[str, Proc] = {}
+    hf_error = None
+    py = sys.executable
+    try:
+        for name in names:
+            port = free_port()
+            if name in ("batched", "naive"):
+                mode = "continuous" if name == "batched" else "naive"
+                procs[name] = Proc(name, [py, str(Path(__file__).resolve()), "--child", mode, base, str(port),
+                                          str(nb), str(mbt), str(tmp)], port, tmp / f"{name}.log")
+            elif name == "hf":
+                exe = Path(py).with_name("transformers")
+                procs[name] = Proc(name, [str(exe), "serve", base, "--device", "cpu", "--dtype", "float32",
+                                          "--continuous-batching", "--cb-num-blocks", str(nb),
+                                          "--cb-max-batch-tokens", str(mbt), "--host", "127.0.0.1", "--port",
+                                          str(port), "--log-level", "warning"], port, tmp / "hf.log")
+            # start one at a time: model loads compete for the same cores
+            try:
+                procs[name].wait_ready("/health")
+            except RuntimeError as exc:
+                if name != "hf":
+                    raise
+                hf_error = f"did not start: {exc}"
+                procs.pop(name).stop()
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(base)
+        # warm each server (first requests pay lazy initialisation: the CB manager of transformers serve starts
+        # on its first request)
+        for name, p in procs.items():
+            asyncio.run(run_level(p.url, base if name == "hf" else "base", 2, 4, 8, name != "hf"))
+        raw: dict[str, list[dict]] = {}
+        for rep in range(args.repeats):
+            for level in levels:
+                for name, p in procs.items():
+                    run = asyncio.run(run_level(p.url, base if name == "hf" else "base", level, max(8, 2 * level),
+                                                args.max_tokens, name != "hf"))
+                    s = summarize(run, tok)
+                    raw.setdefault(f"{name}@{level}", []).append(s)
+                    print(f"repeat {rep} clients {level:>2} {name:>7}: {s['req_per_s']:.2f} req/s "
+                          f"{s['tok_per_s']:.1f} tok/s p50 {fmt(s['p50_s'])} ttft {fmt(s['ttft_p50_s'])} "
+                          f"errors {s['errors']}", flush=True)
+        medians = {k: {**{m: med(v, m) for m in ("req_per_s", "tok_per_s", "p50_s", "p95_s", "ttft_p50_s",
+                                                  "ttft_p95_s", "completion_tokens")},
+                       "errors": sum(r["errors"] for r in v)} for k, v in raw.items()}
+        ratios = {}
+        for level in levels:
+            b, n, h = (medians.get(f"{s}@{level}") for s in ("batched", "naive", "hf"))
+            r = {}
+            for other, tag in ((n, "naive"), (h, "hf")):
+                if b and other and other["tok_per_s"]:
+                    r[f"batched_vs_{tag}_tok"] = b["tok_per_s"] / other["tok_per_s"]
+                    r[f"batched_vs_{tag}_req"] = b["req_per_s"] / other["req_per_s"]
+            ratios[str(level)] = r
+        soak_result = None
+        if args.soak_s > 0 and "batched" in procs:
+            soak_result = asyncio.run(soak(procs["batched"].url, "base", args.soak_clients, args.soak_s,
+                                           args.max_tokens))
+            print(f"soak: {soak_result}", flush=True)
+    finally:
+        for p in procs.values():
+            p.stop()
+    result = {"command": "python bench/bench_serve.py " + " ".join(sys.argv[1:]),
+              "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "args": {"repeats": args.repeats, "max_tokens": args.max_tokens, "base": args.base,
+                       "num_blocks": nb, "max_batch_tokens": mbt},
+              "levels": levels, "servers": list(procs), "medians": medians, "ratios": ratios, "raw": raw,
+              "soak": soak_result, "hf_error": hf_error}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    md = render(result)
+    out.with_suffix(".md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
