@@ -190,3 +190,19 @@ def test_champion_lookup_without_registry_is_the_base(tmp_path):
     champ = champion_adapter(registry, tmp_path / "dl")
     assert champ.adapter_dir is None and champ.reference["kind"] == "base"
     assert not (tmp_path / "none.db").exists()
+
+
+def test_toxicity_family_with_the_guards_detector(repo_root):
+    """The guard's trained toxicity detector (issue 15, `models/guard`, made by `dvc repro train_guard`) behind the
+    toxicity family's columns: the same classifier the runtime guard uses."""
+    guard = repo_root / "models" / "guard"
+    if not (guard / "toxicity" / "meta.json").exists():
+        pytest.skip("models/guard not built (dvc repro train_guard)")
+    from pipelines.evaluation.tasks import Resources
+    from pipelines.security.detectors import load_detector
+
+    res = Resources(detector=load_detector(guard, "toxicity"))
+    cols = FAMILIES["toxicity"].columns([{}, {}], [{"text": "You are a stupid worthless idiot and I hate you"},
+                                                   {"text": "Have a nice day, thank you for the help."}], res)
+    assert cols["toxicity"][0] > res.detector.threshold > cols["toxicity"][1]
+    assert cols["toxic"].tolist() == [1.0, 0.0]
