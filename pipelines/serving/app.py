@@ -37,6 +37,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipelines.models.registry import RegistryConfig, prompt_templates_sha256
+from pipelines.security.guard import Guard, GuardBlocked
 from pipelines.serving.auth import KeyStore, RateLimiter, is_loopback
 from pipelines.serving.config import ServeConfig
 from pipelines.serving.engine import Delta, Done, Engine, EngineDead
@@ -137,6 +138,7 @@ class Runtime:
                                                                    b.max_batch_tokens),
                            on_change=self._models_changed)
         self.metrics = Metrics(cfg.cost.price_per_cpu_hour, cfg.cost.price_per_gpu_hour, self._occupancy)
+        self.guard = Guard(cfg.guard, self.root, self.metrics.registry) if cfg.guard.enabled else None
         self.rag = Rag(_root_path(self.root, cfg.rag.index_dir), cfg.rag.top_k, cfg.rag.template,
                        cfg.rag.max_context_tokens)
         self.prompt_sha256 = prompt_templates_sha256()
@@ -283,6 +285,8 @@ class Runtime:
             raise APIError(400, "All messages are empty", "empty_messages", "messages")
         users = [m for m in messages if m["role"] == "user"]
         ctx.prompt = users[-1]["content"] if users else messages[-1]["content"]
+        if self.guard:  # input policy: PII redacted in place; a block raises GuardBlocked (answered as a refusal)
+            self.guard.enforce_input(messages, ctx.key_id)
         max_new = req.max_completion_tokens or req.max_tokens or self.cfg.max_new_tokens
         if max_new > self.cfg.limits.max_tokens:
             raise APIError(400, f"max_tokens is too large: {max_new}. This server allows at most "
@@ -295,6 +299,8 @@ class Runtime:
                 raise APIError(400, "RAG mode needs a non-empty user message", "empty_messages", "messages")
             self.embedder()
             filled, ctx.contexts = self.rag.build(ctx.prompt, served.tokenizer)
+            if self.guard:  # an instruction planted in a retrieved chunk (indirect injection)
+                self.guard.enforce_contexts(ctx.contexts, ctx.key_id)
             last = max(i for i, m in enumerate(messages) if m["role"] == "user")
             messages[last] = {"role": "user", "content": filled}
         ids = lm.chat_prompt_ids(served.tokenizer, messages)
@@ -473,6 +479,12 @@ def create_app(cfg: ServeConfig, registry: RegistryConfig, *, root: Path | None 
                 rt.slots.release(served)
             rt.log_request(ctx, exc.status)
             return exc.response(ctx.headers())
+        except GuardBlocked as blocked:
+            rt.slots.release(served)
+            rt.log_request(ctx, 200, blocked.text)
+            return JSONResponse(rt.guard.refusal_body(blocked.verdict, cid=f"chatcmpl-{uuid.uuid4().hex}",
+                                created=int(time.time()), model=ctx.model, fingerprint=fingerprint(served)),
+                                headers=ctx.headers())
 
         greedy = req.temperature == 0.0
         cache_key = ResponseCache.key(served.version, ids, max_new) if greedy and cfg.cache.max_entries else None
@@ -553,11 +565,18 @@ def create_app(cfg: ServeConfig, registry: RegistryConfig, *, root: Path | None 
                 return err.response(ctx.headers())
             if ttft is not None:
                 rt.metrics.ttft.labels(ctx.mode).observe(ttft / 1000)
-            rt.log_request(ctx, 200, done.text, done.completion_tokens, ttft)
+            gout = await asyncio.to_thread(rt.guard.screen_output, req.messages, done.text, ctx.key_id) \
+                if rt.guard else None
+            if gout is not None and gout.blocked:  # output policy: the answer is replaced by a refusal
+                rt.log_request(ctx, 200, rt.guard.refusal_text(gout), done.completion_tokens, ttft)
+                return JSONResponse(rt.guard.refusal_body(gout, cid=cid, created=created, model=ctx.model,
+                                                          fingerprint=fp, usage=usage_of(done)), headers=ctx.headers())
+            text = gout.text if gout is not None else done.text  # PII redacted by the output policy
+            rt.log_request(ctx, 200, text, done.completion_tokens, ttft)
             return JSONResponse({
                 "id": cid, "object": "chat.completion", "created": created, "model": ctx.model,
                 "system_fingerprint": fp,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": done.text},
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                              "logprobs": None, "finish_reason": done.finish_reason}],
                 "usage": usage_of(done), **extra}, headers={**ctx.headers(), "x-llmops-cache": (
                     "hit" if cached is not None else "miss") if cache_key else "off"})
@@ -588,7 +607,12 @@ def create_app(cfg: ServeConfig, registry: RegistryConfig, *, root: Path | None 
                     yield f"data: {json.dumps(err.body())}\n\n"
                     yield "data: [DONE]\n\n"
                     return
-                yield _chunk(cid, created, ctx.model, fp, {}, done.finish_reason, include_usage)
+                # output policy on a stream: what was sent stays sent; a block ends it as content_filter
+                gout = await asyncio.to_thread(rt.guard.screen_output, req.messages, done.text, ctx.key_id) \
+                    if rt.guard else None
+                yield _chunk(cid, created, ctx.model, fp, {}, "content_filter" if gout and gout.blocked else
+                             done.finish_reason, include_usage, extra={"guard": gout.body()} if gout and gout.checks
+                             else None)
                 if include_usage:
                     yield _chunk(cid, created, ctx.model, fp, None, None, True, usage_of(done))
                 yield "data: [DONE]\n\n"

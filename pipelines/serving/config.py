@@ -6,6 +6,7 @@ from typing import Literal
 from pydantic import Field
 
 from pipelines.config import StageConfig
+from pipelines.security.guard import GuardConfig
 
 
 class BatchingConfig(StageConfig):
@@ -87,3 +88,4 @@ class ServeConfig(StageConfig):
     embeddings: EmbeddingsConfig
     cost: CostConfig
     ray: RayServeConfig
+    guard: GuardConfig  # input/output policy (pipelines.security.guard)
