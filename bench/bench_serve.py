@@ -10,11 +10,12 @@ float32, CPU), all started before measuring and idle while another is measured:
              --cb-max-batch-tokens M` (same KV-cache size as ours)
 
 Our two servers serve the base model as the champion slot directly (no registry), with auth off (loopback), the
-response cache off (every request generates) and the request log on (PII redaction included, as in production).
+response cache off (every request generates), the guard off (serve.guard: it measures the engine, not the detectors)
+and the request log on (PII redaction included, as in production).
 
 Load: C concurrent closed-loop clients (C in --levels), each sending streaming chat completions back to back
 (greedy, `max_tokens` = --max-tokens, distinct short prompts, the same prompt list for every server) until the
-level's requests (max(8, 2C)) are done. Per level and server: req/s and completion tok/s over the level's wall
+level's requests (`n_requests`: min(max(8, 2C), 48)) are done. Per level and server: req/s and completion tok/s over the level's wall
 time, latency and time-to-first-token p50/p95. Completion tokens are counted the same way for every server (the
 streamed text re-tokenized by the client, after the clock stops). The levels run interleaved (repeat r: level L:
 server S) and the tables give medians over --repeats.
@@ -79,9 +80,10 @@ def child_server(mode: str, base: str, port: int, num_blocks: int, max_batch_tok
 
     cfg = config_from_params("serve", ServeConfig, {
         "host": "127.0.0.1", "port": port, "reload_poll_s": 0, "request_log": f"{log_dir}/{mode}.jsonl",
-        "cache": {"max_entries": 0},
+        "cache": {"max_entries": 0}, "guard": {"enabled": False},
         "batching": {"mode": mode, "num_blocks": num_blocks, "max_batch_tokens": max_batch_tokens},
-        "limits": {"max_concurrent": 256, "rate_limit_rps": 1e6, "rate_limit_burst": 1000000}})
+        "limits": {"max_concurrent": 256, "rate_limit_rps": 1e6, "rate_limit_burst": 1000000,
+                   "request_timeout_s": 3600}})
     registry = shared_config("registry", tracking_uri=f"sqlite:///{log_dir}/none.db", model_name="base")
     app = create_app(cfg, registry, keys=KeyStore([]), manage_lifecycle=False)
     rt = app.state.runtime
@@ -198,6 +200,11 @@ async def run_level(url: str, model: str, clients: int, n_requests: int, max_tok
     return {"wall": wall, "results": results}
 
 
+def n_requests(clients: int) -> int:
+    """Requests per level: two rounds per client, at least 8, at most 48 (32 clients: one full round + half)."""
+    return min(max(8, 2 * clients), 48)
+
+
 def pct(xs: list[float], q: float) -> float | None:
     if not xs:
         return None
@@ -272,7 +279,8 @@ def render(result: dict) -> str:
     lines = ["# Serving benchmark", "",
              f"`{result['command']}` on {result['machine']} ({result['date']}). Model {a['base']} (SmolLM2-135M, "
              f"float32, CPU); greedy, `max_tokens={a['max_tokens']}`, streaming, short distinct prompts; "
-             f"loopback; medians over {a['repeats']} interleaved repeats; requests per level max(8, 2 x clients).",
+             f"loopback; medians over {a['repeats']} interleaved repeats; requests per level min(max(8, 2 x clients), "
+             f"48). Load average before the run: {result['load_before']}, after: {result['load_after']}.",
              "", "| clients | server | req/s | tok/s | p50 s | p95 s | TTFT p50 s | TTFT p95 s | errors |",
              "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for level in result["levels"]:
@@ -333,6 +341,7 @@ def main() -> None:
     levels = [int(x) for x in args.levels.split(",")]
     names = [s for s in args.servers.split(",") if s]
     tmp = Path(tempfile.mkdtemp(prefix="bench_serve_"))
+    load_before = [round(x, 2) for x in os.getloadavg()]
     procs: dict[str, Proc] = {}
     hf_error = None
     py = sys.executable
@@ -368,8 +377,8 @@ def main() -> None:
         for rep in range(args.repeats):
             for level in levels:
                 for name, p in procs.items():
-                    run = asyncio.run(run_level(p.url, base if name == "hf" else "base", level, max(8, 2 * level),
-                                                args.max_tokens, name != "hf"))
+                    run = asyncio.run(run_level(p.url, base if name == "hf" else "base", level,
+                                                n_requests(level), args.max_tokens, name != "hf"))
                     s = summarize(run, tok)
                     raw.setdefault(f"{name}@{level}", []).append(s)
                     print(f"repeat {rep} clients {level:>2} {name:>7}: {s['req_per_s']:.2f} req/s "
@@ -401,7 +410,8 @@ def main() -> None:
               "args": {"repeats": args.repeats, "max_tokens": args.max_tokens, "base": args.base,
                        "num_blocks": nb, "max_batch_tokens": mbt},
               "levels": levels, "servers": list(procs), "medians": medians, "ratios": ratios, "raw": raw,
-              "soak": soak_result, "hf_error": hf_error}
+              "soak": soak_result, "hf_error": hf_error, "load_before": load_before,
+              "load_after": [round(x, 2) for x in os.getloadavg()]}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -91,7 +91,10 @@ def served(base_model_dir, tmp_path_factory):
     cand = tmp / "cand"
     shutil.copytree(adapter, cand)
     assert _promote(tmp, registry, cand, base_model_dir)["version"] == 1
+    # the guard (serve.guard, tests/test_guard.py) is off here: these tests pin the API's own behaviour, and the
+    # trained detectors' verdicts on test prompts would depend on whether models/guard was built
     cfg = serve_config(max_new_tokens=12, reload_poll_s=1.0, request_log=str(tmp / "logs" / "requests.jsonl"),
+                       guard={"enabled": False},
                        rag={"index_dir": str(tiny_index(tmp / "index")), "top_k": 2, "template": "rag_v1.j2",
                             "max_context_tokens": 200},
                        limits={"max_body_bytes": 20000, "max_prompt_tokens": 400, "max_tokens": 64,
@@ -236,12 +239,13 @@ def test_malformed_bodies_and_rate_limit(served):
         assert r.status_code == 400 and r.json()["error"]["code"] == code
     assert httpx.get(served["server"].url + "/v1/nothing", headers=auth).json()["error"]["code"] == "not_found"
     rt = served["rt"]
-    rt.limiter.buckets["k2"] = (0.0, time.monotonic())  # k2's bucket is empty
+    rt.limiter.buckets["k2"] = (-500.0, time.monotonic())  # k2's bucket is empty for the next 10 s at 50/s
     client2 = served["client"].with_options(api_key="sk-test-k2")
     with pytest.raises(openai.RateLimitError) as err:
         ask(client2)
     assert int(err.value.response.headers["retry-after"]) >= 1
     assert ask(served["client"]).choices  # other keys are unaffected
+    rt.limiter.buckets.pop("k2")
     errors = [x for x in log_lines(served["log"]) if x["status"] >= 400]
     assert errors and all(x["response"] is None for x in errors)
     assert any(x["status"] == 429 and x["key_id"] == "k2" for x in errors)
@@ -434,11 +438,16 @@ def test_request_timeout_gives_504_and_cancels_the_generation(served):
                                 "max_tokens": 60, "stream": True}, timeout=60) as r:
             events = [x[6:] for x in r.iter_lines() if x.startswith("data: ")]
         assert events[-1] == "[DONE]" and json.loads(events[-2])["error"]["code"] == "timeout"
+        with pytest.raises(openai.APIError) as err:  # the client raises on the error event mid-stream
+            list(served["client"].chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "List every country you know."}], max_tokens=60,
+                temperature=0, stream=True))
+        assert err.value.body["code"] == "timeout"
     finally:
         _limits(rt, **old)
     _wait_idle(rt)  # the generations were cancelled: no slot stays taken
     deadline = time.time() + 10
-    while [x["status"] for x in log_lines(served["log"])][-2:] != [504, 504]:  # logged as the stream closes
+    while [x["status"] for x in log_lines(served["log"])][-3:] != [504] * 3:  # logged as the stream closes
         assert time.time() < deadline, [x["status"] for x in log_lines(served["log"])][-4:]
         time.sleep(0.1)
 

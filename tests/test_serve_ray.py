@@ -50,7 +50,7 @@ def ray_served(ray_local, base_model_dir, tmp_path_factory):
     port = _free_port()
     # naive batching: every request here is sampled (one at a time per replica) and a replica starts faster
     cfg = serve_config(port=port, reload_poll_s=0, max_new_tokens=8, request_log=str(tmp / "logs" / "requests.jsonl"),
-                       batching={"mode": "naive"}, ray=RAY)
+                       batching={"mode": "naive"}, guard={"enabled": False}, ray=RAY)
     try:
         ray_app.start(cfg, registry, blocking_timeout_s=180)
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=secret, max_retries=0, timeout=120)
