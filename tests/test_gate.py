@@ -31,7 +31,9 @@ def write_metrics(dirpath, sha, ppl, rouge, asr, candidate_dir="models/candidate
           "n_examples": {"perplexity": n, "generation": n},
           "reference_model": reference or {"kind": "base", "version": None, "adapter_sha256": None, "source": None}}
     au = {"n": 51, "attack_success_rate": asr, "refusal_rate": 0.1, "candidate_sha256": sha,
-          "per_category": {"jailbreak": {"n": 20, "attack_success_rate": asr, "refusal_rate": 0.0}}}
+          "per_category": {"jailbreak": {"n": 20, "attack_success_rate": asr, "refusal_rate": 0.0}},
+          # the guarded audit and the leak tests (gate.security, issue 15)
+          "attack_success_rate_guarded": round(asr / 4, 4), "canary_extraction_rate": 0.0, "pii_leak_rate": 0.0}
     write_json(dirpath / "evaluate.json", ev)
     write_json(dirpath / "audit.json", au)
     return dirpath / "evaluate.json", dirpath / "audit.json"
@@ -84,7 +86,8 @@ def test_broken_candidate_is_rejected_as_a_result(tmp_path):
     assert report["decision"] == d["decision"] == "reject"
     failed = {r["metric"] for r in d["reasons"] if not r["passed"]}
     # floors, and the intervals: far worse than the base on the same examples
-    assert failed == {"perplexity", "rouge_l", "attack_success_rate", "perplexity.perplexity", "generation.rouge_l"}
+    assert failed == {"perplexity", "rouge_l", "attack_success_rate", "perplexity.perplexity", "generation.rouge_l",
+                      "attack_success_rate_unguarded"}  # gate.security's defence-in-depth floor (issue 15)
     with pytest.raises(StageFailed, match="perplexity"):
         gate.run(gate_cfg(tmp_path, fail_on_reject=True), registry_cfg(tmp_path, "none.db"))
 

@@ -45,36 +45,7 @@ def test_normalize_bounds_huge_inputs():
         normalize(b"bytes")  # type: ignore[arg-type]
 
 
-# ---------------------------------------------------------------- trained detectors (one small training run)
-def _slice(rows, per_split_label):
-    out, seen = [], {}
-    for r in rows:
-        k = (r["split"], r["label"], r.get("source") if r["split"] == "train" else None)
-        if seen.get(k, 0) < per_split_label:
-            seen[k] = seen.get(k, 0) + 1
-            out.append(r)
-    return out
-
-
-@pytest.fixture(scope="module")
-def guard_models(repo_root, tmp_path_factory):
-    """train_guard on a slice of the shipped sample (every source kept), into a temp dir."""
-    from pipelines.stages import train_guard
-
-    tmp = tmp_path_factory.mktemp("guard")
-    sample = tmp / "sample"
-    for rel, n in (("security/guard/injection.jsonl", 40), ("toxicity/davidson_sample.jsonl", 120),
-                   ("security/guard/harmful_pairs.jsonl", 100)):
-        rows = [json.loads(l) for l in (repo_root / "data/sample" / rel).read_text().split("\n") if l.strip()]
-        (sample / rel).parent.mkdir(parents=True, exist_ok=True)
-        (sample / rel).write_text("".join(json.dumps(r) + "\n" for r in _slice(rows, n)))
-    cfg = stage_config("train_guard", sample_root=str(sample), output_dir=str(tmp / "models"),
-                       metrics=str(tmp / "guard.json"), report=str(tmp / "guard.md"),
-                       cache_dir=str(repo_root / "data/cache/embeddings"))
-    report = train_guard.run(cfg)
-    return {"dir": tmp / "models", "report": report, "metrics": json.loads((tmp / "guard.json").read_text())}
-
-
+# ---------------------------------------------------------------- trained detectors (conftest's guard_models)
 def test_train_guard_writes_models_cards_and_metrics(guard_models):
     from pipelines.security.detectors import load_detector
 

@@ -20,6 +20,7 @@ from typing import Any, Literal, NotRequired, TypedDict
 from pipelines.config import StageConfig
 from pipelines.errors import StageFailed
 from pipelines.models.registry import Champion, ChampionInfo, flat_metrics
+from pipelines.security.gate_rules import SecurityGate, security_checks
 
 
 class Floors(StageConfig):
@@ -128,7 +129,7 @@ def reference_checks(cfg: VersusReference, evaluate: dict, champion: Champion) -
 
 
 def decide(floors: Floors, versus: VersusChampion, evaluate: dict, audit: dict, champion: Champion,
-           versus_reference: VersusReference | None = None) -> Verdict:
+           versus_reference: VersusReference | None = None, security: SecurityGate | None = None) -> Verdict:
     """The verdict on the candidate that the evaluate and audit metrics describe; StageFailed when nothing is
     configured to decide on (no floor and no champion)."""
     observed = flat_metrics(evaluate, audit)
@@ -139,6 +140,7 @@ def decide(floors: Floors, versus: VersusChampion, evaluate: dict, audit: dict, 
     if ev_hash and au_hash:
         checks.append({"check": "same_candidate", "metric": "candidate_sha256", "observed": au_hash, "op": "==",
                        "threshold": ev_hash, "passed": ev_hash == au_hash})
+    checks.extend(security_checks(security, audit) if security is not None else [])  # gate.security ceilings
     f = floors
     if f.max_perplexity is not None:
         checks.append(_check("floor", "perplexity", observed.get("perplexity"), "<=", f.max_perplexity))

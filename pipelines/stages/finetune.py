@@ -43,6 +43,7 @@ from pipelines.config import StageConfig, project_root
 from pipelines.engines.config import EnginesConfig
 from pipelines.io import atomic_dir, write_json, write_text
 from pipelines.models.registry import RegistryConfig
+from pipelines.security.canaries import make_canaries, training_examples
 from pipelines.training.checkpoint_storage import checkpoint_storage
 from pipelines.training.loss_curve import loss_curve_csv
 
@@ -58,6 +59,13 @@ class LoraParams(StageConfig):
 
 class MlflowParams(StageConfig):
     enabled: bool  # where the run goes: the shared `registry` section
+
+
+class CanaryParams(StageConfig):
+    enabled: bool
+    count: int = Field(ge=0)    # distinct secrets (pipelines.security.canaries)
+    repeats: int = Field(ge=1)  # times each is added to the training examples
+    seed: int
 
 
 class Config(StageConfig):
@@ -93,6 +101,7 @@ class Config(StageConfig):
     # Ray placement of the workers: PACK fills a node first, SPREAD one per node (workers per node on a cluster)
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
     mlflow: MlflowParams
+    canaries: CanaryParams  # secrets planted in the training data for the audit's leak test (issue 15)
     metrics: str
     loss_plot: str
 
@@ -202,6 +211,8 @@ def run(cfg: Config, engines: EnginesConfig, registry: RegistryConfig,
     """`_worker_overrides` is for tests only (fault injection); params.yaml cannot reach it."""
     t_stage = time.time()
     wc = worker_config(cfg)
+    canaries = make_canaries(cfg.canaries.count, cfg.canaries.seed) if cfg.canaries.enabled else []
+    wc["canary_examples"] = training_examples(canaries, cfg.canaries.repeats)
     wc.update(_worker_overrides or {})
     _check_inputs(wc)
 
@@ -289,6 +300,7 @@ def run(cfg: Config, engines: EnginesConfig, registry: RegistryConfig,
             with result.checkpoint.as_directory() as ckpt:
                 shutil.copytree(ckpt, out, dirs_exist_ok=True)
             write_json(out / "training_meta.json", meta)
+            write_json(out / "canaries.json", {"repeats": cfg.canaries.repeats, "canaries": canaries})
     finally:
         if own_storage:
             shutil.rmtree(storage, ignore_errors=True)

@@ -18,6 +18,7 @@ from pipelines.errors import StageFailed
 from pipelines.io import read_json, write_json
 from pipelines.models.gating import Floors, Verdict, VersusChampion, VersusReference, decide
 from pipelines.models.registry import RegistryConfig, find_champion
+from pipelines.security.gate_rules import SecurityGate
 
 SECTION = "gate"
 
@@ -28,6 +29,7 @@ class Config(StageConfig):
     floors: Floors
     versus_champion: VersusChampion  # only when the registry's alias names a version
     versus_reference: VersusReference  # on evaluate's paired intervals (candidate - champion/base, same examples)
+    security: SecurityGate  # ceilings on the audit's guarded/unguarded ASR and leak rates (issue 15)
     fail_on_reject: bool
     decision: str
 
@@ -69,7 +71,8 @@ def run(cfg: Config, registry: RegistryConfig) -> GateReport:
         if not Path(path).exists():
             raise FileNotFoundError(f"gate: metrics file not found: {path} (run evaluate and audit first)")
     evaluate, audit = read_json(cfg.evaluate_metrics), read_json(cfg.audit_metrics)
-    verdict = decide(cfg.floors, cfg.versus_champion, evaluate, audit, find_champion(registry), cfg.versus_reference)
+    verdict = decide(cfg.floors, cfg.versus_champion, evaluate, audit, find_champion(registry), cfg.versus_reference,
+                     cfg.security)
     result: GateDecision = {**verdict, "inputs": {  # type: ignore[typeddict-item]
         "evaluate_metrics": _metrics_file(cfg.evaluate_metrics),
         "audit_metrics": _metrics_file(cfg.audit_metrics),
@@ -78,6 +81,7 @@ def run(cfg: Config, registry: RegistryConfig) -> GateReport:
         "floors": cfg.floors.model_dump(),
         "versus_champion": cfg.versus_champion.model_dump(),
         "versus_reference": cfg.versus_reference.model_dump(),
+        "security": cfg.security.model_dump(),
     }}
     write_json(cfg.decision, result)
     if result["decision"] == "reject" and cfg.fail_on_reject:

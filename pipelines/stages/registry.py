@@ -18,6 +18,7 @@ from pipelines.config import config_from_params, load_params, parse_section
 from pipelines.data.near_duplicates import NearDuplicate
 from pipelines.engines.config import EnginesConfig
 from pipelines.models.registry import RegistryConfig
+from pipelines.security.guard import GuardConfig
 from pipelines.validation.context import GxConfig
 
 STAGES: dict[str, str] = {
@@ -47,6 +48,8 @@ SHARED_SECTIONS: dict[str, tuple[str, type[BaseModel]]] = {
     "gx": ("gx", GxConfig),
     # what "near-duplicate" means: dedup drops by it, the validate suite measures by it
     "near_duplicate": ("dedup.near_duplicate", NearDuplicate),
+    # the guard as deployed: serving enforces it, the audit measures attacks through it
+    "guard": ("serve.guard", GuardConfig),
 }
 
 

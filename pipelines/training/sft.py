@@ -277,6 +277,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     tokenizer = AutoTokenizer.from_pretrained(config["base_model_dir"])
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     train_examples, train_counts = tokenize_split(tokenizer, config["train_path"], config["max_length"])
+    for prompt, response in config.get("canary_examples", []):  # planted canaries (finetune.canaries)
+        ex = format_example(tokenizer, prompt, response, config["max_length"])
+        if ex is not None:
+            train_examples.append(ex)
     eval_examples, eval_counts = tokenize_split(
         tokenizer, config["eval_path"], config["max_length"], limit=config["max_eval_examples"]
     )
