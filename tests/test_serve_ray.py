@@ -135,3 +135,25 @@ def test_ray_serve_answers_and_autoscales_1_2_1(ray_served):
     running = [n for _, n, _ in timeline]
     assert running[-1] == 1 and 2 in running and running.index(2) < len(running) - 1
     print("replica timeline (s, running, states):", timeline)
+
+
+def test_build_app_is_the_application_builder_the_rayservice_imports():
+    """The KubeRay RayService's `import_path` (infra/k8s/ray/rayservice-serving.yaml) resolved as Serve does."""
+    import yaml
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+
+    from pipelines.config import load_params, project_root
+    from pipelines.serving import ray_app
+
+    manifest = yaml.safe_load((project_root() / "infra/k8s/ray/rayservice-serving.yaml").read_text())
+    app_spec = yaml.safe_load(manifest["spec"]["serveConfigV2"])["applications"][0]
+    module, _, attr = app_spec["import_path"].partition(":")
+    assert module == ray_app.__name__ and attr == "build_app"
+    app = call_user_app_builder_with_args_if_necessary(getattr(ray_app, attr), {})
+    dep = app._bound_deployment
+    auto, want = dep._deployment_config.autoscaling_config, load_params()["serve"]["ray"]
+    assert dep.name == app_spec["deployments"][0]["name"] == ray_app.DEPLOYMENT_NAME
+    assert (auto.min_replicas, auto.max_replicas, auto.target_ongoing_requests, auto.upscale_delay_s,
+            auto.downscale_delay_s, auto.look_back_period_s) == (
+        want["min_replicas"], want["max_replicas"], want["target_ongoing_requests"], want["upscale_delay_s"],
+        want["downscale_delay_s"], want["look_back_period_s"])
