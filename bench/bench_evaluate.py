@@ -76,16 +76,21 @@ OLD_CONFIG = dict(base_model_dir="models/base", eval_path="data/splits/eval.parq
 def _before_seconds(rev: str, candidate: str) -> dict:
     """The evaluate stage of git revision `rev` (single process, base vs candidate, perplexity + ROUGE-L) with its
     demo params, in a fresh process (so its timing includes imports and the model load, like the stage's)."""
-    code = subprocess.run(["git", "show", f"{rev}:pipelines/stages/evaluate.py"], cwd=REPO, capture_output=True,
-                          text=True, check=True).stdout
+    show = lambda path: subprocess.run(["git", "show", f"{rev}:{path}"], cwd=REPO, capture_output=True,  # noqa: E731
+                                       text=True, check=True).stdout
     with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "old_evaluate.py").write_text(code)
+        (Path(tmp) / "old_evaluate.py").write_text(show("pipelines/stages/evaluate.py"))
+        (Path(tmp) / "evaluate.html.j2").write_text(show("pipelines/templates/evaluate.html.j2"))
         script = f"""
 import importlib.util, json, sys, time
 t0 = time.perf_counter()
 sys.path.insert(0, {str(REPO)!r})
 spec = importlib.util.spec_from_file_location("old_evaluate", {tmp!r} + "/old_evaluate.py")
 m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
+import jinja2
+env = jinja2.Environment(loader=jinja2.FileSystemLoader({tmp!r}), autoescape=True, undefined=jinja2.StrictUndefined,
+                         trim_blocks=True, lstrip_blocks=True)
+m.render = lambda name, **kw: env.get_template(name).render(**kw)  # that revision's own template
 cfg = m.Config(**{OLD_CONFIG!r}, candidate_dir={candidate!r}, metrics={tmp!r} + "/m.json", report={tmp!r} + "/r.html")
 m.run(cfg)
 print(json.dumps({{"wall_s": round(time.perf_counter() - t0, 1), "cpu_s": round(time.process_time(), 1)}}))
@@ -153,8 +158,11 @@ def main() -> None:
     med = {m: {k: statistics.median(v) for k, v in d.items()} for m, d in results.items()}
     single, one, two = (med[m] for m in modes)
     eff = (n / two["steady"]) / (2 * n / one["steady"])
+    print(f"modes: {json.dumps(med)} same={same} eff={eff:.3f}", flush=True)
     stage = _stage_seconds() if args.stage else None
+    print(f"stage: {stage}", flush=True)
     before = _before_seconds(args.before_rev, candidate) if args.before_rev else None
+    print(f"before: {before}", flush=True)
 
     lines = ["# Evaluate on Ray: actors vs one process", "",
              f"`.venv/bin/python bench/bench_evaluate.py --per-task {args.per_task} --repeats {args.repeats}"

@@ -27,12 +27,13 @@ def candidate_dir(base_model_dir, tmp_path_factory):
 
 
 def _tiny_split(repo_root, path, start, n):
+    """A split Parquet (instruction rows + one document row) of short GPTeacher rows."""
     rows = json.loads((repo_root / "data/sample/raw/gpteacher_roleplay.json").read_text())[start:start + n]
     recs = []
     for i, r in enumerate(rows):
-        prompt = r["instruction"] + ("\n\n" + r["input"] if r.get("input") else "")
+        prompt = r["instruction"][:200]
         recs.append(dict(doc_id=f"d{start + i}", source="gpteacher_roleplay", licence="MIT", kind="instruction",
-                         text=prompt, prompt=prompt, response=r["response"], title=None, n_chars=len(prompt)))
+                         text=prompt, prompt=prompt, response=r["response"][:200], title=None, n_chars=len(prompt)))
     recs.append(dict(doc_id="doc", source="x", licence="x", kind="document", text="a paragraph", prompt=None,
                      response=None, title="t", n_chars=11))
     pd.DataFrame(recs).to_parquet(path)

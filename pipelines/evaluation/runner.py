@@ -175,12 +175,14 @@ class RunResult(NamedTuple):
     steady_seconds: float  # first block start -> last block end, in the actors
     model_load_seconds: float  # the slowest actor's model load
     variant_seconds: dict[str, float]  # summed inference seconds per model
+    task_seconds: dict[str, float]  # summed inference seconds per task (both models)
 
 
 def _collect(rows: list[dict]) -> RunResult:
     outputs: dict[str, dict[str, dict]] = {}
     first, last, load = float("inf"), 0.0, 0.0
     per_variant: dict[str, float] = {REFERENCE: 0.0, CANDIDATE: 0.0}
+    per_task: dict[str, float] = {}
     seen_blocks: set[tuple[float, float]] = set()
     for r in rows:
         outputs.setdefault(str(r["task"]), {})[str(r["id"])] = json.loads(str(r["output"]))
@@ -191,7 +193,9 @@ def _collect(rows: list[dict]) -> RunResult:
             seen_blocks.add(key)
             for v, s in json.loads(str(r["_seconds"])).items():
                 per_variant[v] += s
-    return RunResult(outputs, 0.0, 0.0, max(0.0, last - first), load, {k: round(v, 3) for k, v in per_variant.items()})
+                per_task[str(r["task"])] = per_task.get(str(r["task"]), 0.0) + s
+    return RunResult(outputs, 0.0, 0.0, max(0.0, last - first), load, {k: round(v, 3) for k, v in per_variant.items()},
+                     {k: round(v, 2) for k, v in per_task.items()})
 
 
 def evaluator_kwargs(*, base_model_dir: str, candidate_dir: str, champion_dir: str | None,

@@ -265,7 +265,7 @@ def run(cfg: Config, *, engines: EnginesConfig, registry: RegistryConfig) -> Eva
                 "pipeline_seconds": round(result.pipeline_seconds, 2),
                 "steady_seconds": round(result.steady_seconds, 2),
                 "model_load_seconds": round(result.model_load_seconds, 2),
-                "model_seconds": result.variant_seconds},
+                "model_seconds": result.variant_seconds, "task_seconds": result.task_seconds},
         "base_model_dir": cfg.base_model_dir,
         "candidate_dir": cfg.candidate_dir,
         "candidate_sha256": lm.dir_sha256(cfg.candidate_dir),
