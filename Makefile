@@ -17,6 +17,7 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: install demo test test-fast lock clean-outputs airflow-up airflow-down airflow-status airflow-dags-test browser
 .PHONY: s3-local s3-local-stop data-remote data-push data-pull data-versions ray-up ray-down
+.PHONY: redteam security-scan
 
 install: $(STAMP)
 
@@ -110,3 +111,18 @@ data-versions: install
 
 clean-outputs:
 	rm -rf data/interim data/curated data/rejects data/splits data/embeddings models metrics plots reports mlruns.db mlartifacts
+
+# garak, the external scanner, from its own virtualenv (it pins transformers<5.20, outside this lock), against the
+# API on a loopback port: string-detector probes only (no download); report -> metrics/redteam.json.
+GARAK_VENV := .venv-garak
+$(GARAK_VENV)/bin/garak:
+	$(PYTHON) -m venv $(GARAK_VENV)
+	$(GARAK_VENV)/bin/pip install -q torch==2.13.0
+	$(BIN)/uv pip install -q --python $(GARAK_VENV)/bin/python garak==0.17.1
+
+redteam: install $(GARAK_VENV)/bin/garak
+	$(BIN)/python -m pipelines.security.redteam $(REDTEAM_ARGS)
+
+# repository hygiene: detect-secrets against the committed baseline, bandit on pipelines/ (new findings fail)
+security-scan: install
+	$(BIN)/python -m pytest -q tests/test_security_scan.py
