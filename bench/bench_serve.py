@@ -15,7 +15,7 @@ and the request log on (PII redaction included, as in production).
 
 Load: C concurrent closed-loop clients (C in --levels), each sending streaming chat completions back to back
 (greedy, `max_tokens` = --max-tokens, distinct short prompts, the same prompt list for every server) until the
-level's requests (`n_requests`: min(max(8, 2C), 48)) are done. Per level and server: req/s and completion tok/s over the level's wall
+level's requests (`n_requests`: min(max(8, 2C), 32)) are done. Per level and server: req/s and completion tok/s over the level's wall
 time, latency and time-to-first-token p50/p95. Completion tokens are counted the same way for every server (the
 streamed text re-tokenized by the client, after the clock stops). The levels run interleaved (repeat r: level L:
 server S) and the tables give medians over --repeats.
@@ -188,7 +188,7 @@ async def run_level(url: str, model: str, clients: int, n_requests: int, max_tok
     todo = list(enumerate(prompts(n_requests)))
     results: list[dict] = []
     limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
-    async with httpx.AsyncClient(timeout=httpx.Timeout(300, connect=10), limits=limits) as client:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(1800, connect=10), limits=limits) as client:
         async def worker():
             while todo:
                 _, p = todo.pop(0)
@@ -201,8 +201,8 @@ async def run_level(url: str, model: str, clients: int, n_requests: int, max_tok
 
 
 def n_requests(clients: int) -> int:
-    """Requests per level: two rounds per client, at least 8, at most 48 (32 clients: one full round + half)."""
-    return min(max(8, 2 * clients), 48)
+    """Requests per level: two rounds per client, at least 8, at most 32 (32 clients: one full round)."""
+    return min(max(8, 2 * clients), 32)
 
 
 def pct(xs: list[float], q: float) -> float | None:
@@ -235,7 +235,7 @@ async def soak(url: str, model: str, clients: int, seconds: float, max_tokens: i
     limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
     ps = prompts(64)
 
-    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(1800, connect=10), limits=limits) as client:
         async def worker(i):
             k = i
             while time.perf_counter() < stop_at:
@@ -280,7 +280,7 @@ def render(result: dict) -> str:
              f"`{result['command']}` on {result['machine']} ({result['date']}). Model {a['base']} (SmolLM2-135M, "
              f"float32, CPU); greedy, `max_tokens={a['max_tokens']}`, streaming, short distinct prompts; "
              f"loopback; medians over {a['repeats']} interleaved repeats; requests per level min(max(8, 2 x clients), "
-             f"48). Load average before the run: {result['load_before']}, after: {result['load_after']}.",
+             f"32). Load average before the run: {result['load_before']}, after: {result['load_after']}.",
              "", "| clients | server | req/s | tok/s | p50 s | p95 s | TTFT p50 s | TTFT p95 s | errors |",
              "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for level in result["levels"]:
