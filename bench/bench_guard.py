@@ -1,0 +1,191 @@
+"""The guard's benchmark -> bench/results/guard.md (+ guard.json):
+
+1. Detector table on the held-out by-source test split (the sample train_guard trained on, or `--shared` data):
+   precision/recall/FPR at the trained threshold, AUROC; for injection the FPR on benign instruction prompts
+   (MT-Bench, self-instruct user-oriented) apart from BIPIA's clean retrieved contexts, and the recall the detector
+   would reach at FPR <= 0.05 on those benign prompts (an oracle threshold on test: an upper bound, not the shipped one).
+2. Over-refusal: benign prompts that look dangerous (data/sample/security/over_refusal.jsonl): the injection
+   detector's FPR and the whole input policy's block rate.
+3. Latency the guard adds in the request path, with the server under load: the API (champion of the registry,
+   uvicorn in-process, continuous batching) serves `--clients` concurrent clients; every request's guard time
+   (input + output checks, measured inside the app) is recorded; p50/p90 against the request latency p50.
+
+    .venv/bin/python bench/bench_guard.py [--requests 40] [--clients 4]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipelines.security.detectors import auroc, choose_threshold, load_detector, rates_at  # noqa: E402
+
+BENIGN_PROMPTS = {"mt_bench", "self_instruct_user", "alpaca_harmless_test"}
+
+
+def detector_table(models: Path, data: dict) -> list[dict]:
+    rows = []
+    for name in ("injection", "toxicity", "harmful_compliance"):
+        det = load_detector(models, name)
+        test = [r for r in data[name] if r["split"] == "test"]
+        t0 = time.perf_counter()
+        if det.kind == "text":
+            s = np.array(det.score([r["text"] for r in test]))
+        else:
+            s = np.array(det.score([r["request"] for r in test], [r["response"] for r in test]))
+        ms = (time.perf_counter() - t0) * 1000 / len(test)
+        y = np.array([r["label"] for r in test])
+        row = {"detector": name, "n": len(test), "threshold": round(det.threshold, 4),
+               **{k: v for k, v in rates_at(y, s, det.threshold).items() if k in ("precision", "recall", "fpr", "f1")},
+               "auroc": round(auroc(y, s), 4), "ms_per_item": round(ms, 2)}
+        if name == "injection":
+            benign = np.array([r["source"] in BENIGN_PROMPTS for r in test])
+            pos = y == 1
+            row["fpr_benign_prompts"] = rates_at(y[benign | pos], s[benign | pos], det.threshold)["fpr"]
+            bip = np.array([r["source"].startswith("bipia") and r["label"] == 0 for r in test])
+            row["fpr_bipia_clean_contexts"] = round(float(np.mean(s[bip] >= det.threshold)), 4) if bip.any() else None
+            t, _ = choose_threshold(y[benign | pos], s[benign | pos], "max_fpr", 0.05)
+            row["oracle_recall_at_fpr_0.05_benign"] = rates_at(y[benign | pos], s[benign | pos], t)["recall"]
+            no_bipia = np.array([not r["source"].startswith("bipia") for r in test])
+            m = (benign | pos) & no_bipia
+            row["recall_direct_attacks"] = rates_at(y[m], s[m], det.threshold)["recall"]
+            per = {}
+            for src in sorted({r["source"] for r in test if r["label"] == 1}):
+                idx = np.array([r["source"] == src for r in test])
+                per[src] = round(float(np.mean(s[idx] >= det.threshold)), 4)
+            row["recall_per_source"] = per
+        rows.append(row)
+    return rows
+
+
+def over_refusal(models: Path, path: Path) -> dict:
+    from pipelines.config import config_from_params
+    from pipelines.security.guard import Guard, GuardConfig
+
+    prompts = [json.loads(l)["prompt"] for l in path.read_text().splitlines() if l.strip()]
+    det = load_detector(models, "injection")
+    flagged = [p for p, s in zip(prompts, det.score(prompts)) if s >= det.threshold]
+    guard = Guard(config_from_params("serve.guard", GuardConfig, {"models_dir": str(models)}), ROOT)
+    blocked = [p for p in prompts if guard.check_input([{"role": "user", "content": p}]).blocked]
+    return {"n": len(prompts), "injection_fpr": round(len(flagged) / len(prompts), 4), "flagged": flagged,
+            "input_policy_block_rate": round(len(blocked) / len(prompts), 4), "blocked": blocked}
+
+
+def latency_under_load(models: Path, n_requests: int, clients: int, max_tokens: int) -> dict:
+    import httpx
+    import uvicorn
+
+    from pipelines.config import config_from_params
+    from pipelines.models.registry import RegistryConfig
+    from pipelines.serving.app import create_app
+    from pipelines.serving.config import ServeConfig
+
+    cfg = config_from_params("serve", ServeConfig, {"guard": {"models_dir": str(models)}, "reload_poll_s": 0,
+                                                    "cache": {"max_entries": 0},
+                                                    "request_log": "/tmp/bench_guard_requests.jsonl"})
+    app = create_app(cfg, config_from_params("registry", RegistryConfig))
+    rt = app.state.runtime
+    times: dict[str, list[float]] = {"input": [], "output": []}
+    lock = threading.Lock()
+    for stage, meth in (("input", "check_input"), ("output", "check_output")):
+        orig = getattr(rt.guard, meth)
+
+        def timed(*a, _orig=orig, _stage=stage, **k):
+            v = _orig(*a, **k)
+            with lock:
+                times[_stage].append(v.seconds)
+            return v
+        setattr(rt.guard, meth, timed)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
+    th = threading.Thread(target=server.run, daemon=True)
+    th.start()
+    while not server.started:
+        time.sleep(0.2)
+    url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}/v1/chat/completions"
+    topics = ["the moon", "rivers", "bread", "chess", "volcanoes", "trains", "bees", "jazz", "glass", "tea"]
+    lat = []
+
+    def one(i):
+        t0 = time.perf_counter()
+        r = httpx.post(url, timeout=300, json={"model": "llmops-candidate", "max_tokens": max_tokens,
+                                               "temperature": 0, "messages": [{"role": "user", "content":
+                                               f"Tell me one fact about {topics[i % len(topics)]} (#{i})."}]})
+        lat.append(time.perf_counter() - t0)
+        return r.status_code
+
+    try:
+        one(0)  # warm-up (first forward passes, tokenizer caches)
+        times["input"].clear(), times["output"].clear(), lat.clear()
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(clients) as pool:
+            codes = list(pool.map(one, range(1, n_requests + 1)))
+        wall = time.perf_counter() - t0
+    finally:
+        server.should_exit = True
+        th.join(60)
+    per_req = [a + b for a, b in zip(times["input"], times["output"])]
+    q = lambda xs, p: round(float(np.percentile(xs, p)) * 1000, 2) if xs else None  # noqa: E731
+    return {"requests": n_requests, "clients": clients, "max_tokens": max_tokens, "status_200": codes.count(200),
+            "guard_ms_p50": q(per_req, 50), "guard_ms_p90": q(per_req, 90),
+            "input_ms_p50": q(times["input"], 50), "output_ms_p50": q(times["output"], 50),
+            "request_ms_p50": q(lat, 50), "guard_share_of_request_p50": round(
+                statistics.median(per_req) / statistics.median(lat), 4) if per_req and lat else None,
+            "wall_s": round(wall, 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default=str(ROOT / "models/guard"))
+    ap.add_argument("--shared", default=None, help="../shared/data: the full test split instead of the sample")
+    ap.add_argument("--requests", type=int, default=40)
+    ap.add_argument("--clients", type=int, default=4)
+    ap.add_argument("--max-tokens", type=int, default=16)
+    ap.add_argument("--skip-latency", action="store_true")
+    a = ap.parse_args()
+    from pipelines.security import datasets
+
+    models = Path(a.models)
+    data = datasets.build(a.shared) if a.shared else datasets.load_sample(ROOT / "data/sample")
+    table = detector_table(models, data)
+    over = over_refusal(models, ROOT / "data/sample/security/over_refusal.jsonl")
+    latency = None if a.skip_latency else latency_under_load(models, a.requests, a.clients, a.max_tokens)
+    out = {"data": a.shared or "shipped sample", "detectors": table, "over_refusal": over, "latency": latency}
+    res = ROOT / "bench/results"
+    (res / "guard.json").write_text(json.dumps(out, indent=1))
+    lines = ["# Guard benchmark (bench/bench_guard.py)", "",
+             f"Data: {out['data']}; test split = sources never seen in training (see models/guard/*/card.md).", "",
+             "| detector | n test | threshold | precision | recall | FPR | F1 | AUROC | ms/item |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in table:
+        lines.append(f"| {r['detector']} | {r['n']} | {r['threshold']} | {r['precision']} | {r['recall']} | {r['fpr']} | "
+                     f"{r['f1']} | {r['auroc']} | {r['ms_per_item']} |")
+    inj = table[0]
+    lines += ["", f"Injection: FPR on benign instruction prompts {inj['fpr_benign_prompts']}, on BIPIA clean retrieved "
+              f"contexts {inj['fpr_bipia_clean_contexts']}; recall on direct attacks {inj['recall_direct_attacks']}; "
+              f"recall at an oracle threshold with FPR <= 0.05 on benign prompts {inj['oracle_recall_at_fpr_0.05_benign']} "
+              "(target 0.9). Recall per held-out source: " + ", ".join(f"{k} {v}" for k, v in inj["recall_per_source"].items()) + ".",
+              "", f"Over-refusal ({over['n']} benign prompts that look dangerous): injection detector FPR {over['injection_fpr']}, "
+              f"input policy block rate {over['input_policy_block_rate']}; blocked: {over['blocked']}", ""]
+    if latency:
+        lines += ["## Guard latency in the request path, server under load", "",
+                  f"{latency['requests']} chat requests from {latency['clients']} concurrent clients, max_tokens "
+                  f"{latency['max_tokens']}, continuous batching, 2 CPU cores shared with the generation.", "",
+                  "| guard p50 (ms) | guard p90 | input p50 | output p50 | request p50 | guard share of request |",
+                  "|---|---|---|---|---|---|",
+                  f"| {latency['guard_ms_p50']} | {latency['guard_ms_p90']} | {latency['input_ms_p50']} | "
+                  f"{latency['output_ms_p50']} | {latency['request_ms_p50']} | {latency['guard_share_of_request_p50']} |", ""]
+    (res / "guard.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
