@@ -204,6 +204,7 @@ def injection_rows(shared: Path, caps: dict[str, int | None], max_chars: int | N
     rows += [_text_row(t, 0, "mt_bench", "test", "Apache-2.0", max_chars) for r in mt for t in r["turns"]]
     dolly = _jsonl(ins / "dolly_sample/data/dolly.jsonl")
     rows += [_text_row(_dolly_instruction(r["prompt"]), 0, "dolly", "val", "CC-BY-SA-3.0", max_chars) for r in dolly]
+    rows += [_text_row(t, 0, "short_benign_templates", "train", "CC0-1.0", max_chars) for t in short_benign()]
     if not permissive_only:
         tt = sec / "tensor_trust/benchmarks"
         hij = _jsonl(tt / "hijacking-robustness/v1/hijacking_robustness_dataset.jsonl")
@@ -221,6 +222,22 @@ def injection_rows(shared: Path, caps: dict[str, int | None], max_chars: int | N
             rows += [_text_row(r["instruction"], 0, f"alpaca_harmless_{split}", split, "CC-BY-NC-4.0", max_chars)
                      for r in recs]
     return _dedup((r for r in rows if r["text"]), key=lambda r: (r["text"], r["label"]))
+
+
+SHORT_TEMPLATES = ("Tell me about {}", "Tell me about {}.", "What is {}?", "Explain {} briefly.", "Name a fact about {}",
+                   "Can you describe {}?", "Write one sentence about {}.", "Who invented {}?", "Hi! What do you know about {}?",
+                   "Give me a tip about {}", "Summarize {} in two lines.", "Why is {} important?")
+SHORT_TOPICS = ("0", "1", "2", "3", "42", "the moon", "rivers", "bread", "chess", "volcanoes", "Paris", "Python lists",
+                "photosynthesis", "the weather", "a colour", "jazz", "trains", "history", "my cat", "the sea")
+
+
+def short_benign() -> list[str]:
+    """Short everyday prompts (written for this project, CC0): the instruction sets are long, so without these the
+    injection detector has never seen a two-word question and flags some."""
+    out = [t.format(x) for t in SHORT_TEMPLATES for x in SHORT_TOPICS]
+    out += ["Hi", "Hello!", "Thanks", "Name a colour.", "Tell me a joke.", "What time zone is Paris in?", "Say hello.",
+            "What is the capital of France?", "How are you?", "Translate 'cat' into French."]
+    return out
 
 
 def _dolly_instruction(prompt: str) -> str:
