@@ -279,10 +279,12 @@ def test_reload_under_load_then_rollback_and_challenger(served, base_model_dir):
     stop, results = threading.Event(), []
 
     def load(i):
+        k = 0
         while not stop.is_set():
+            k += 1  # distinct prompts: cache hits would outrun the key's rate limit (429) on a fast box
             try:
                 raw = client.chat.completions.with_raw_response.create(
-                    model="m", messages=[{"role": "user", "content": f"Tell me about {i}"}], max_tokens=4,
+                    model="m", messages=[{"role": "user", "content": f"Tell me about {i}.{k}"}], max_tokens=4,
                     temperature=0.0)
                 results.append(raw.headers["x-llmops-model-version"])
             except Exception as exc:  # noqa: BLE001 - counted as a failure

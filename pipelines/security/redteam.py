@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = out / "garak_config.yaml"
         cfg.write_text(f"run:\n  soft_probe_prompt_cap: {a.cap}\n  generations: 1\nsystem:\n  parallel_attempts: false\n"
                        f"reporting:\n  report_dir: {out}\n")
-        gen = {"openai": {"OpenAICompatible": {"uri": base + "/v1", "model": "llmops-candidate", "api_key": "sk-local",
+        gen = {"openai": {"OpenAICompatible": {"uri": base + "/v1", "model": "llmops-candidate", "api_key": "sk-local",  # pragma: allowlist secret (loopback placeholder)
                                                "max_tokens": a.max_tokens, "temperature": 0.0,
                                                "suppressed_params": ["n", "frequency_penalty", "presence_penalty", "stop"]}}}
         opts = out / "generator.json"
