@@ -64,8 +64,24 @@ def detector_table(models: Path, data: dict) -> list[dict]:
                 idx = np.array([r["source"] == src for r in test])
                 per[src] = round(float(np.mean(s[idx] >= det.threshold)), 4)
             row["recall_per_source"] = per
+            # the operating point serving runs at (serve.guard.thresholds), when it replaces the trained threshold
+            serve_t = _serving_thresholds().get(name)
+            if serve_t is not None:
+                at = rates_at(y[benign | pos], s[benign | pos], serve_t)
+                row["serving_threshold"] = serve_t
+                row["serving_recall"], row["serving_fpr_benign_prompts"] = at["recall"], at["fpr"]
+                row["serving_recall_per_source"] = {
+                    src: round(float(np.mean(s[np.array([r["source"] == src for r in test])] >= serve_t)), 4)
+                    for src in per}
         rows.append(row)
     return rows
+
+
+def _serving_thresholds() -> dict[str, float]:
+    from pipelines.config import config_from_params
+    from pipelines.security.guard import GuardConfig
+
+    return dict(config_from_params("serve.guard", GuardConfig).thresholds)
 
 
 def over_refusal(models: Path, path: Path) -> dict:
@@ -173,6 +189,10 @@ def main() -> None:
               f"contexts {inj['fpr_bipia_clean_contexts']}; recall on direct attacks {inj['recall_direct_attacks']}; "
               f"recall at an oracle threshold with FPR <= 0.05 on benign prompts {inj['oracle_recall_at_fpr_0.05_benign']} "
               "(target 0.9). Recall per held-out source: " + ", ".join(f"{k} {v}" for k, v in inj["recall_per_source"].items()) + ".",
+              "", (f"At serving's operating point (serve.guard.thresholds.injection = {inj['serving_threshold']}): recall "
+                   f"{inj['serving_recall']}, FPR on benign prompts {inj['serving_fpr_benign_prompts']}; per source: "
+                   + ", ".join(f"{k} {v}" for k, v in inj["serving_recall_per_source"].items()) + ".")
+              if "serving_threshold" in inj else "",
               "", f"Over-refusal ({over['n']} benign prompts that look dangerous): injection detector FPR {over['injection_fpr']}, "
               f"input policy block rate {over['input_policy_block_rate']}; blocked: {over['blocked']}", ""]
     if latency:
