@@ -474,6 +474,45 @@ def maturity(
         write_json(as_json, card)
 
 
+@app.command("cost")
+def cost(
+    rev: Optional[list[str]] = typer.Option(None, "--rev", "-r",
+                                            help="git revision (repeatable; 'workspace' for the files on disk); "
+                                                 "default: the workspace"),
+    request_log: Optional[Path] = typer.Option(None, help="serving request log to summarise (default: params.yaml "
+                                                          "serve.request_log, when it exists)"),
+    as_json: bool = typer.Option(False, "--json", help="print the figures as JSON"),
+    root: Optional[Path] = typer.Option(None, help="repository root"),
+) -> None:
+    """Per-stage wall, CPU, peak memory, GPU and cost (metrics/*.json `resources`) by revision, side by side."""
+    from pipelines.config import load_params, project_root
+    from pipelines.cost.summary import WORKSPACE, CostError, summarise, table
+    from pipelines.serving.request_log import usage_summary
+    from pipelines.stages.registry import STAGES, stage_module
+
+    repo = (root or project_root()).resolve()
+    serving = None
+    try:
+        params = load_params(repo / "params.yaml")
+        log_path = request_log or (Path(params["serve"]["request_log"]) if isinstance(params.get("serve"), dict)
+                                   and params["serve"].get("request_log") else None)
+        if log_path is not None:
+            log_path = log_path if log_path.is_absolute() else repo / log_path
+            serving = usage_summary(log_path, float(params["cost"]["price_per_cpu_hour"]))
+    except (ConfigError, KeyError, TypeError, ValueError) as exc:
+        typer.secho(f"cost: params.yaml: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2)
+    try:
+        summary = summarise(repo, rev or [WORKSPACE], {name: stage_module(name).SECTION for name in STAGES}, serving)
+    except CostError as exc:
+        typer.secho(f"cost: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    typer.echo(table(summary))
+
+
 @app.command("infra-validate")
 def infra_validate(root: Optional[Path] = typer.Option(None, help="repository root")) -> None:
     """Check infra/ (Compose, Kubernetes manifests, Helm values) offline: schemas, policies, params consistency."""

@@ -141,6 +141,9 @@ def test_chat_completion_with_the_openai_client(served):
     assert "<EMAIL>" in line["prompt"] and "jane.doe" not in line["prompt"]
     assert line["pii_found"]["prompt"] == {"EMAIL": 1} and line["status"] == 200 and line["model_version"] == "1"
     assert line["completion_tokens"] == r.usage.completion_tokens and line["mode"] == "chat"
+    # the request's CPU-seconds (its share of the process CPU while it generated) and their cost at the price table
+    assert line["cpu_s"] > 0 and line["cost_usd"] == pytest.approx(
+        line["cpu_s"] * served["rt"].cfg.cost.price_per_cpu_hour / 3600, rel=1e-2)
 
 
 def test_streaming_matches_non_streaming_and_reports_usage(served):

@@ -12,7 +12,8 @@ Floors, bottom to top; a module may import from its own floor or below, never ab
 1. engines: `engines/` (Spark, Ray), `storage/` (S3)
 2. domain packages: `data`, `validation`, `embeddings`, `training`, `models`, `serving`, `versioning`,
    `orchestration`, `monitoring`, `infra` (deployment manifests checked offline), `maturity` (the LLMOps maturity
-   scorecard), `evaluation` (task families, Ray evaluation runner, bootstrap) (acyclic between each other)
+   scorecard), `evaluation` (task families, Ray evaluation runner, bootstrap), `cost` (price table, stage resource
+   meter, cost summaries) (acyclic between each other)
 3. `stages/`: wiring of domain code, one module per stage; a stage never imports another stage
 4. entry points: `cli`, `summary`
 5. Airflow: `dags/`, `plugins/`
@@ -35,7 +36,7 @@ FLOORS: dict[int, tuple[str, ...]] = {
     2: ("pipelines.data", "pipelines.validation", "pipelines.embeddings", "pipelines.training", "pipelines.models",
         "pipelines.serving", "pipelines.versioning", "pipelines.orchestration", "pipelines.monitoring",
         "pipelines.infra", "pipelines.maturity", "pipelines.security",
-        "pipelines.evaluation"),
+        "pipelines.evaluation", "pipelines.cost"),
     3: ("pipelines.stages",),
     4: ("pipelines.cli", "pipelines.summary", "pipelines.monitor"),
 }

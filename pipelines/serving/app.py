@@ -71,6 +71,8 @@ class Ctx:
     prompt: str | None = None
     prompt_tokens: int | None = None
     contexts: list[dict] | None = None
+    cpu_s: float | None = None  # the request's CPU-seconds (Metrics.cpu_share), set when its generation ends
+    cost_usd: float | None = None
 
     def ms(self) -> float:
         return (time.perf_counter() - self.t0) * 1000.0
@@ -259,7 +261,8 @@ class Runtime:
                 request_id=ctx.request_id, key_id=ctx.key_id, model=ctx.model or self.registry.model_name,
                 model_version=ctx.version, alias=ctx.alias, mode=ctx.mode, status=status, prompt=ctx.prompt,
                 response=response if status < 400 else None, prompt_tokens=ctx.prompt_tokens,
-                completion_tokens=completion_tokens, latency_ms=latency_ms, ttft_ms=ttft_ms, contexts=ctx.contexts)
+                completion_tokens=completion_tokens, latency_ms=latency_ms, ttft_ms=ttft_ms, contexts=ctx.contexts,
+                cpu_s=ctx.cpu_s, cost_usd=ctx.cost_usd)
         except Exception:  # the log must never fail a request
             log.exception("request log write failed")
 
@@ -498,7 +501,8 @@ def create_app(cfg: ServeConfig, registry: RegistryConfig, *, root: Path | None 
 
         def finish_accounting(done: Done | None) -> None:
             tokens = (ctx.prompt_tokens or 0) + (done.completion_tokens if done else 0)
-            rt.metrics.end_share(share, tokens)
+            ctx.cost_usd = rt.metrics.end_share(share, tokens)
+            ctx.cpu_s = share.seconds
             if done is not None:
                 rt.metrics.tokens.labels("prompt", served.alias, served.version).inc(ctx.prompt_tokens or 0)
                 rt.metrics.tokens.labels("completion", served.alias, served.version).inc(done.completion_tokens)

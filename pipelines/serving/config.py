@@ -6,6 +6,7 @@ from typing import Literal
 from pydantic import Field
 
 from pipelines.config import StageConfig
+from pipelines.cost.prices import PriceTable
 from pipelines.security.guard import GuardConfig
 
 
@@ -55,11 +56,6 @@ class EmbeddingsConfig(StageConfig):
     model_package: str  # the same offline package as embed.model_package
 
 
-class CostConfig(StageConfig):
-    price_per_cpu_hour: float = Field(ge=0)  # USD per CPU core-hour
-    price_per_gpu_hour: float = Field(ge=0)  # USD per GPU-hour (0 on CPU-only serving)
-
-
 class RayServeConfig(StageConfig):
     min_replicas: int = Field(ge=0)
     max_replicas: int = Field(ge=1)
@@ -86,6 +82,6 @@ class ServeConfig(StageConfig):
     challenger: ChallengerConfig
     rag: RagConfig
     embeddings: EmbeddingsConfig
-    cost: CostConfig
+    cost: PriceTable  # params.yaml `cost`, aliased (serve.cost: *prices)
     ray: RayServeConfig
     guard: GuardConfig  # input/output policy (pipelines.security.guard)

@@ -2,7 +2,9 @@
 
 Schema (monitoring reads exactly these fields): ts, request_id, key_id, model, model_version, alias, mode, status,
 prompt (last user message, redacted by pipelines.data.pii), prompt_sha256 (of the unredacted prompt), response
-(redacted; null on errors), prompt_tokens, completion_tokens, latency_ms, ttft_ms, pii_found {prompt, response},
+(redacted; null on errors), prompt_tokens, completion_tokens, latency_ms, ttft_ms, cpu_s (the request's share of
+the process CPU-seconds while it generated, pipelines.serving.metrics; null when no generation ran), cost_usd (cpu_s
+at the `cost` price table), pii_found {prompt, response},
 guard (null until the guard fills it), contexts ([{doc_id, chunk_id, text}] in RAG mode, else null).
 Rotation: a line that would take the file above `max_bytes` first renames it to `<stem>.<n>.jsonl` (n = 000001,
 000002, ... zero-padded, so name order is time order and every rotated file still ends in `.jsonl`) and starts a new
@@ -22,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 FIELDS = ("ts", "request_id", "key_id", "model", "model_version", "alias", "mode", "status", "prompt",
-          "prompt_sha256", "response", "prompt_tokens", "completion_tokens", "latency_ms", "ttft_ms", "pii_found",
-          "guard", "contexts")
+          "prompt_sha256", "response", "prompt_tokens", "completion_tokens", "latency_ms", "ttft_ms", "cpu_s",
+          "cost_usd", "pii_found", "guard", "contexts")
 
 
 def utc_ts() -> str:
@@ -91,7 +93,7 @@ class RequestLog:
                alias: str | None, mode: str, status: int, prompt: str | None, response: str | None,
                prompt_tokens: int | None, completion_tokens: int | None, latency_ms: float,
                ttft_ms: float | None, contexts: list[dict[str, Any]] | None = None,
-               guard: dict | None = None) -> dict:
+               guard: dict | None = None, cpu_s: float | None = None, cost_usd: float | None = None) -> dict:
         red_prompt, pii_prompt = redact(prompt)
         red_response, pii_response = redact(response) if status < 400 else (None, {})
         line = {
@@ -101,6 +103,8 @@ class RequestLog:
             "prompt_sha256": hashlib.sha256(prompt.encode("utf-8", "replace")).hexdigest() if prompt else None,
             "response": red_response, "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
             "latency_ms": round(latency_ms, 1), "ttft_ms": round(ttft_ms, 1) if ttft_ms is not None else None,
+            "cpu_s": round(cpu_s, 4) if cpu_s is not None else None,
+            "cost_usd": round(cost_usd, 10) if cost_usd is not None else None,
             "pii_found": {"prompt": pii_prompt, "response": pii_response}, "guard": guard,
             "contexts": [{"doc_id": c["doc_id"], "chunk_id": c["chunk_id"], "text": redact(c["text"])[0]}
                          for c in contexts] if contexts is not None else None,
@@ -118,3 +122,35 @@ class RequestLog:
                 os.close(fd)
             self.written += 1
         return line
+
+
+def usage_summary(path: str | Path, price_per_cpu_hour: float) -> dict | None:
+    """Requests, tokens, CPU-seconds and cost of the whole log at `path` (rotated files included); None when there
+    is no log. Cost per 1k tokens counts only the requests that logged their CPU-seconds (lines written before
+    `cpu_s` was logged have none); a line without `cost_usd` is priced at `price_per_cpu_hour`."""
+    files = log_files(path)
+    if not files:
+        return None
+    requests = metered = tokens = metered_tokens = 0
+    cpu = cost = 0.0
+    for file in files:
+        for raw in file.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                line = json.loads(raw)
+            except json.JSONDecodeError:
+                continue
+            if not isinstance(line, dict):
+                continue
+            requests += 1
+            n = (line.get("prompt_tokens") or 0) + (line.get("completion_tokens") or 0)
+            tokens += n
+            if line.get("cpu_s") is not None:
+                metered += 1
+                metered_tokens += n
+                cpu += float(line["cpu_s"])
+                cost += float(line["cost_usd"]) if line.get("cost_usd") is not None else \
+                    float(line["cpu_s"]) * price_per_cpu_hour / 3600.0
+    return {"path": str(path), "files": len(files), "requests": requests, "metered_requests": metered,
+            "tokens": tokens, "metered_tokens": metered_tokens, "cpu_seconds": round(cpu, 4),
+            "cost_usd": round(cost, 10),
+            "cost_per_1k_tokens_usd": round(cost / metered_tokens * 1000, 10) if metered_tokens else None}

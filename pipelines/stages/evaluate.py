@@ -27,6 +27,7 @@ from typing import Any, TypedDict
 from pydantic import Field
 
 from pipelines.config import StageConfig, project_root
+from pipelines.cost.prices import PriceTable
 from pipelines.engines.config import EnginesConfig
 from pipelines.errors import StageFailed
 from pipelines.evaluation import compare, runner
@@ -56,11 +57,6 @@ class RagEval(StageConfig):
     source: str | None  # only chunks of this source (null: all)
 
 
-class Cost(StageConfig):
-    price_per_cpu_hour: float = Field(ge=0)  # per core-hour: CPU-seconds x price / 3600
-    price_per_gpu_hour: float = Field(ge=0)
-
-
 class Bootstrap(StageConfig):
     samples: int = Field(ge=100)
     seed: int
@@ -77,7 +73,7 @@ class Config(StageConfig):
     max_prompt_tokens: int  # generation prompts cut in the middle beyond this
     rag: RagEval
     guard_dir: str | None  # the guard's trained detectors (train_guard); null: no toxicity scores
-    cost: Cost
+    cost: PriceTable  # params.yaml `cost`, aliased (evaluate.cost: *prices)
     bootstrap: Bootstrap
     judge: JudgeConfig
     report_examples: int = Field(ge=0)  # worst regressions shown per task

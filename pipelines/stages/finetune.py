@@ -131,6 +131,7 @@ class FinetuneReport(TypedDict):
     steps: int
     resumed_from_step: int | None
     tokens_per_second: float
+    train_tokens: int  # tokens trained on in this run, all workers (run_stage prices them per 1k tokens)
     train_examples: int
     eval_examples: int
     startup_seconds: float
@@ -316,6 +317,7 @@ def run(cfg: Config, engines: EnginesConfig, registry: RegistryConfig,
         "steps": m["step"],
         "resumed_from_step": m["resumed_from_step"],
         "tokens_per_second": round(m["tokens_per_second"], 1),
+        "train_tokens": int(m["train_tokens"]),
         "train_examples": m["train_counts"]["examples"],
         "eval_examples": m["eval_counts"]["examples"],
         "startup_seconds": round(m["t_first_step"] - t_stage, 2),
