@@ -49,10 +49,11 @@ def load_model(model_dir: str | Path, threads: int | None = None):
     return SentenceTransformer(str(model_dir), device="cpu")
 
 
-def encode(model: Any, texts: list[str], batch_size: int = 64) -> np.ndarray:
-    """Unit-norm float32 vectors, so inner product == cosine similarity in the index."""
+def encode(model: Any, texts: list[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
+    """Unit-norm float32 vectors, so inner product == cosine similarity in the index. `progress`: a tqdm bar
+    (driver-side bulk work such as train_guard; never inside Ray actors, whose bars would interleave)."""
     vectors = model.encode(
-        texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+        texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=progress
     )
     return np.ascontiguousarray(vectors, dtype=np.float32)
 

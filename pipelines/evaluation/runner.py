@@ -158,8 +158,8 @@ class Block(NamedTuple):
 
 
 def make_blocks(examples: dict[str, list[dict]], batch_size: int) -> list[Block]:
-    """Task-homogeneous blocks of at most `batch_size` records, generation-heavy tasks first (the longest
-    blocks start first, so the pool drains evenly)."""
+    """Task-homogeneous blocks of at most `batch_size` records, in task order (the pool hands each block to
+    whichever actor is free, see run_ray)."""
     blocks: list[Block] = []
     for task, records in examples.items():
         for i in range(0, len(records), batch_size):
@@ -226,7 +226,10 @@ def run_ray(ray_config: RayConfig, blocks: list[Block], kwargs: dict, *, actors:
         fn_constructor_kwargs=kwargs,
         batch_size=None,  # one block = one batch: fixed padding groups whatever the pool size
         batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=actors),
+        # One block in flight per actor: a free actor takes the next block. Ray's default queues several per
+        # actor up front, which pins blocks whose cost differs up to ~5x between tasks
+        # to actors round-robin and leaves one idle at the tail (per-actor efficiency 0.87 measured that way).
+        compute=ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=1),
         num_cpus=threads,
         num_gpus=1 if use_gpu else 0,
     )

