@@ -192,17 +192,15 @@ def test_champion_lookup_without_registry_is_the_base(tmp_path):
     assert not (tmp_path / "none.db").exists()
 
 
-def test_toxicity_family_with_the_guards_detector(repo_root):
-    """The guard's trained toxicity detector (issue 15, `models/guard`, made by `dvc repro train_guard`) behind the
-    toxicity family's columns: the same classifier the runtime guard uses."""
-    guard = repo_root / "models" / "guard"
-    if not (guard / "toxicity" / "meta.json").exists():
-        pytest.skip("models/guard not built (dvc repro train_guard)")
+def test_toxicity_family_with_the_guards_detector(guard_models):
+    """The guard's trained toxicity detector (issue 15, train_guard; here the session's test-sized one) behind the
+    toxicity family's columns: the same classifier, the same scores and threshold the runtime guard uses."""
     from pipelines.evaluation.tasks import Resources
     from pipelines.security.detectors import load_detector
 
-    res = Resources(detector=load_detector(guard, "toxicity"))
-    cols = FAMILIES["toxicity"].columns([{}, {}], [{"text": "You are a stupid worthless idiot and I hate you"},
-                                                   {"text": "Have a nice day, thank you for the help."}], res)
-    assert cols["toxicity"][0] > res.detector.threshold > cols["toxicity"][1]
-    assert cols["toxic"].tolist() == [1.0, 0.0]
+    det = load_detector(guard_models["dir"], "toxicity")
+    texts = ["You are a stupid worthless idiot and I hate you", "Have a nice day, thank you for the help."]
+    cols = FAMILIES["toxicity"].columns([{}, {}], [{"text": t} for t in texts], Resources(detector=det))
+    assert cols["toxicity"].tolist() == pytest.approx(det.score(texts), abs=1e-6)
+    assert cols["toxicity"][0] > cols["toxicity"][1]
+    assert cols["toxic"].tolist() == [float(s >= det.threshold) for s in det.score(texts)]

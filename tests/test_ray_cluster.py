@@ -159,3 +159,40 @@ def test_finetune_one_worker_per_node(two_node_ray, base_model_dir):
     assert meta["world_size"] == 2  # two DDP ranks: STRICT_SPREAD put one on each of the two 1-CPU nodes
     assert (tmp / "candidate" / "adapter_config.json").exists()
     print(f"two-node finetune: {seconds:.1f} s wall, {report.get('tokens_per_second')} tok/s")
+
+
+def _untrained_adapter(base_model_dir: Path, out: Path) -> Path:
+    """A LoRA adapter straight from peft (B = 0: it scores as the base does), so evaluate has a candidate without
+    a training run."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(base_model_dir)
+    get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")).save_pretrained(out)
+    return out
+
+
+def test_evaluate_runs_its_actors_on_both_nodes(two_node_ray, base_model_dir):
+    tmp = two_node_ray["tmp"]
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["engines"]["ray"].update(address="auto", num_cpus=None, warm_pool=False)
+    params["registry"].update(tracking_uri=f"sqlite:///{tmp / 'mlruns-eval.db'}", artifact_root=str(tmp / "mlart"))
+    split = {"perplexity": _split(tmp / "eval-ppl.parquet", 200, 2), "generation": _split(tmp / "eval-gen.parquet", 210, 2)}
+    for task in params["evaluate"]["tasks"]:
+        task["enabled"] = task["name"] in split
+        if task["enabled"]:
+            task.update(path=str(split[task["name"]]), max_examples=2, max_new_tokens=min(task["max_new_tokens"], 4))
+    params["evaluate"].update(
+        base_model_dir=str(base_model_dir), candidate_dir=str(_untrained_adapter(base_model_dir, tmp / "adapter")),
+        ray={"actors": 2, "threads_per_actor": 1, "use_gpu": False},  # 1 CPU each: one actor per 1-CPU node
+        batch_size=1, guard_dir=None, mlflow=False, metrics=str(tmp / "evaluate.json"),
+        report=str(tmp / "evaluate.html"), plot=str(tmp / "evaluate_diffs.csv"))
+    (tmp / "params-eval.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = subprocess.run([str(BIN / "llmops"), "run", "evaluate", "--params", str(tmp / "params-eval.yaml")],
+                         env=two_node_ray["env"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, (out.stdout[-2000:], out.stderr[-4000:])
+    metrics = json.loads((tmp / "evaluate.json").read_text())
+    assert metrics["ray"]["actors"] == 2 and metrics["ray"]["nodes"] == 2  # each node's actor ran blocks
+    assert metrics["n_examples"] == {"perplexity": 2, "generation": 2}
+    # B = 0: the adapter scores exactly as the base, across nodes
+    assert metrics["delta"]["perplexity.perplexity"] == pytest.approx(0.0, abs=1e-4)

@@ -267,6 +267,9 @@ def test_client_disconnect_mid_stream_frees_the_slot(served):
     while time.time() < deadline and (rt.inflight or rt._occupancy()):
         time.sleep(0.1)
     assert rt.inflight == 0 and rt._occupancy() == 0
+    # the slot is released first, the request's log line written just after it (same `finally`)
+    while time.time() < deadline and not any(x["status"] == 499 for x in log_lines(served["log"])):
+        time.sleep(0.1)
     assert any(x["status"] == 499 for x in log_lines(served["log"]))
     assert ask(served["client"], "Still there?").choices[0].message.content  # and it keeps serving
 

@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import json
-import shutil
+
+import yaml
 
 from pipelines.orchestration.status import collect, render_status
 
 
 def test_status_page_renders_gate_drift_retrains_and_approvals(tmp_path, repo_root):
-    shutil.copy(repo_root / "params.yaml", tmp_path / "params.yaml")
+    params = yaml.safe_load((repo_root / "params.yaml").read_text())
+    # a registry of its own (absent): the repository's mlruns.db holds the demo's champion after `make demo`
+    params["registry"]["tracking_uri"] = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (tmp_path / "reports").mkdir()
     (tmp_path / "reports" / "gate_decision.json").write_text(json.dumps(
         {"decision": "promote", "champion": 1, "failed": [], "reasons": []}))

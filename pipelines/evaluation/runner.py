@@ -79,6 +79,13 @@ class ModelContext:
         return out
 
 
+def _node_id() -> str:
+    """The Ray node this actor runs on ("local" outside Ray): how many nodes took part goes into the metrics."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+
+
 class ModelEvaluator:
     """Ray Data callable class: one model load per actor, every block run by the reference and the candidate."""
 
@@ -148,6 +155,7 @@ class ModelEvaluator:
             "_seconds": np.full(n, json.dumps(seconds), dtype=object),
             "_t_start": np.full(n, started), "_t_end": np.full(n, time.time()),
             "_load_seconds": np.full(n, self.load_seconds),
+            "_node": np.full(n, _node_id(), dtype=object),
         }
 
 
@@ -176,6 +184,7 @@ class RunResult(NamedTuple):
     model_load_seconds: float  # the slowest actor's model load
     variant_seconds: dict[str, float]  # summed inference seconds per model
     task_seconds: dict[str, float]  # summed inference seconds per task (both models)
+    nodes: int = 1  # distinct Ray nodes whose actors ran blocks
 
 
 def _collect(rows: list[dict]) -> RunResult:
@@ -195,7 +204,7 @@ def _collect(rows: list[dict]) -> RunResult:
                 per_variant[v] += s
                 per_task[str(r["task"])] = per_task.get(str(r["task"]), 0.0) + s
     return RunResult(outputs, 0.0, 0.0, max(0.0, last - first), load, {k: round(v, 3) for k, v in per_variant.items()},
-                     {k: round(v, 2) for k, v in per_task.items()})
+                     {k: round(v, 2) for k, v in per_task.items()}, len({str(r.get("_node", "local")) for r in rows}) or 1)
 
 
 def evaluator_kwargs(*, base_model_dir: str, candidate_dir: str, champion_dir: str | None,

@@ -260,7 +260,7 @@ def run(cfg: Config, *, engines: EnginesConfig, registry: RegistryConfig) -> Eva
                 "ray_init_seconds": round(result.ray_init_seconds, 2),
                 "pipeline_seconds": round(result.pipeline_seconds, 2),
                 "steady_seconds": round(result.steady_seconds, 2),
-                "model_load_seconds": round(result.model_load_seconds, 2),
+                "model_load_seconds": round(result.model_load_seconds, 2), "nodes": result.nodes,
                 "model_seconds": result.variant_seconds, "task_seconds": result.task_seconds},
         "base_model_dir": cfg.base_model_dir,
         "candidate_dir": cfg.candidate_dir,
