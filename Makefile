@@ -46,7 +46,7 @@ demo: install
 	$(BIN)/llmops summary
 
 test: install browser
-	$(BIN)/python -m pytest -ra --durations=15
+	$(BIN)/python -m pytest -ra --durations=30
 
 # Debian's Chromium for the Airflow UI test (Playwright drives it; `playwright install` would need a download).
 browser:

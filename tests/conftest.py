@@ -112,23 +112,13 @@ def guard_models(repo_root, tmp_path_factory):
     detectors for the guard, audit and serving tests. Returns {dir, report, metrics}."""
     import json
 
+    from e2e_support import slice_guard_sample
     from pipelines.stages import train_guard
     from pipelines.stages.registry import stage_config
 
     tmp = tmp_path_factory.mktemp("guard")
     sample = tmp / "sample"
-    for rel, n in (("security/guard/injection.jsonl", 40), ("toxicity/davidson_sample.jsonl", 120),
-                   ("security/guard/harmful_pairs.jsonl", 100)):
-        rows = [json.loads(line) for line in (repo_root / "data/sample" / rel).read_text().split("\n") if line.strip()]
-        seen: dict = {}
-        keep = []
-        for r in rows:  # up to n per (split, label, and for train the source)
-            k = (r["split"], r["label"], r.get("source") if r["split"] == "train" else None)
-            if seen.get(k, 0) < n:
-                seen[k] = seen.get(k, 0) + 1
-                keep.append(r)
-        (sample / rel).parent.mkdir(parents=True, exist_ok=True)
-        (sample / rel).write_text("".join(json.dumps(r) + "\n" for r in keep))
+    slice_guard_sample(repo_root / "data" / "sample", sample)
     cfg = stage_config("train_guard", sample_root=str(sample), output_dir=str(tmp / "models"),
                        metrics=str(tmp / "guard.json"), report=str(tmp / "guard.md"),
                        cache_dir=str(repo_root / "data/cache/embeddings"))

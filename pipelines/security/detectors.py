@@ -147,12 +147,13 @@ _ENCODERS: dict[str, F.Encoder] = {}
 _ENC_LOCK = threading.Lock()
 
 
-def shared_encoder(model_dir: str, threads: int | None = None, cache_dir: str | None = None) -> F.Encoder:
-    """One MiniLM per process per model directory (the guard's detectors share it)."""
-    key = f"{model_dir}|{cache_dir}"
+def shared_encoder(model_dir: str, threads: int | None = None, cache_dir: str | None = None,
+                   quantization: str | None = None) -> F.Encoder:
+    """One MiniLM per process per model directory and quantization (the guard's detectors share it)."""
+    key = f"{model_dir}|{cache_dir}|{quantization}"
     with _ENC_LOCK:
         if key not in _ENCODERS:
-            _ENCODERS[key] = F.Encoder(model_dir, threads=threads, cache_dir=cache_dir)
+            _ENCODERS[key] = F.Encoder(model_dir, threads=threads, cache_dir=cache_dir, quantization=quantization)
         return _ENCODERS[key]
 
 
@@ -214,5 +215,5 @@ def load_detector(models_dir: str | Path, name: str, *, encoder: F.Encoder | Non
         from pipelines.embeddings.encoder import resolve_model_dir
 
         enc_dir = str(resolve_model_dir(meta["encoder"].get("model_package"), meta["encoder"].get("model_path")))
-        encoder = shared_encoder(enc_dir, threads=threads)
+        encoder = shared_encoder(enc_dir, threads=threads, quantization=meta["encoder"].get("quantization"))
     return Detector(name, head, meta, encoder)

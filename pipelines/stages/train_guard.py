@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import TypedDict
+from typing import Literal, TypedDict
 
 from pipelines.config import StageConfig
 from pipelines.errors import StageFailed
@@ -37,6 +37,7 @@ class Config(StageConfig):
     model_package: str
     model_path: str | None
     cache_dir: str | None
+    encoder_quantization: Literal["int8"] | None
     threads: int
     seed: int
     detectors: dict[str, DetectorParams]
@@ -70,7 +71,7 @@ def run(cfg: Config) -> TrainGuardReport:
         data_desc = f"shipped sample under {cfg.sample_root} (permissive licences only)"
     over = [json.loads(l)["prompt"] for l in Path(cfg.over_refusal_path).read_text().splitlines() if l.strip()]
     model_dir = resolve_model_dir(cfg.model_package, cfg.model_path)
-    enc = Encoder(model_dir, threads=cfg.threads, cache_dir=cfg.cache_dir)
+    enc = Encoder(model_dir, threads=cfg.threads, cache_dir=cfg.cache_dir, quantization=cfg.encoder_quantization)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = {}
@@ -81,7 +82,8 @@ def run(cfg: Config) -> TrainGuardReport:
                 seed=cfg.seed, extra_negatives={"over_refusal": over} if name == "injection" else None)
         except ValueError as e:
             raise StageFailed(str(e)) from e
-        training.save(res, out, {"model_package": cfg.model_package, "model_path": cfg.model_path}, data_desc)
+        training.save(res, out, {"model_package": cfg.model_package, "model_path": cfg.model_path,
+                                 "quantization": cfg.encoder_quantization}, data_desc)
         results[name] = res
     seconds = time.perf_counter() - started
     metrics = {
