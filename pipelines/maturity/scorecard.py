@@ -298,12 +298,23 @@ def challenges(ev: Evidence) -> list[Criterion]:
             ("PII leak rate in online evaluation", ev.section("online_eval.thresholds.max_pii_leak_rate") is not None),
         ], _fmt(validate, "success") and f"max_pii_rate {ev.section('validate.max_pii_rate')} gated"),
         _challenge(10, "cost", [
-            ("price table", ev.section("serve.cost.price_per_cpu_hour") is not None),
+            ("price table", ev.section("cost.price_per_cpu_hour") is not None),
+            ("every stage metered (run_stage -> resources)", "ResourceMeter" in ev.text("pipelines/stages/registry.py")),
             ("cost metrics exported by serving", "llmops_cost_per_1k_tokens_usd" in
              ev.text("pipelines/serving/metrics.py")),
-        ], _latest_bench(ev, "cost")),
+        ], _run_cost(ev)),
     ]
     return out
+
+
+def _run_cost(ev: Evidence) -> str | None:
+    """The latest run's cost: the `resources` blocks run_stage wrote into the stages' metrics files."""
+    blocks = [r for st in ev.stages() if isinstance(r := (ev.metrics(ev.section(f"{st}.metrics")) or {}).get(
+        "resources"), dict) and "cost_usd" in r]
+    if not blocks:
+        return None
+    return (f"run {sum(b['cost_usd'] for b in blocks):.4g} USD, {sum(b['cpu_seconds'] for b in blocks):.0f} CPU s "
+            f"over {len(blocks)} metered stages")
 
 
 def _latest_bench(ev: Evidence, stem: str) -> str | None:
