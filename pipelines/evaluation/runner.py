@@ -10,6 +10,7 @@ other. `run_local` calls the same class in this process (the single-process base
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
@@ -81,9 +82,8 @@ class ModelContext:
 
 def _node_id() -> str:
     """The Ray node this actor runs on ("local" outside Ray): how many nodes took part goes into the metrics."""
-    import ray
-
-    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+    ray = sys.modules.get("ray")  # never imported just to ask: the single-process path runs without Ray
+    return ray.get_runtime_context().get_node_id() if ray is not None and ray.is_initialized() else "local"
 
 
 class ModelEvaluator:
