@@ -89,8 +89,17 @@ _ADDRESS_PATTERNS = [
                r"(?P<v>(?:the\s+corner\s+of\s+)?[^\n?!]{0,40}?\d[^\n?!]{0,80}?)(?=[?!]|\.\s|\.$|\n|$)"),
 ]
 _ORG = re.compile(r"\b(?:[^\W\d_][\w&'’-]*[ \t]+){0,3}[^\W\d_][\w&'’-]*,?[ \t]+(?:Ltd|Inc|LLC|Corp|Corporation|GmbH|AG|"
-                  r"PLC|plc|S\.?A|B\.?V|Group|Software|Technologies|Solutions|Systems|Networks|Partners|Holdings)"
+                  r"PLC|plc|S\.?A|B\.?V|Group|Software|Technologies|Solutions|Systems|Networks|Partners|Holdings|"
+                  r"Incorporated|Associates|LLP|Insurance|Bancorp|Bank|Company|Co\.|(?:&|and)[ \t]+Sons)"
                   r"(?![\w])\.?")
+# A law-firm style name: three capitalised surnames, "Craig, Palmer and Quinn" / "Smith, Jones & Ward".
+_ORG_FIRM = re.compile(r"(?<![\w,][ \t])\b[^\W\d_a-z][^\W\d_]+,[ \t]+[^\W\d_a-z][^\W\d_]+,?[ \t]+(?:and|&)[ \t]+"
+                       r"[^\W\d_a-z][^\W\d_]+\b")
+# An employer after a work cue: "I work for Geoscape", "employed by Acme Widgets", "joined Factset in 2019".
+_ORG_CUE = re.compile(r"\b(?i:work(?:s|ed|ing)?[ \t]+(?:for|at)|employed[ \t]+(?:by|at)|employer[ \t]+is|"
+                      r"(?:ceo|cto|cfo|founder|president|director)[ \t]+of|hired[ \t]+by)[ \t]+(?:the[ \t]+)?"
+                      r"(?P<v>[^\W\d_a-z][\w&'’.-]*(?:[ \t]+(?:[^\W\d_a-z0-9][\w&'’.-]*|&|of|and))"
+                      r"{0,3})")
 _BLOCK_LINE = re.compile(r"^(?P<lead>[^\w\n]*)(?P<v>[^\W\d_][^\n\d@:]{1,60}?)[ \t,]*(?:\d{4,5})?[ \t]*$")
 _TITLE = re.compile(r"(?<![\w.])(?i:mr|mrs|ms|miss|mx|dr|prof|sir|madam|mme|mlle|herr|frau)\.?(?=\s+[^\W\d_])")
 _PLACEHOLDER = re.compile(r"<[A-Z_]+(?:_\d+)?>")
@@ -110,6 +119,9 @@ def _pattern_spans(text: str, entities: set[str]) -> list[tuple[int, int, str, f
                     found.append((s + lead, s + len(stripped), "ADDRESS", 0.9))
     if "ORGANIZATION" in entities:
         found += [(m.start(), m.end(), "ORGANIZATION", 0.9) for m in _ORG.finditer(text)]
+        found += [(m.start(), m.end(), "ORGANIZATION", 0.9) for m in _ORG_FIRM.finditer(text)]
+        found += [(m.start("v"), m.end("v"), "ORGANIZATION", 0.9) for m in _ORG_CUE.finditer(text)
+                  if not re.fullmatch(r"(?i:the|a|an|home|myself|free|it|him|her|them|us|you)", m.group("v"))]
     if "LOCATION" in entities:
         countries = _countries()
         if countries is not None:
@@ -117,6 +129,8 @@ def _pattern_spans(text: str, entities: set[str]) -> list[tuple[int, int, str, f
         found += _block_localities(text)
     if "TITLE" in entities:
         found += [(m.start(), m.end(), "TITLE", 0.6) for m in _TITLE.finditer(text)]
+    if "PERSON" in entities:
+        found += _name_spans(text)
     return found
 
 
@@ -156,6 +170,163 @@ def _block_localities(text: str) -> list[tuple[int, int, str, float]]:
                 in_block -= 1
             elif ln.strip():
                 in_block = 0
+    return out
+
+
+# --- names, dates, line breaks: corrections of the model's spans ------------------------------------------
+
+# Census first names that are as often ordinary English words: never a PERSON on the list's word alone.
+_AMBIGUOUS_FIRST = frozenset("""
+    will may mark bill grant joy hope rose faith page rich dawn summer april june august chase lane guy frank art
+    sunny ray gay young king price bell long love green brown white black gray grey carol christian sterling major
+    judge ivory jean jewel crystal pearl ruby amber autumn harmony star rocky sky river rain lee del van von an
+    son ok al ed mac ken don jack pat sue bob kit tom dick june job hunter mason miles norman major cliff dale glen
+    forest wood woods heath ivy holly iris lily daisy violet angel gene carmen eve sandy misty honey candy else
+    hall field fields park parks church street road city north south east west my rue via nan san ave
+    """.split())
+_NAME_PARTICLE = {"de", "da", "del", "della", "di", "do", "dos", "du", "la", "le", "van", "von", "der", "den", "ten",
+                  "ter", "bin", "ibn", "al", "el", "st."}
+_TOKEN = re.compile(r"[^\W\d_][\w'’.-]*")
+_CAPWORD = re.compile(r"(?<![\w@.#/-])[^\W\d_a-z][^\W\d_A-Z]+(?:[-'’][^\W\d_][^\W\d_]*)*(?![\w@-])")
+# Specific dates only (HIPAA Safe Harbor's "elements of dates except year"): a numeric date, a month name with a
+# number, a clock time, a weekday. A bare year, a decade, a duration or a relative phrase ("this morning", "the 1990s",
+# "2 months") identifies nobody; spaCy's DATE also fires on licence numbers and postcodes.
+_MONTH = (r"jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|sep(?:t(?:ember)?)?|"
+          r"oct(?:ober)?|nov(?:ember)?|dec(?:ember)?")
+_SPECIFIC_DATE = re.compile(
+    rf"\d{{1,4}}[-/.]\d{{1,2}}(?:[-/.]\d{{1,4}})?|\d{{1,2}}:\d{{2}}|\b\d{{1,2}}\s?(?i:a\.?m|p\.?m)\b|"
+    rf"(?i:\b(?:{_MONTH})\b\.?,?\s*\d|\d(?:st|nd|rd|th)?\s+(?:of\s+)?\b(?:{_MONTH})\b|"
+    r"\b(?:mon|tues|wednes|thurs|fri|satur|sun)day\b)")
+
+
+def _names():
+    """(first names, last names), upper-case, from the US Census Bureau's 1990 frequency lists as shipped in the
+    PyPI package `names` 0.3.0 (MIT; the lists are US government works, public domain): 5,494 first names,
+    88,799 last names. None when the package is absent (the name rules are then off)."""
+    if "names" not in _STATE:
+        try:
+            import names as names_pkg
+        except ImportError:
+            _STATE["names"] = None
+        else:
+            from pathlib import Path
+
+            def read(fn: str) -> set[str]:
+                with open(Path(names_pkg.__file__).parent / fn, encoding="ascii") as fh:
+                    return {ln.split(None, 1)[0] for ln in fh if ln.strip()}
+
+            first = read("dist.male.first") | read("dist.female.first")
+            first = {n for n in first if len(n) >= 3} - {w.upper() for w in _AMBIGUOUS_FIRST}
+            _STATE["names"] = (frozenset(first), frozenset(read("dist.all.last")))
+    return _STATE["names"]
+
+
+def _is_cap(word: str) -> bool:
+    return len(word) >= 2 and word[0].isupper() and not word.isupper() and word[1:].replace("-", "").isalpha()
+
+
+def _name_key(word: str) -> str:
+    """The Census lists are ASCII upper case: fold accents (Kateřina -> KATERINA) before the look-up."""
+    import unicodedata
+
+    return "".join(c for c in unicodedata.normalize("NFKD", word) if not unicodedata.combining(c)).upper()
+
+
+def _looks_like_name(words: list[str], first: frozenset, last: frozenset, lone_last: bool = True) -> bool:
+    """A first name alone, a last name alone (`lone_last`), or a first name, capitalised words or particles,
+    and a last name."""
+    words = [w.rstrip(".,") for w in words]
+    if not words or not all(_is_cap(w) or w.lower() in _NAME_PARTICLE for w in words):
+        return False
+    if len(words) == 1:  # a lone capitalised token the model did not call PERSON: a first or a last name
+        return _name_key(words[0]) in first or (lone_last and len(words[0]) >= 4 and _name_key(words[0]) in last)
+    return _name_key(words[0]) in first and (_name_key(words[-1]) in last or len(words) == 2)
+
+
+def _name_spans(text: str) -> list[tuple[int, int, str, float]]:
+    """PERSON from the Census name lists, for capitalised tokens only: a first name, extended over the next
+    capitalised words (at most two, particles allowed) when the last is a Census last name; a title followed by a
+    capitalised word (Mr. Ford). Scored below spaCy's 0.85, so the model's own spans win an overlap."""
+    gaz = _names()
+    if gaz is None:
+        return []
+    first, last = gaz
+    out = []
+    words = list(_TOKEN.finditer(text))
+    i = 0
+    while i < len(words):
+        w = words[i].group().rstrip(".")
+        if _is_cap(w) and _name_key(w) in first and not _countries_set().__contains__(w.lower()):
+            end, j = words[i].end(), i + 1
+            k = i + 1
+            while k < len(words) and k <= i + 3 and text[words[k - 1].end():words[k].start()] in (" ", "\u00a0"):
+                nxt = words[k].group().rstrip(".,")
+                if nxt.lower() in _NAME_PARTICLE:
+                    k += 1
+                    continue
+                if _is_cap(nxt):
+                    end, j = words[k].start() + len(nxt), k + 1
+                    k += 1
+                    if _name_key(nxt) in last:
+                        continue
+                break
+            out.append((words[i].start(), end, "PERSON", 0.7 if j > i + 1 else 0.6))
+            i = j
+            continue
+        i += 1
+    for m in _TITLE.finditer(text):
+        after = re.match(r"\.?\s+([^\W\d_a-z][^\W\d_]+(?:[-'’][^\W\d_]+)?)", text[m.end():])
+        if after and _is_cap(after.group(1)):
+            s = m.end() + after.start(1)
+            out.append((s, s + len(after.group(1)), "PERSON", 0.8))
+    return out
+
+
+def _countries_set() -> set[str]:
+    if "country_set" not in _STATE:
+        try:
+            from babel import Locale
+        except ImportError:
+            _STATE["country_set"] = set()
+        else:
+            _STATE["country_set"] = {n.lower() for c, n in Locale("en").territories.items() if c.isalpha()}
+    return _STATE["country_set"]
+
+
+def _refine(piece: str, cands: list[tuple]) -> list[tuple]:
+    """The model's spans, corrected: cut at line breaks (an entity never spans two lines of an address block or
+    a letter head), trailing possessive dropped, an ORGANIZATION/LOCATION/NRP that is a Census name relabelled
+    PERSON (the small model often calls a lone first name an ORG), and DATE_TIME kept only when specific."""
+    gaz = _names()
+    out = []
+    for s, e, ent, score in cands:
+        parts = []
+        pos = s
+        for line in piece[s:e].split("\n"):
+            a = pos + len(line) - len(line.lstrip(" \t?*>-•·|"))
+            b = pos + len(line.rstrip(" \t,;:"))
+            if b > a:
+                parts.append((a, b))
+            pos += len(line) + 1
+        for a, b in parts:
+            value = piece[a:b]
+            if ent in ("PERSON", "ORGANIZATION") and value.endswith(("'s", "’s")):
+                b -= 2
+                value = value[:-2]
+            lead = re.match(r"(?:[a-z][\w'’-]*\s+)+(?=[^\W\d_a-z])", value)  # "ex-Zombie Salonen" -> "Salonen"
+            if ent in ("PERSON", "ORGANIZATION", "LOCATION") and lead and lead.group().split()[0] not in _NAME_PARTICLE:
+                a += lead.end()
+                value = piece[a:b]
+            if ent == "DATE_TIME" and not _SPECIFIC_DATE.search(value):
+                continue
+            if ent in ("ORGANIZATION", "LOCATION", "NRP") and gaz is not None \
+                    and value.lower() not in _countries_set() \
+                    and _looks_like_name(value.split(), *gaz, lone_last=ent != "LOCATION"):  # Berlin, Paris: surnames too
+                ent2 = "PERSON"
+            else:
+                ent2 = ent
+            if b > a:
+                out.append((a, b, ent2, score))
     return out
 
 
@@ -263,7 +434,7 @@ def detect_many(texts: Sequence[str | None], entities: Iterable[str] | None = No
                 pieces.append(piece)
     cands: list[list[tuple]] = [[] for _ in texts]
     for (i, off), piece, found in zip(index, pieces, _ner_candidates(pieces, ner, opts)):
-        found = found + _pattern_spans(piece, set(ner))
+        found = _refine(piece, found) + _pattern_spans(piece, set(ner))
         cands[i] += [(s + off, e + off, ent, score) for s, e, ent, score in found]
     for i, t in enumerate(texts):
         if not cands[i]:
