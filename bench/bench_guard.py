@@ -7,10 +7,12 @@
 2. Over-refusal: benign prompts that look dangerous (data/sample/security/over_refusal.jsonl): the injection
    detector's FPR and the whole input policy's block rate.
 3. Latency the guard adds in the request path, with the server under load: the API (champion of the registry,
-   uvicorn in-process, continuous batching) serves `--clients` concurrent clients; every request's guard time
-   (input + output checks, measured inside the app) is recorded; p50/p90 against the request latency p50.
+   uvicorn in-process, continuous batching) serves `--clients` concurrent clients; per request, what the input
+   check added (serve.guard.parallel_input: the wait past the first token; off: its whole compute) plus the output
+   check, measured inside the app; parallel_input on and off alternating, side by side.
 
-    .venv/bin/python bench/bench_guard.py [--requests 40] [--clients 4]
+    .venv/bin/python bench/bench_guard.py [--requests 40] [--clients 4] [--rounds 3]
+    .venv/bin/python bench/bench_guard.py --latency-only   # -> bench/results/guard_latency.{json,md}
 """
 from __future__ import annotations
 
@@ -97,31 +99,49 @@ def over_refusal(models: Path, path: Path) -> dict:
             "input_policy_block_rate": round(len(blocked) / len(prompts), 4), "blocked": blocked}
 
 
-def latency_under_load(models: Path, n_requests: int, clients: int, max_tokens: int) -> dict:
+def latency_under_load(models: Path, n_requests: int, clients: int, max_tokens: int, parallel: bool = True) -> dict:
+    """One server, `clients` concurrent clients. Per request: the guard's input compute, what the input check
+    ADDED (parallel_input: the wait past the first generated token; sequential: all of its compute), the output
+    check (sequential), and the request latency. The response's vector is evicted from the encoder's LRU before
+    the output check, so a repeated greedy answer is not scored for free."""
     import httpx
     import uvicorn
 
     from pipelines.config import config_from_params
     from pipelines.models.registry import RegistryConfig
+    from pipelines.security import detectors as D
+    from pipelines.security.guard import PendingInput
     from pipelines.serving.app import create_app
     from pipelines.serving.config import ServeConfig
 
-    cfg = config_from_params("serve", ServeConfig, {"guard": {"models_dir": str(models)}, "reload_poll_s": 0,
-                                                    "cache": {"max_entries": 0},
+    cfg = config_from_params("serve", ServeConfig, {"guard": {"models_dir": str(models), "parallel_input": parallel},
+                                                    "reload_poll_s": 0, "cache": {"max_entries": 0},
                                                     "request_log": "/tmp/bench_guard_requests.jsonl"})
     app = create_app(cfg, config_from_params("registry", RegistryConfig))
     rt = app.state.runtime
-    times: dict[str, list[float]] = {"input": [], "output": []}
+    inputs: list = []
+    outputs: list[float] = []
     lock = threading.Lock()
-    for stage, meth in (("input", "check_input"), ("output", "check_output")):
-        orig = getattr(rt.guard, meth)
+    orig_finish = PendingInput.finish
 
-        def timed(*a, _orig=orig, _stage=stage, **k):
-            v = _orig(*a, **k)
-            with lock:
-                times[_stage].append(v.seconds)
-            return v
-        setattr(rt.guard, meth, timed)
+    def finish(self):
+        v = orig_finish(self)
+        with lock:
+            inputs.append(v)
+        return v
+    PendingInput.finish = finish
+    orig_output = rt.guard.check_output
+
+    def check_output(messages, response, key_id=None):
+        for enc in list(D._ENCODERS.values()):
+            with enc._lock:
+                for k in [k for k in enc._lru if k and (k in response or response.strip()[:40] in k)]:
+                    enc._lru.pop(k, None)
+        v = orig_output(messages, response, key_id)
+        with lock:
+            outputs.append(v.seconds)
+        return v
+    rt.guard.check_output = check_output
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
     th = threading.Thread(target=server.run, daemon=True)
     th.start()
@@ -141,22 +161,53 @@ def latency_under_load(models: Path, n_requests: int, clients: int, max_tokens: 
 
     try:
         one(0)  # warm-up (first forward passes, tokenizer caches)
-        times["input"].clear(), times["output"].clear(), lat.clear()
+        inputs.clear(), outputs.clear(), lat.clear()
         t0 = time.perf_counter()
         with ThreadPoolExecutor(clients) as pool:
             codes = list(pool.map(one, range(1, n_requests + 1)))
         wall = time.perf_counter() - t0
     finally:
+        PendingInput.finish = orig_finish
         server.should_exit = True
         th.join(60)
-    per_req = [a + b for a, b in zip(times["input"], times["output"])]
+    in_compute = [v.seconds for v in inputs]
+    in_added = [v.added if v.added is not None else v.seconds for v in inputs]
+    per_req = [a + b for a, b in zip(in_added, outputs)]
     q = lambda xs, p: round(float(np.percentile(xs, p)) * 1000, 2) if xs else None  # noqa: E731
-    return {"requests": n_requests, "clients": clients, "max_tokens": max_tokens, "status_200": codes.count(200),
-            "guard_ms_p50": q(per_req, 50), "guard_ms_p90": q(per_req, 90),
-            "input_ms_p50": q(times["input"], 50), "output_ms_p50": q(times["output"], 50),
-            "request_ms_p50": q(lat, 50), "guard_share_of_request_p50": round(
-                statistics.median(per_req) / statistics.median(lat), 4) if per_req and lat else None,
-            "wall_s": round(wall, 1)}
+    return {"parallel_input": parallel, "requests": n_requests, "clients": clients, "max_tokens": max_tokens,
+            "status_200": codes.count(200),
+            "guard_added_ms_p50": q(per_req, 50), "guard_added_ms_p90": q(per_req, 90),
+            "input_compute_ms_p50": q(in_compute, 50), "input_added_ms_p50": q(in_added, 50),
+            "output_ms_p50": q(outputs, 50), "request_ms_p50": q(lat, 50), "wall_s": round(wall, 1)}
+
+
+def latency_side_by_side(models: Path, n_requests: int, clients: int, max_tokens: int, rounds: int) -> dict:
+    """parallel_input on and off, alternating, `rounds` each: medians of the per-round p50s."""
+    runs = []
+    for r in range(rounds):
+        for parallel in ((True, False) if r % 2 == 0 else (False, True)):
+            runs.append(latency_under_load(models, n_requests, clients, max_tokens, parallel))
+            print(json.dumps(runs[-1]), flush=True)
+    med = lambda mode, k: round(statistics.median(x[k] for x in runs if x["parallel_input"] is mode), 2)  # noqa
+    keys = ("guard_added_ms_p50", "guard_added_ms_p90", "input_compute_ms_p50", "input_added_ms_p50",
+            "output_ms_p50", "request_ms_p50")
+    return {"rounds": rounds, "requests": n_requests, "clients": clients, "max_tokens": max_tokens, "runs": runs,
+            "parallel": {k: med(True, k) for k in keys}, "sequential": {k: med(False, k) for k in keys}}
+
+
+def write_latency(lat: dict, models: Path) -> list[str]:
+    lines = ["## Guard latency in the request path, server under load", "",
+             f"{lat['requests']} chat requests from {lat['clients']} concurrent clients per run, max_tokens "
+             f"{lat['max_tokens']}, continuous batching, 2 CPU cores shared with the generation; parallel_input on "
+             f"and off alternating, {lat['rounds']} runs each, medians of the runs' p50s. Detectors: {models}.", "",
+             "| serve.guard.parallel_input | guard added p50 (ms) | p90 | input compute p50 | input added p50 | "
+             "output p50 | request p50 |", "|---|---|---|---|---|---|---|"]
+    for mode in ("parallel", "sequential"):
+        m = lat[mode]
+        lines.append(f"| {'true' if mode == 'parallel' else 'false'} | {m['guard_added_ms_p50']} | "
+                     f"{m['guard_added_ms_p90']} | {m['input_compute_ms_p50']} | {m['input_added_ms_p50']} | "
+                     f"{m['output_ms_p50']} | {m['request_ms_p50']} |")
+    return lines + [""]
 
 
 def main() -> None:
@@ -167,16 +218,26 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument("--rounds", type=int, default=3, help="latency runs per mode (parallel_input on / off)")
+    ap.add_argument("--latency-only", action="store_true",
+                    help="only the latency side by side -> bench/results/guard_latency.{json,md}")
     a = ap.parse_args()
+    res = ROOT / "bench/results"
+    if a.latency_only:
+        lat = latency_side_by_side(Path(a.models), a.requests, a.clients, a.max_tokens, a.rounds)
+        (res / "guard_latency.json").write_text(json.dumps(lat, indent=1))
+        lines = ["# Guard latency (bench/bench_guard.py --latency-only)", ""] + write_latency(lat, Path(a.models))
+        (res / "guard_latency.md").write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
+        return
     from pipelines.security import datasets
 
     models = Path(a.models)
     data = datasets.build(a.shared) if a.shared else datasets.load_sample(ROOT / "data/sample")
     table = detector_table(models, data)
     over = over_refusal(models, ROOT / "data/sample/security/over_refusal.jsonl")
-    latency = None if a.skip_latency else latency_under_load(models, a.requests, a.clients, a.max_tokens)
+    latency = None if a.skip_latency else latency_side_by_side(models, a.requests, a.clients, a.max_tokens, a.rounds)
     out = {"data": a.shared or "shipped sample", "detectors": table, "over_refusal": over, "latency": latency}
-    res = ROOT / "bench/results"
     (res / "guard.json").write_text(json.dumps(out, indent=1))
     lines = ["# Guard benchmark (bench/bench_guard.py)", "",
              f"Data: {out['data']}; test split = sources never seen in training (see models/guard/*/card.md).", "",
@@ -196,13 +257,7 @@ def main() -> None:
               "", f"Over-refusal ({over['n']} benign prompts that look dangerous): injection detector FPR {over['injection_fpr']}, "
               f"input policy block rate {over['input_policy_block_rate']}; blocked: {over['blocked']}", ""]
     if latency:
-        lines += ["## Guard latency in the request path, server under load", "",
-                  f"{latency['requests']} chat requests from {latency['clients']} concurrent clients, max_tokens "
-                  f"{latency['max_tokens']}, continuous batching, 2 CPU cores shared with the generation.", "",
-                  "| guard p50 (ms) | guard p90 | input p50 | output p50 | request p50 | guard share of request |",
-                  "|---|---|---|---|---|---|",
-                  f"| {latency['guard_ms_p50']} | {latency['guard_ms_p90']} | {latency['input_ms_p50']} | "
-                  f"{latency['output_ms_p50']} | {latency['request_ms_p50']} | {latency['guard_share_of_request_p50']} |", ""]
+        lines += write_latency(latency, models)
     (res / "guard.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -56,7 +56,8 @@ class Airflow:
     def __init__(self, base: str, home: Path):
         self.base = base
         password = json.loads((home / "simple_auth_manager_passwords.json.generated").read_text())["admin"]
-        token = httpx.post(f"{base}/auth/token", json={"username": "admin", "password": password}).json()
+        # the API server answers its first requests slowly on a busy 2-core box: a generous timeout, not 5 s
+        token = httpx.post(f"{base}/auth/token", json={"username": "admin", "password": password}, timeout=120).json()
         self.token = token["access_token"]
         self.http = httpx.Client(base_url=f"{base}/api/v2", headers={"Authorization": f"Bearer {self.token}"},
                                  timeout=30)

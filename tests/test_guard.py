@@ -203,6 +203,63 @@ def test_split_messages_long_prompts_rag_and_bytes(guarded):
     assert 'check="indirect_injection"' in metrics and "llmops_guard_seconds_bucket" in metrics
 
 
+def test_parallel_input_guard_blocks_before_a_token_leaves_and_frees_the_slot(guarded):
+    """serve.guard.parallel_input (on in params.yaml): the detectors run beside the prefill. A blocked stream gets
+    the JSON refusal, not an SSE stream with a token in it; the cancelled generation frees its slot (nothing stays
+    in flight); an allowed stream still streams; the added latency is measured per request."""
+    dan = BAD_INPUTS["zero_width"]
+    for _ in range(3):
+        r = _chat(guarded, [{"role": "user", "content": dan}], stream=True)
+        assert r.headers["content-type"].startswith("application/json"), r.text[:200]
+        body = _refused(r, "prompt_injection")
+        assert body["guard"]["added_ms"] >= 0 and body["usage"]["completion_tokens"] == 0
+    with httpx.stream("POST", guarded.url + "/v1/chat/completions", headers={"Authorization": "Bearer sk-g"},
+                      timeout=120, json={"model": "m", "stream": True, "max_tokens": 8, "temperature": 0,
+                                         "messages": [{"role": "user", "content": "Name a colour."}]}) as ok:
+        assert ok.headers["content-type"].startswith("text/event-stream")
+        events = [line for line in ok.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]" and any('"content": "' in e and '"content": ""' not in e for e in events)
+    metrics = httpx.get(guarded.url + "/metrics").text
+    assert "llmops_requests_in_flight 0.0" in metrics
+    added = [line for line in metrics.splitlines() if line.startswith('llmops_guard_seconds_count{stage="input_added"}')]
+    assert added and float(added[0].split()[-1]) >= 4
+
+
+def test_ahead_prefetches_in_order_reraises_and_cancels():
+    import asyncio
+
+    from pipelines.serving.prefetch import Ahead
+
+    started, cleaned = [], []
+
+    async def gen(fail: bool = False):
+        started.append(True)
+        try:
+            for i in range(3):
+                yield i
+                await asyncio.sleep(0.01)
+            if fail:
+                raise ValueError("engine broke")
+            await asyncio.sleep(10)
+        finally:
+            cleaned.append(True)
+
+    async def main():
+        a = Ahead(gen())
+        await asyncio.sleep(0.001)
+        assert started and a.first_at is not None  # running before anyone iterates
+        got = [await a.__anext__() for _ in range(3)]
+        await a.aclose()  # cancels the generator parked in its sleep, and its finally ran
+        assert got == [0, 1, 2] and cleaned == [True]
+        b = Ahead(gen(fail=True))
+        with pytest.raises(ValueError, match="engine broke"):
+            async for _ in b:
+                pass
+        await b.aclose()
+
+    asyncio.run(main())
+
+
 def test_int8_encoder_is_trained_and_served_on_the_same_setting(guard_models, repo_root, tmp_path):
     """encoder_quantization: int8 (the faster guard): the setting is recorded with the detectors, loading them
     brings back an int8 encoder, int8 vectors get cache entries of their own, and the detector still ranks an

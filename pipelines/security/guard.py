@@ -18,6 +18,12 @@ Each check's action is `block`, `redact` (PII only), `log` (counted and logged, 
 `message.refusal` set, and `guard: {action, stage, reason, checks}` naming the reason code. Every action is
 counted in `llmops_guard_actions_total{stage, check, action}` and the guard's own time in
 `llmops_guard_seconds{stage}`.
+
+`parallel_input` (serving): the input's rule checks (length, obfuscation flags, PII redaction: microseconds) run
+first, as they must change what the model sees; the detectors (one MiniLM pass, the guard's whole cost) then run
+in a worker thread while the model prefills. No token is sent before their verdict, and a block cancels the
+generation, so the policy is the same; what the guard adds to a request is only the wait past the first token
+(`llmops_guard_seconds{stage="input_added"}`, `guard.added_ms` in a refusal).
 """
 from __future__ import annotations
 
@@ -63,6 +69,7 @@ class GuardConfig(StageConfig):
     thresholds: dict[str, float]    # per detector, replaces the trained threshold
     canaries_path: str | None       # JSON list of planted canary strings (finetune.canaries writes it)
     system_prompt_ngram: int        # consecutive words of the system message that count as a leak
+    parallel_input: bool            # serving: input detectors run while the model prefills; no token leaves first
     pii_entities: list[str] | None  # null: every entity pipelines.data.pii knows
     refusal_message: str
     overrides: dict[str, dict]      # API key id -> partial {input: {...}, output: {...}}
@@ -85,7 +92,8 @@ class Verdict:
     stage: str
     checks: list[Check] = field(default_factory=list)
     text: str | None = None  # redacted text (output) when PII was redacted
-    seconds: float = 0.0
+    seconds: float = 0.0     # the guard's own compute
+    added: float | None = None  # what it added to the response (parallel input: the wait past the first token)
 
     @property
     def blocked(self) -> Check | None:
@@ -96,7 +104,47 @@ class Verdict:
         return {"action": "block" if b else ("redact" if any(c.action == "redact" for c in self.checks) else
                                              "log" if self.checks else "allow"),
                 "stage": self.stage, "reason": b.check if b else None,
-                "checks": [c.as_dict() for c in self.checks], "ms": round(self.seconds * 1000, 2)}
+                "checks": [c.as_dict() for c in self.checks], "ms": round(self.seconds * 1000, 2),
+                **({"added_ms": round(self.added * 1000, 2)} if self.added is not None else {})}
+
+
+@dataclass
+class PendingInput:
+    """An input verdict whose rule checks are done and whose detector checks are not (`Guard.begin_input`)."""
+    guard: "Guard"
+    verdict: Verdict
+    pol: Any
+    texts: list[str]      # injection: the last user message, and all user turns joined when there are several
+    last: str             # toxicity: the last user message
+    after: list[Check]    # rule checks reported after the detectors' (PII), as check_input always ordered them
+    rule_seconds: float
+
+    @property
+    def blocked_by_rules(self) -> bool:
+        return self.verdict.blocked is not None or any(c.action == "block" for c in self.after)
+
+    def finish(self) -> Verdict:
+        """Runs the detectors (thread-safe: serving calls it in a worker thread) and counts the verdict."""
+        t0 = time.perf_counter()
+        v, pol = self.verdict, self.pol
+        if not self.texts:  # refused before any model work (prompt_too_long)
+            v.seconds = self.rule_seconds
+            return self.guard._count(v)
+        if pol.injection != "off":
+            r = self.guard._detect("injection", self.texts)
+            if r:
+                scores, thr = r
+                s = max(scores)
+                if s >= thr:
+                    which = "split_messages" if len(scores) > 1 and scores[1] >= thr > scores[0] else "last_message"
+                    v.checks.append(Check("prompt_injection", pol.injection, round(s, 4), thr, which))
+        if pol.toxicity != "off":
+            r = self.guard._detect("toxicity", [self.last])
+            if r and r[0][0] >= r[1]:
+                v.checks.append(Check("toxic_input", pol.toxicity, round(r[0][0], 4), r[1]))
+        v.checks += self.after
+        v.seconds = self.rule_seconds + time.perf_counter() - t0
+        return self.guard._count(v)
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -185,6 +233,11 @@ class Guard:
     def check_input(self, messages: list[dict], key_id: str | None = None) -> Verdict:
         """Checks the chat messages ({role, content}); redacts PII in user messages IN PLACE when the policy says
         redact. The verdict's `blocked` names the first blocking check."""
+        return self.begin_input(messages, key_id).finish()
+
+    def begin_input(self, messages: list[dict], key_id: str | None = None) -> "PendingInput":
+        """The rule part of check_input (length, obfuscation, PII redaction in place: microseconds); the detector
+        part (one MiniLM pass) is left to `PendingInput.finish`, which serving runs while the model prefills."""
         t0 = time.perf_counter()
         pol, _ = self.policy(key_id)
         v = Verdict("input")
@@ -192,25 +245,14 @@ class Guard:
         total = sum(len(m["content"]) for m in messages)
         if total > pol.max_prompt_chars:
             v.checks.append(Check("prompt_too_long", "block", detail=f"{total} characters > {pol.max_prompt_chars}"))
-            v.seconds = time.perf_counter() - t0
-            return self._count(v)
+            return PendingInput(self, v, pol, [], "", [], time.perf_counter() - t0)
         last = users[-1]["content"] if users else messages[-1]["content"]
         flags = normalize(last).flags
         if flags:
             v.checks.append(Check("obfuscation", "log", detail=list(flags)))
-        if pol.injection != "off":
-            texts = [last] + (["\n".join(m["content"] for m in users)] if len(users) > 1 else [])
-            r = self._detect("injection", texts)
-            if r:
-                scores, thr = r
-                s = max(scores)
-                if s >= thr:
-                    which = "split_messages" if len(scores) > 1 and scores[1] >= thr > scores[0] else "last_message"
-                    v.checks.append(Check("prompt_injection", pol.injection, round(s, 4), thr, which))
-        if pol.toxicity != "off":
-            r = self._detect("toxicity", [last])
-            if r and r[0][0] >= r[1]:
-                v.checks.append(Check("toxic_input", pol.toxicity, round(r[0][0], 4), r[1]))
+        # the detectors see the text as sent (before redaction), as the sequential check always did
+        joined = ["\n".join(m["content"] for m in users)] if len(users) > 1 else []
+        after: list[Check] = []
         if pol.pii != "off":
             from pipelines.data import pii
 
@@ -222,9 +264,8 @@ class Guard:
                     if pol.pii == "redact":
                         m["content"] = red
             if found_all:
-                v.checks.append(Check("pii_input", pol.pii, detail=sorted(set(found_all))))
-        v.seconds = time.perf_counter() - t0
-        return self._count(v)
+                after.append(Check("pii_input", pol.pii, detail=sorted(set(found_all))))
+        return PendingInput(self, v, pol, [last] + joined, last, after, time.perf_counter() - t0)
 
     def check_contexts(self, contexts: list[str], key_id: str | None = None) -> Verdict:
         """Retrieved RAG chunks: an instruction planted in a document (indirect injection)."""
@@ -294,6 +335,12 @@ class Guard:
     def enforce_input(self, messages: list[dict], key_id: str | None = None) -> Verdict:
         """check_input (PII redacted in place); raises GuardBlocked on a block."""
         v = self.check_input(messages, key_id)
+        if v.blocked:
+            raise GuardBlocked(v, self.refusal_text(v))
+        return v
+
+    def enforce(self, v: Verdict) -> Verdict:
+        """Raises GuardBlocked when the verdict blocks."""
         if v.blocked:
             raise GuardBlocked(v, self.refusal_text(v))
         return v

@@ -43,6 +43,7 @@ from pipelines.serving.config import ServeConfig
 from pipelines.serving.engine import Delta, Done, Engine, EngineDead
 from pipelines.serving.errors import APIError
 from pipelines.serving.metrics import Metrics
+from pipelines.serving.prefetch import Ahead
 from pipelines.serving.rag import Rag
 from pipelines.serving.reload import Served, Slots
 from pipelines.serving.request_log import RequestLog
@@ -73,6 +74,7 @@ class Ctx:
     contexts: list[dict] | None = None
     cpu_s: float | None = None  # the request's CPU-seconds (Metrics.cpu_share), set when its generation ends
     cost_usd: float | None = None
+    pending_input: Any = None  # the guard's input detectors, left to run beside the prefill (parallel_input)
 
     def ms(self) -> float:
         return (time.perf_counter() - self.t0) * 1000.0
@@ -289,7 +291,11 @@ class Runtime:
         users = [m for m in messages if m["role"] == "user"]
         ctx.prompt = users[-1]["content"] if users else messages[-1]["content"]
         if self.guard:  # input policy: PII redacted in place; a block raises GuardBlocked (answered as a refusal)
-            self.guard.enforce_input(messages, ctx.key_id)
+            pending = self.guard.begin_input(messages, ctx.key_id)
+            if self.guard.cfg.parallel_input and not pending.blocked_by_rules:
+                ctx.pending_input = pending  # the detectors run in the handler, while the model prefills
+            else:
+                self.guard.enforce(pending.finish())
         max_new = req.max_completion_tokens or req.max_tokens or self.cfg.max_new_tokens
         if max_new > self.cfg.limits.max_tokens:
             raise APIError(400, f"max_tokens is too large: {max_new}. This server allows at most "
@@ -515,6 +521,9 @@ def create_app(cfg: ServeConfig, registry: RegistryConfig, *, root: Path | None 
         cached = rt.cache.get(cache_key) if cache_key else None
         if cache_key:
             rt.metrics.cache_lookup(cached is not None)
+        # parallel input guard: its detectors run in a worker thread from here on, beside the generation below
+        verdict_task = asyncio.create_task(asyncio.to_thread(ctx.pending_input.finish)) \
+            if ctx.pending_input is not None else None
 
         async def generate():
             """Yields ('delta', text) ... then ('done', Done); the first delta marks the TTFT."""
@@ -536,13 +545,53 @@ def create_app(cfg: ServeConfig, registry: RegistryConfig, *, root: Path | None 
             finally:
                 await gen.aclose()
 
+        async def input_verdict(gen: Ahead | None):
+            """Waits for the parallel input guard. Blocked: the generation is cancelled before a token left, and
+            the refusal is returned. The added latency is the wait past the first generated token."""
+            if verdict_task is None:
+                return None
+            try:
+                verdict = await verdict_task
+            except Exception as exc:  # a broken detector fails this request, not the server
+                log.exception("input guard failed")
+                if gen is not None:
+                    await gen.aclose()
+                release()
+                finish_accounting(None)
+                err = APIError(500, f"the input guard failed: {exc}", "internal_error")
+                rt.log_request(ctx, err.status)
+                return err.response(ctx.headers())
+            except asyncio.CancelledError:
+                if gen is not None:
+                    await gen.aclose()
+                release()
+                raise
+            now = time.perf_counter()
+            first = gen.first_at if gen is not None else None
+            verdict.added = max(0.0, now - first) if first is not None else 0.0
+            if rt.guard.seconds is not None:
+                rt.guard.seconds.labels("input_added").observe(verdict.added)
+            if not verdict.blocked:
+                return None
+            if gen is not None:
+                await gen.aclose()
+            release()
+            finish_accounting(None)
+            text = rt.guard.refusal_text(verdict)
+            rt.log_request(ctx, 200, text)
+            return JSONResponse(rt.guard.refusal_body(verdict, cid=cid, created=created, model=ctx.model,
+                                                      fingerprint=fp), headers=ctx.headers())
+
         usage_of = lambda d: {"prompt_tokens": ctx.prompt_tokens, "completion_tokens": d.completion_tokens,  # noqa
                               "total_tokens": (ctx.prompt_tokens or 0) + d.completion_tokens}
 
         if not req.stream:
             ttft = None
             done = None
-            gen = generate()
+            gen = Ahead(generate()) if verdict_task is not None else generate()
+            refused = await input_verdict(gen if verdict_task is not None else None)
+            if refused is not None:
+                return refused
             try:
                 async with asyncio.timeout(timeout):
                     async for kind, value in gen:
@@ -586,12 +635,16 @@ def create_app(cfg: ServeConfig, registry: RegistryConfig, *, root: Path | None 
                     "hit" if cached is not None else "miss") if cache_key else "off"})
 
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        ahead = Ahead(generate()) if verdict_task is not None else None
+        refused = await input_verdict(ahead)
+        if refused is not None:
+            return refused
 
         async def sse():
             ttft = None
             done = None
             status = 499  # client closed the connection before the end
-            gen = generate()
+            gen = ahead if ahead is not None else generate()
             try:
                 yield _chunk(cid, created, ctx.model, fp, {"role": "assistant", "content": ""}, None, include_usage,
                              extra=extra)
