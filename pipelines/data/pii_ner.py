@@ -103,11 +103,12 @@ _ORG_CUE = re.compile(r"\b(?i:work(?:s|ed|ing)?[ \t]+(?:for|at)|employed[ \t]+(?
 _BLOCK_LINE = re.compile(r"^(?P<lead>[^\w\n]*)(?P<v>[^\W\d_][^\n\d@:]{1,60}?)[ \t,]*(?:\d{4,5})?[ \t]*$")
 _TITLE = re.compile(r"(?<![\w.])(?i:mr|mrs|ms|miss|mx|dr|prof|sir|madam|mme|mlle|herr|frau)\.?(?=\s+[^\W\d_])")
 _PLACEHOLDER = re.compile(r"<[A-Z_]+(?:_\d+)?>")
+_HAS_DIGIT = re.compile(r"\d")
 
 
 def _pattern_spans(text: str, entities: set[str]) -> list[tuple[int, int, str, float]]:
-    found = []
-    if "ADDRESS" in entities:
+    found: list[tuple[int, int, str, float]] = []
+    if "ADDRESS" in entities and _HAS_DIGIT.search(text):  # every address pattern needs a number
         for pat in _ADDRESS_PATTERNS:
             for m in pat.finditer(text):
                 g = "v" if "v" in pat.groupindex else 0
@@ -151,7 +152,9 @@ def _countries():
 def _block_localities(text: str) -> list[tuple[int, int, str, float]]:
     """In a postal address block (a street or unit line, then short lines), the short lines after it are the
     locality, region and country: LOCATION (a trailing postcode is left to ADDRESS)."""
-    out = []
+    out: list[tuple[int, int, str, float]] = []
+    if "\n" not in text:
+        return out
     lines = text.split("\n")
     offsets, pos = [], 0
     for ln in lines:
@@ -159,7 +162,7 @@ def _block_localities(text: str) -> list[tuple[int, int, str, float]]:
         pos += len(ln) + 1
     in_block = 0
     for i, ln in enumerate(lines):
-        if any(p.search(ln) for p in _ADDRESS_PATTERNS[:6]):
+        if _HAS_DIGIT.search(ln) and any(p.search(ln) for p in _ADDRESS_PATTERNS[:6]):  # each needs a digit
             in_block = 4
             continue
         if in_block:
@@ -347,6 +350,22 @@ def _analyzer():
 
                 self.nlp = {"en": spacy.load(MODEL, exclude=_EXCLUDE)}
 
+            def _doc_to_nlp_artifact(self, doc, language: str):
+                """Presidio's artifacts without a Python pass over every token (a third of the time after the
+                model): offsets and lower-cased words straight from the doc's arrays. With no lemmatizer loaded,
+                the lower-cased words stand in for lemmas, so Presidio's context enhancer still sees the words
+                around a match."""
+                from presidio_analyzer.nlp_engine import NlpArtifacts
+                from spacy.attrs import IDX, LOWER
+
+                arr = doc.to_array([IDX, LOWER])
+                strings = doc.vocab.strings
+                ents, scores = self._get_updated_entities(
+                    doc.ents, [self.ner_model_configuration.default_score] * len(doc.ents))
+                return NlpArtifacts(entities=ents, tokens=doc, tokens_indices=arr[:, 0].tolist(),
+                                    lemmas=[strings[int(h)] for h in arr[:, 1]], nlp_engine=self,
+                                    language=language, scores=scores)
+
         ignored = [lbl for lbl in ("CARDINAL", "EVENT", "LANGUAGE", "LAW", "MONEY", "ORDINAL", "PERCENT",
                                    "PRODUCT", "QUANTITY", "WORK_OF_ART")]
         engine = NerOnlySpacy(
@@ -409,6 +428,36 @@ def _ner_candidates(pieces: list[str], entities: list[str], opts: NerOptions) ->
     return out
 
 
+_CACHE_LINES = 50_000  # per process; a line's results are a few tuples
+
+
+def _line_candidates(pieces: list[str], entities: list[str], opts: NerOptions) -> list[list[tuple]]:
+    """`_ner_candidates` of every piece, run line by line, each distinct line once per process: corpora repeat
+    passages (t0 wraps the same paragraph in many prompt templates, answers repeat), and an entity never spans
+    a line break anyway (`_refine` would cut it). The pattern recognizers still see whole pieces."""
+    cache: dict = _STATE.setdefault("line_cache", {})
+    key = (tuple(entities), opts.score_threshold)
+    where: list[list[tuple[int, str]]] = []
+    todo: dict[str, None] = {}
+    for piece in pieces:
+        spots, pos = [], 0
+        for line in piece.split("\n"):
+            if line.strip():
+                spots.append((pos, line))
+                if (key, line) not in cache:
+                    todo[line] = None
+            pos += len(line) + 1
+        where.append(spots)
+    if todo:
+        if len(cache) + len(todo) > _CACHE_LINES:
+            cache.clear()
+        new = list(todo)
+        for line, found in zip(new, _ner_candidates(new, entities, opts)):
+            cache[(key, line)] = found
+    return [[(s + pos, e + pos, ent, score) for pos, line in spots for s, e, ent, score in cache[(key, line)]]
+            for spots in where]
+
+
 def detect_many(texts: Sequence[str | None], entities: Iterable[str] | None = None,
                 opts: NerOptions | None = None) -> list[list[Span]]:
     """Non-overlapping PII spans of every text, sorted by position: the project's validators (`pii.detect`) for
@@ -433,7 +482,7 @@ def detect_many(texts: Sequence[str | None], entities: Iterable[str] | None = No
                 index.append((i, off))
                 pieces.append(piece)
     cands: list[list[tuple]] = [[] for _ in texts]
-    for (i, off), piece, found in zip(index, pieces, _ner_candidates(pieces, ner, opts)):
+    for (i, off), piece, found in zip(index, pieces, _line_candidates(pieces, ner, opts)):
         found = _refine(piece, found) + _pattern_spans(piece, set(ner))
         cands[i] += [(s + off, e + off, ent, score) for s, e, ent, score in found]
     for i, t in enumerate(texts):
