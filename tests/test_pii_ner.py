@@ -117,3 +117,68 @@ def test_bad_per_entity_policies_are_refused(policy, message):
     with pytest.raises((ConfigError, ValueError), match=message):
         Source.model_validate({"name": "s", "path": "x", "format": "jsonl", "kind": "document", "licence": "MIT",
                                "pii": policy, "fields": {"text": "text"}})
+
+
+# --- corrections of the model's spans and the project's own NER-side rules ------------------------------------
+
+
+def test_census_names_find_lone_first_names_and_titled_surnames():
+    found = by_type(pii_ner.detect("Agatha, can I please speak to your manager? Mr. Ford is a 50 year old man."))
+    assert "Agatha" in found["PERSON"] and "Ford" in found["PERSON"] and found["TITLE"] == ["Mr."]
+
+
+def test_ordinary_words_on_the_name_lists_are_not_names():
+    # "Will", "Grant", "Hope" are Census first names; "My" too. None is a PERSON on the list alone.
+    spans = pii_ner.detect("Will you grant me hope? My answer stays the same.", ["PERSON"])
+    assert spans == []
+
+
+def test_model_spans_never_cross_a_line_break():
+    text = "David Hagiwara\nNgap Incorporated\n49 Nassau Street\nSpringfield"
+    spans = pii_ner.detect(text)
+    assert all("\n" not in s.text for s in spans)
+    found = by_type(spans)
+    assert "David Hagiwara" in found["PERSON"] and found["ORGANIZATION"] == ["Ngap Incorporated"]
+    assert found["ADDRESS"] == ["49 Nassau Street"]
+
+
+def test_only_specific_dates_are_date_time():
+    text = ("Zoolander is a 2001 film. During the 1990s we met this morning and again in 2 months, "
+            "then on 5/19/2021, on March 3, 2020 at 10:30 and on Monday.")
+    dates = by_type(pii_ner.detect(text, ["DATE_TIME"])).get("DATE_TIME", [])
+    assert not any(d in ("2001", "the 1990s", "this morning", "2 months") for d in dates)
+    assert "5/19/2021" in dates and any("March 3, 2020" in d for d in dates) and "Monday" in dates
+
+
+def test_firm_names_and_employers_after_a_work_cue_are_organizations():
+    orgs = by_type(pii_ner.detect("I work for Geoscape. Our lawyers are Craig, Palmer and Quinn.",
+                                  ["ORGANIZATION"]))["ORGANIZATION"]
+    assert "Geoscape" in orgs and "Craig, Palmer and Quinn" in orgs
+
+
+def test_repeated_lines_are_detected_once_and_the_same_each_time():
+    passage = "Barack Obama met Angela Merkel in Berlin on 5/19/2021."
+    texts = [f"Question {i}:\n{passage}" for i in range(3)]
+    first = pii_ner.detect_many(texts)
+    again = pii_ner.detect_many(texts)
+    assert first == again
+    assert all([s.text for s in spans][-3:] == ["Angela Merkel", "Berlin", "5/19/2021"] for spans in first)
+
+
+def test_places_after_locative_verbs_and_companies_in_letterheads():
+    places = by_type(pii_ner.detect("Mr. Hurst grew up in Lubbeek. We moved here from Berlin Spandau.",
+                                    ["LOCATION"]))["LOCATION"]
+    assert places == ["Lubbeek", "Berlin Spandau"]
+    letter = "Andrea Nijeboer\nDemystdata\n65 Alt Reinickendorf 86\nCandeias"
+    found = by_type(pii_ner.detect(letter))
+    assert found["ORGANIZATION"] == ["Demystdata"] and found["PERSON"] == ["Andrea Nijeboer"]
+    # a personal block (no company line between the addressee and the street) has no ORGANIZATION
+    assert "ORGANIZATION" not in by_type(pii_ner.detect("Andrea Nijeboer\n65 Alt Reinickendorf 86\nCandeias"))
+
+
+def test_lower_case_text_gets_names_recased_for_the_model_with_offsets_kept():
+    text = "have you been to a gregory barros concert before? will young people come too?"
+    assert pii_ner._recase(text) == ("have you been to a Gregory Barros concert before? will young people come "
+                                     "too?")  # "will young": both on the lists, but "will" is ambiguous
+    spans = pii_ner.detect(text, ["PERSON"])
+    assert [s.text for s in spans] == ["gregory barros"]  # the original text's characters, not the recased ones

@@ -93,14 +93,20 @@ _ORG = re.compile(r"\b(?:[^\W\d_][\w&'’-]*[ \t]+){0,3}[^\W\d_][\w&'’-]*,?[ \
                   r"Incorporated|Associates|LLP|Insurance|Bancorp|Bank|Company|Co\.|(?:&|and)[ \t]+Sons)"
                   r"(?![\w])\.?")
 # A law-firm style name: three capitalised surnames, "Craig, Palmer and Quinn" / "Smith, Jones & Ward".
-_ORG_FIRM = re.compile(r"(?<![\w,][ \t])\b[^\W\d_a-z][^\W\d_]+,[ \t]+[^\W\d_a-z][^\W\d_]+,?[ \t]+(?:and|&)[ \t]+"
+_ORG_FIRM = re.compile(r"(?<!,[ \t])\b[^\W\d_a-z][^\W\d_]+,[ \t]+[^\W\d_a-z][^\W\d_]+,?[ \t]+(?:and|&)[ \t]+"
                        r"[^\W\d_a-z][^\W\d_]+\b")
 # An employer after a work cue: "I work for Geoscape", "employed by Acme Widgets", "joined Factset in 2019".
 _ORG_CUE = re.compile(r"\b(?i:work(?:s|ed|ing)?[ \t]+(?:for|at)|employed[ \t]+(?:by|at)|employer[ \t]+is|"
                       r"(?:ceo|cto|cfo|founder|president|director)[ \t]+of|hired[ \t]+by)[ \t]+(?:the[ \t]+)?"
-                      r"(?P<v>[^\W\d_a-z][\w&'’.-]*(?:[ \t]+(?:[^\W\d_a-z0-9][\w&'’.-]*|&|of|and))"
-                      r"{0,3})")
+                      r"(?P<v>[^\W\d_a-z][\w&'’-]*(?:\.[\w&'’-]+)*(?:[ \t]+(?:[^\W\d_a-z0-9][\w&'’-]*"
+                      r"(?:\.[\w&'’-]+)*|&|of|and)){0,3})")
+# A place after a locative verb: "grew up in Lubbeek", "we moved here from Dohma", "arrived at Oamaru Central".
+_LOC_CUE = re.compile(r"\b(?i:grew[ \t]+up|born|raised|lives?|lived|living|based|located|moved(?:[ \t]+here)?|"
+                      r"relocated|travell?ed|arrived|emigrated|immigrated)[ \t]+(?i:in|from|to|at)[ \t]+"
+                      r"(?P<v>[^\W\d_a-z][^\W\d_]*(?:[-'’][^\W\d_]+)*(?:[ \t]+(?:[^\W\d_a-z][^\W\d_]*"
+                      r"(?:[-'’][^\W\d_]+)*|de|del|di|da|do|la|le|sur|am|an|upon|on|nad|pod)){0,3})")
 _BLOCK_LINE = re.compile(r"^(?P<lead>[^\w\n]*)(?P<v>[^\W\d_][^\n\d@:]{1,60}?)[ \t,]*(?:\d{4,5})?[ \t]*$")
+_TITLES = {"mr", "mrs", "ms", "miss", "mx", "dr", "prof", "sir", "madam", "mme", "mlle", "herr", "frau"}
 _TITLE = re.compile(r"(?<![\w.])(?i:mr|mrs|ms|miss|mx|dr|prof|sir|madam|mme|mlle|herr|frau)\.?(?=\s+[^\W\d_])")
 _PLACEHOLDER = re.compile(r"<[A-Z_]+(?:_\d+)?>")
 _HAS_DIGIT = re.compile(r"\d")
@@ -121,6 +127,7 @@ def _pattern_spans(text: str, entities: set[str]) -> list[tuple[int, int, str, f
     if "ORGANIZATION" in entities:
         found += [(m.start(), m.end(), "ORGANIZATION", 0.9) for m in _ORG.finditer(text)]
         found += [(m.start(), m.end(), "ORGANIZATION", 0.9) for m in _ORG_FIRM.finditer(text)]
+        found += _letterhead_orgs(text)
         found += [(m.start("v"), m.end("v"), "ORGANIZATION", 0.9) for m in _ORG_CUE.finditer(text)
                   if not re.fullmatch(r"(?i:the|a|an|home|myself|free|it|him|her|them|us|you)", m.group("v"))]
     if "LOCATION" in entities:
@@ -128,6 +135,9 @@ def _pattern_spans(text: str, entities: set[str]) -> list[tuple[int, int, str, f
         if countries is not None:
             found += [(m.start(), m.end(), "LOCATION", 0.9) for m in countries.finditer(text)]
         found += _block_localities(text)
+        for m in _LOC_CUE.finditer(text):
+            v = re.sub(r"(?:[ \t]+(?:de|del|di|da|do|la|le|sur|am|an|upon|on|nad|pod))+$", "", m.group("v"))
+            found.append((m.start("v"), m.start("v") + len(v), "LOCATION", 0.9))
     if "TITLE" in entities:
         found += [(m.start(), m.end(), "TITLE", 0.6) for m in _TITLE.finditer(text)]
     if "PERSON" in entities:
@@ -147,6 +157,35 @@ def _countries():
             alt = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
             _STATE["countries"] = re.compile(rf"(?<![\w-])(?i:{alt})(?![\w-])")
     return _STATE["countries"]
+
+
+def _letterhead_orgs(text: str) -> list[tuple[int, int, str, float]]:
+    """A business address block: addressee line, company line, street line. The short digit-free line between an
+    addressee line (a title or a Census first name first) and the first street/unit line is the ORGANIZATION ("Andrea Nijeboer\nExperian\n65 Alt
+    Reinickendorf 86")."""
+    out: list[tuple[int, int, str, float]] = []
+    if text.count("\n") < 2:
+        return out
+    lines = text.split("\n")
+    offsets, pos = [], 0
+    for ln in lines:
+        offsets.append(pos)
+        pos += len(ln) + 1
+    for i in range(2, len(lines)):
+        ln = lines[i]
+        if not (_HAS_DIGIT.search(ln) and any(p.search(ln) for p in _ADDRESS_PATTERNS[:7])):
+            continue
+        org, who = _BLOCK_LINE.match(lines[i - 1]), _BLOCK_LINE.match(lines[i - 2])
+        gaz = _names()
+        if org and who and len(org.group("v").split()) <= 5 and len(who.group("v").split()) <= 6 \
+                and not _HAS_DIGIT.search(lines[i - 1]) and gaz is not None \
+                and not _looks_like_name(org.group("v").split(), *gaz) \
+                and (_TITLE.match(who.group("v")) or _looks_like_name(who.group("v").split()[:1], *gaz)):
+            v = org.group("v").rstrip(" ,")
+            out.append((offsets[i - 1] + org.start("v"), offsets[i - 1] + org.start("v") + len(v),
+                        "ORGANIZATION", 0.95))
+        break  # the first street line only: later lines are the rest of the same address
+    return out
 
 
 def _block_localities(text: str) -> list[tuple[int, int, str, float]]:
@@ -294,6 +333,32 @@ def _countries_set() -> set[str]:
         else:
             _STATE["country_set"] = {n.lower() for c, n in Locale("en").territories.items() if c.isalpha()}
     return _STATE["country_set"]
+
+
+def _recase(piece: str) -> str:
+    """An all-lower-case piece (chat, search queries) with a Census first name followed by a Census last name
+    capitalised, and the word after a title: the model and the name rules key on capitals.
+    Same length, so offsets hold; a piece with any capital letter is left as it is."""
+    if any(c.isupper() for c in piece):
+        return piece
+    gaz = _names()
+    if gaz is None:
+        return piece
+    first, last = gaz
+    chars = list(piece)
+    words = list(_TOKEN.finditer(piece))
+    for k, m in enumerate(words[:-1]):
+        w, nxt = m.group(), words[k + 1]
+        if piece[m.end():nxt.start()] != " ":
+            continue
+        titled = w.rstrip(".").lower() in _TITLES
+        # a first name alone stays lower case ("man", "bill" are on the lists): only a first + last pair
+        if titled or (len(w) >= 3 and _name_key(w) in first and _name_key(nxt.group().rstrip(".,")) in last):
+            if not titled:
+                chars[m.start()] = w[0].upper()
+            chars[nxt.start()] = nxt.group()[0].upper()
+    out = "".join(chars)
+    return out if len(out) == len(piece) else piece
 
 
 def _refine(piece: str, cands: list[tuple]) -> list[tuple]:
@@ -480,7 +545,7 @@ def detect_many(texts: Sequence[str | None], entities: Iterable[str] | None = No
         if t and t.strip():
             for off, piece in chunks(t, opts.chunk_chars):
                 index.append((i, off))
-                pieces.append(piece)
+                pieces.append(_recase(piece) if "PERSON" in ner else piece)
     cands: list[list[tuple]] = [[] for _ in texts]
     for (i, off), piece, found in zip(index, pieces, _line_candidates(pieces, ner, opts)):
         found = _refine(piece, found) + _pattern_spans(piece, set(ner))
