@@ -21,6 +21,9 @@ TEST_PARAMS = {
     # every task family on 1 example (each family's own behaviour is tests/test_evaluate.py's business): the
     # e2e proves the wiring, twice (reproduction and the loop's retrain), x2 models
     **{("evaluate", "tasks", i, "max_examples"): 1 for i in range(8)},
+    # perplexity on 2 (cheap: one forward pass each): a single held-out example can be one the tiny model finds
+    # absurd (perplexity 1e5), and the gate's versus-champion margin compares against the champion's own figure
+    ("evaluate", "tasks", 0, "max_examples"): 2,
     # short answers: the generation families' cost is per generated token, x2 models (x2 again for RAG)
     **{("evaluate", "tasks", i, "max_new_tokens"): 8 for i in (1, 2, 3, 5, 6, 7)},
     ("evaluate", "ray", "actors"): 1,         # one model actor (one process start) with both threads

@@ -111,12 +111,16 @@ class Airflow:
 
         while True:
             detail = self.wait(f"the approval {task_id} of {dag_id}", waiting, max(1.0, deadline - time.monotonic()))
+            # Airflow 3.3.2: an answer within about a second of AWAITING_INPUT resumes the task while its first
+            # worker is still exiting, and the server kills the resumed run ("shouldn't be running anymore"); the
+            # answer is lost. A person never answers that fast; the test waits as long.
+            time.sleep(3)
             resp = self.http.patch(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/-1/hitlDetails",
                                    json={"chosen_options": ["Approve"], "params_input": {}})
             assert resp.status_code == 200, resp.text
             try:
                 self.wait(f"{task_id} to take the answer", lambda: self.tasks(dag_id, run_id).get(task_id)
-                          in ("success", "skipped", "failed"), timeout=60)
+                          in ("success", "skipped", "failed"), timeout=30)
                 return detail
             except AssertionError:
                 if time.monotonic() > deadline:
@@ -150,8 +154,8 @@ def loop(e2e_reproduced, tmp_path_factory, repo_root):
         # The test's candidate must be promotable twice: the versus-champion margins are the gate test's business.
         ("gate", "floors", "max_perplexity"): 1.0e6, ("gate", "floors", "min_rouge_l"): 0.0,
         ("gate", "floors", "max_attack_success_rate"): 1.0,
-        ("gate", "versus_champion", "max_perplexity_increase_pct"): 1.0e6,
-        ("gate", "versus_champion", "max_rouge_l_drop"): 1.0,
+        ("gate", "versus_champion", "max_perplexity_increase_pct"): None,
+        ("gate", "versus_champion", "max_rouge_l_drop"): None,
         ("gate", "versus_champion", "max_attack_success_rate_increase"): 1.0,
         ("gate", "versus_reference", "max_regression"): {},
         ("retrain", "promotion_approval"): True, ("retrain", "cooldown_minutes"): 30,
@@ -263,7 +267,7 @@ def test_same_distribution_batch_lands_without_retrain(loop):
     tasks = api.tasks("llmops_monitor", monitor)
     assert tasks["data_drift"] == "success" and tasks["emit_drift"] == "skipped", tasks
     mark("monitor: no drift")
-    time.sleep(15)
+    time.sleep(10)  # the asset-triggered lifecycle would have been created within a scheduler loop or two
     assert [r for r in api.runs("llmops_lifecycle") if r["dag_run_id"] not in seen["llmops_lifecycle"]] == []
     mark("no retrain")
 
