@@ -9,12 +9,17 @@ Where each entity type comes from (measured per type by bench/bench_pii.py, see 
 - DATE_TIME also from Presidio's `DateRecognizer` (numeric dates, ISO timestamps), URL from its `UrlRecognizer`.
 - ADDRESS (street addresses, units, military/PO boxes, postcodes closing an address) and TITLE (honorifics):
   the project's own pattern recognizers below; Presidio has no street-address recognizer for English.
+- The model's spans are corrected (`_refine`): cut at line breaks, a Census name the model called ORG/LOC/NRP
+  relabelled PERSON, DATE_TIME kept only when specific. More PERSON from the US Census 1990 name lists (PyPI
+  `names` 0.3.0, MIT; public-domain data), ORGANIZATION from suffix/firm/employer/letterhead rules, LOCATION from
+  country names, postal-block localities and locative verbs. All-lower-case text is recased for names first.
 - E-mail, phone, cards, IBAN, SSN, national ids, IP, secrets: the project's validators (`pii.detect`), which
   beat or tie Presidio's recognizers on every one of those types; their spans win any overlap.
 
 The analyzer (and the model in it) is built once per Python process and cached at module level: inside Spark's
 pandas UDF that is once per executor Python worker (workers are reused across tasks), never once per batch.
-Texts go through `nlp.pipe` in batches (`batch_size`); long texts are cut into chunks of at most `chunk_chars` at
+Texts go through `nlp.pipe` in batches (`batch_size`), line by line, each distinct line once per process (a
+bounded cache: corpora repeat passages); long texts are cut into chunks of at most `chunk_chars` at
 a line, sentence or word boundary, and spans are shifted back, so offsets stay right. Placeholders already in a
 text (`<PERSON>`) are never detected again.
 """
