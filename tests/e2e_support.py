@@ -35,6 +35,7 @@ TEST_PARAMS = {
     ("audit", "max_pii_records"): 2,
     ("audit", "leak_max_new_tokens"): 8,
     ("embed", "concurrency"): 1,              # one model actor: one process start instead of two
+    ("engines", "spark", "shuffle_partitions"): 2,  # ~160 rows: one shuffle task per core
     ("evaluate_retrieval", "max_questions"): 60,
 }
 
