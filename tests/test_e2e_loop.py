@@ -169,20 +169,20 @@ def loop(e2e_reproduced, tmp_path_factory, repo_root):
     server_log = open(home / "serve.log", "wb")
     server = subprocess.Popen([str(VENV_BIN / "llmops"), "serve"], cwd=ws, env=env, stdout=server_log,
                               stderr=subprocess.STDOUT, start_new_session=True)
-    up = subprocess.run([str(VENV_BIN / "llmops"), "airflow", "up"], cwd=ws, env=env, capture_output=True,
-                        text=True, timeout=300)
-    print(up.stdout, up.stderr[-3000:])
-    assert up.returncode == 0
-    mark("airflow up")
-    state = {"ws": ws, "home": home, "env": env, "api": Airflow(f"http://127.0.0.1:{api_port}", home),
-             "serve": f"http://127.0.0.1:{serve_port}", "seen": {d: set() for d in
-                                                                ("llmops_ingest", "llmops_monitor", "llmops_lifecycle")}}
-    api = state["api"]
-    api.wait("the three DAGs to be parsed", lambda: all(
-        api.http.get(f"/dags/{d}").status_code == 200 for d in state["seen"]), timeout=180)
-    for dag_id, seen in state["seen"].items():
-        seen.update(r["dag_run_id"] for r in api.runs(dag_id))  # a first cron run of the monitor may exist
-    try:
+    try:  # from here on a failing set-up still stops what it started (no server or scheduler left behind)
+        up = subprocess.run([str(VENV_BIN / "llmops"), "airflow", "up"], cwd=ws, env=env, capture_output=True,
+                            text=True, timeout=300)
+        print(up.stdout, up.stderr[-3000:])
+        assert up.returncode == 0
+        mark("airflow up")
+        state = {"ws": ws, "home": home, "env": env, "api": Airflow(f"http://127.0.0.1:{api_port}", home),
+                 "serve": f"http://127.0.0.1:{serve_port}",
+                 "seen": {d: set() for d in ("llmops_ingest", "llmops_monitor", "llmops_lifecycle")}}
+        api = state["api"]
+        api.wait("the three DAGs to be parsed", lambda: all(
+            api.http.get(f"/dags/{d}").status_code == 200 for d in state["seen"]), timeout=180)
+        for dag_id, seen in state["seen"].items():
+            seen.update(r["dag_run_id"] for r in api.runs(dag_id))  # a first cron run of the monitor may exist
         yield state
     finally:
         subprocess.run([str(VENV_BIN / "llmops"), "airflow", "down"], cwd=ws, env=env, timeout=120)
