@@ -164,6 +164,16 @@ def _countries():
     return _STATE["countries"]
 
 
+def _lines_with_offsets(text: str) -> tuple[list[str], list[int]]:
+    """The text's lines and the character offset where each starts."""
+    lines = text.split("\n")
+    offsets, pos = [], 0
+    for ln in lines:
+        offsets.append(pos)
+        pos += len(ln) + 1
+    return lines, offsets
+
+
 def _letterhead_orgs(text: str) -> list[tuple[int, int, str, float]]:
     """A business address block: addressee line, company line, street line. The short digit-free line between an
     addressee line (a title or a Census first name first) and the first street/unit line is the ORGANIZATION ("Andrea Nijeboer\nExperian\n65 Alt
@@ -171,11 +181,7 @@ def _letterhead_orgs(text: str) -> list[tuple[int, int, str, float]]:
     out: list[tuple[int, int, str, float]] = []
     if text.count("\n") < 2:
         return out
-    lines = text.split("\n")
-    offsets, pos = [], 0
-    for ln in lines:
-        offsets.append(pos)
-        pos += len(ln) + 1
+    lines, offsets = _lines_with_offsets(text)
     for i in range(2, len(lines)):
         ln = lines[i]
         if not (_HAS_DIGIT.search(ln) and any(p.search(ln) for p in _ADDRESS_PATTERNS[:7])):
@@ -199,11 +205,7 @@ def _block_localities(text: str) -> list[tuple[int, int, str, float]]:
     out: list[tuple[int, int, str, float]] = []
     if "\n" not in text:
         return out
-    lines = text.split("\n")
-    offsets, pos = [], 0
-    for ln in lines:
-        offsets.append(pos)
-        pos += len(ln) + 1
+    lines, offsets = _lines_with_offsets(text)
     in_block = 0
     for i, ln in enumerate(lines):
         if _HAS_DIGIT.search(ln) and any(p.search(ln) for p in _ADDRESS_PATTERNS[:6]):  # each needs a digit

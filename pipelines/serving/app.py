@@ -588,10 +588,11 @@ def create_app(cfg: ServeConfig, registry: RegistryConfig, *, root: Path | None 
         if not req.stream:
             ttft = None
             done = None
-            gen = Ahead(generate()) if verdict_task is not None else generate()
-            refused = await input_verdict(gen if verdict_task is not None else None)
+            ahead = Ahead(generate()) if verdict_task is not None else None
+            refused = await input_verdict(ahead)
             if refused is not None:
                 return refused
+            gen = ahead if ahead is not None else generate()
             try:
                 async with asyncio.timeout(timeout):
                     async for kind, value in gen:
