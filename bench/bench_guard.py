@@ -9,10 +9,11 @@
 3. Latency the guard adds in the request path, with the server under load: the API (champion of the registry,
    uvicorn in-process, continuous batching) serves `--clients` concurrent clients; per request, what the input
    check added (serve.guard.parallel_input: the wait past the first token; off: its whole compute) plus the output
-   check, measured inside the app; parallel_input on and off alternating, side by side.
+   check, measured inside the app; the variants of one setting (`--compare`: encoder_backend onnx / torch, or
+   parallel_input on / off) alternating, side by side.
 
     .venv/bin/python bench/bench_guard.py [--requests 40] [--clients 4] [--rounds 3]
-    .venv/bin/python bench/bench_guard.py --latency-only   # -> bench/results/guard_latency.{json,md}
+    .venv/bin/python bench/bench_guard.py --latency-only [--compare encoder_backend]  # -> bench/results/guard_latency.{json,md}
 """
 from __future__ import annotations
 
@@ -31,12 +32,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipelines.security.detectors import auroc, choose_threshold, load_detector, rates_at  # noqa: E402
+from pipelines.security import datasets  # noqa: E402
 
 BENIGN_PROMPTS = {"mt_bench", "self_instruct_user", "alpaca_harmless_test"}
 
 
 def detector_table(models: Path, data: dict) -> list[dict]:
+    """Each detector on its held-out test split, at the operating point serving runs: the trained thresholds unless
+    serve.guard.thresholds replaces them; for injection, user prompts at `injection` and retrieved contexts (BIPIA)
+    at `indirect_injection` (train_guard's threshold_context)."""
     rows = []
+    overrides = _serving_thresholds()
     for name in ("injection", "toxicity", "harmful_compliance"):
         det = load_detector(models, name)
         test = [r for r in data[name] if r["split"] == "test"]
@@ -47,34 +53,31 @@ def detector_table(models: Path, data: dict) -> list[dict]:
             s = np.array(det.score([r["request"] for r in test], [r["response"] for r in test]))
         ms = (time.perf_counter() - t0) * 1000 / len(test)
         y = np.array([r["label"] for r in test])
-        row = {"detector": name, "n": len(test), "threshold": round(det.threshold, 4),
-               **{k: v for k, v in rates_at(y, s, det.threshold).items() if k in ("precision", "recall", "fpr", "f1")},
-               "auroc": round(auroc(y, s), 4), "ms_per_item": round(ms, 2)}
+        t_prompt = float(overrides.get(name, det.threshold))
+        thr = np.full(len(test), t_prompt)
+        row = {"detector": name, "n": len(test), "threshold": round(t_prompt, 4),
+               "threshold_from": "serve.guard.thresholds" if name in overrides else "train_guard"}
+        if name == "injection":
+            t_ctx = float(overrides.get("indirect_injection", det.meta.get("threshold_context", det.threshold)))
+            ctx = np.array([datasets.is_context(r) for r in test])
+            thr = np.where(ctx, t_ctx, t_prompt)
+            row["threshold_context"] = round(t_ctx, 4)
+        row.update({k: v for k, v in rates_at(y, s, thr).items() if k in ("precision", "recall", "fpr", "f1")})
+        row.update({"auroc": round(auroc(y, s), 4), "ms_per_item": round(ms, 2)})
         if name == "injection":
             benign = np.array([r["source"] in BENIGN_PROMPTS for r in test])
             pos = y == 1
-            row["fpr_benign_prompts"] = rates_at(y[benign | pos], s[benign | pos], det.threshold)["fpr"]
-            bip = np.array([r["source"].startswith("bipia") and r["label"] == 0 for r in test])
-            row["fpr_bipia_clean_contexts"] = round(float(np.mean(s[bip] >= det.threshold)), 4) if bip.any() else None
+            direct = (benign | pos) & ~ctx
+            row["fpr_benign_prompts"] = rates_at(y[benign], s[benign], t_prompt)["fpr"]
+            clean = ctx & ~pos
+            row["fpr_bipia_clean_contexts"] = round(float(np.mean(s[clean] >= t_ctx)), 4) if clean.any() else None
+            row["recall_direct_attacks"] = rates_at(y[direct], s[direct], t_prompt)["recall"]
+            row["recall_indirect_attacks"] = rates_at(y[ctx], s[ctx], t_ctx)["recall"]
             t, _ = choose_threshold(y[benign | pos], s[benign | pos], "max_fpr", 0.05)
             row["oracle_recall_at_fpr_0.05_benign"] = rates_at(y[benign | pos], s[benign | pos], t)["recall"]
-            no_bipia = np.array([not r["source"].startswith("bipia") for r in test])
-            m = (benign | pos) & no_bipia
-            row["recall_direct_attacks"] = rates_at(y[m], s[m], det.threshold)["recall"]
-            per = {}
-            for src in sorted({r["source"] for r in test if r["label"] == 1}):
-                idx = np.array([r["source"] == src for r in test])
-                per[src] = round(float(np.mean(s[idx] >= det.threshold)), 4)
-            row["recall_per_source"] = per
-            # the operating point serving runs at (serve.guard.thresholds), when it replaces the trained threshold
-            serve_t = _serving_thresholds().get(name)
-            if serve_t is not None:
-                at = rates_at(y[benign | pos], s[benign | pos], serve_t)
-                row["serving_threshold"] = serve_t
-                row["serving_recall"], row["serving_fpr_benign_prompts"] = at["recall"], at["fpr"]
-                row["serving_recall_per_source"] = {
-                    src: round(float(np.mean(s[np.array([r["source"] == src for r in test])] >= serve_t)), 4)
-                    for src in per}
+            row["recall_per_source"] = {
+                src: round(float(np.mean((s >= thr)[np.array([r["source"] == src for r in test])])), 4)
+                for src in sorted({r["source"] for r in test if r["label"] == 1})}
         rows.append(row)
     return rows
 
@@ -92,14 +95,16 @@ def over_refusal(models: Path, path: Path) -> dict:
 
     prompts = [json.loads(l)["prompt"] for l in path.read_text().splitlines() if l.strip()]
     det = load_detector(models, "injection")
-    flagged = [p for p, s in zip(prompts, det.score(prompts)) if s >= det.threshold]
+    t = _serving_thresholds().get("injection", det.threshold)
+    flagged = [p for p, s in zip(prompts, det.score(prompts)) if s >= t]
     guard = Guard(config_from_params("serve.guard", GuardConfig, {"models_dir": str(models)}), ROOT)
     blocked = [p for p in prompts if guard.check_input([{"role": "user", "content": p}]).blocked]
     return {"n": len(prompts), "injection_fpr": round(len(flagged) / len(prompts), 4), "flagged": flagged,
             "input_policy_block_rate": round(len(blocked) / len(prompts), 4), "blocked": blocked}
 
 
-def latency_under_load(models: Path, n_requests: int, clients: int, max_tokens: int, parallel: bool = True) -> dict:
+def latency_under_load(models: Path, n_requests: int, clients: int, max_tokens: int, parallel: bool = True,
+                       backend: str | None = None) -> dict:
     """One server, `clients` concurrent clients. Per request: the guard's input compute, what the input check
     ADDED (parallel_input: the wait past the first generated token; sequential: all of its compute), the output
     check (sequential), and the request latency. The response's vector is evicted from the encoder's LRU before
@@ -114,7 +119,8 @@ def latency_under_load(models: Path, n_requests: int, clients: int, max_tokens: 
     from pipelines.serving.app import create_app
     from pipelines.serving.config import ServeConfig
 
-    cfg = config_from_params("serve", ServeConfig, {"guard": {"models_dir": str(models), "parallel_input": parallel},
+    guard = {"models_dir": str(models), "parallel_input": parallel, **({"encoder_backend": backend} if backend else {})}
+    cfg = config_from_params("serve", ServeConfig, {"guard": guard,
                                                     "reload_poll_s": 0, "cache": {"max_entries": 0},
                                                     "request_log": "/tmp/bench_guard_requests.jsonl"})
     app = create_app(cfg, config_from_params("registry", RegistryConfig))
@@ -177,39 +183,46 @@ def latency_under_load(models: Path, n_requests: int, clients: int, max_tokens: 
     in_added = [v.added if v.added is not None else v.seconds for v in inputs]
     per_req = [a + b for a, b in zip(in_added, outputs)]
     q = lambda xs, p: round(float(np.percentile(xs, p)) * 1000, 2) if xs else None  # noqa: E731
-    return {"parallel_input": parallel, "requests": n_requests, "clients": clients, "max_tokens": max_tokens,
+    return {"parallel_input": parallel, "encoder_backend": rt.guard.cfg.encoder_backend, "requests": n_requests, "clients": clients, "max_tokens": max_tokens,
             "status_200": codes.count(200),
             "guard_added_ms_p50": q(per_req, 50), "guard_added_ms_p90": q(per_req, 90),
             "input_compute_ms_p50": q(in_compute, 50), "input_added_ms_p50": q(in_added, 50),
             "output_ms_p50": q(outputs, 50), "request_ms_p50": q(lat, 50), "wall_s": round(wall, 1)}
 
 
-def latency_side_by_side(models: Path, n_requests: int, clients: int, max_tokens: int, rounds: int) -> dict:
-    """parallel_input on and off, alternating, `rounds` each: medians of the per-round p50s."""
+VARIANTS = {  # --compare: the setting varied side by side, and its values (first: the shipped default)
+    "parallel_input": [("true", {"parallel": True}), ("false", {"parallel": False})],
+    "encoder_backend": [("onnx", {"backend": "onnx"}), ("torch", {"backend": "torch"})],
+}
+
+
+def latency_side_by_side(models: Path, n_requests: int, clients: int, max_tokens: int, rounds: int,
+                         compare: str = "parallel_input") -> dict:
+    """The variants of `compare`, alternating (ABBA...), `rounds` runs each: medians of the per-run p50s."""
+    variants = VARIANTS[compare]
     runs = []
     for r in range(rounds):
-        for parallel in ((True, False) if r % 2 == 0 else (False, True)):
-            runs.append(latency_under_load(models, n_requests, clients, max_tokens, parallel))
+        for name, kw in (variants if r % 2 == 0 else variants[::-1]):
+            runs.append({"variant": name, **latency_under_load(models, n_requests, clients, max_tokens, **kw)})
             print(json.dumps(runs[-1]), flush=True)
-    med = lambda mode, k: round(statistics.median(x[k] for x in runs if x["parallel_input"] is mode), 2)  # noqa
+    med = lambda v, k: round(statistics.median(x[k] for x in runs if x["variant"] == v), 2)  # noqa: E731
     keys = ("guard_added_ms_p50", "guard_added_ms_p90", "input_compute_ms_p50", "input_added_ms_p50",
             "output_ms_p50", "request_ms_p50")
-    return {"rounds": rounds, "requests": n_requests, "clients": clients, "max_tokens": max_tokens, "runs": runs,
-            "parallel": {k: med(True, k) for k in keys}, "sequential": {k: med(False, k) for k in keys}}
+    return {"compare": compare, "rounds": rounds, "requests": n_requests, "clients": clients,
+            "max_tokens": max_tokens, "runs": runs, "medians": {v: {k: med(v, k) for k in keys} for v, _ in variants}}
 
 
 def write_latency(lat: dict, models: Path) -> list[str]:
     lines = ["## Guard latency in the request path, server under load", "",
              f"{lat['requests']} chat requests from {lat['clients']} concurrent clients per run, max_tokens "
-             f"{lat['max_tokens']}, continuous batching, 2 CPU cores shared with the generation; parallel_input on "
-             f"and off alternating, {lat['rounds']} runs each, medians of the runs' p50s. Detectors: {models}.", "",
-             "| serve.guard.parallel_input | guard added p50 (ms) | p90 | input compute p50 | input added p50 | "
+             f"{lat['max_tokens']}, continuous batching, 2 CPU cores shared with the generation; serve.guard."
+             f"{lat['compare']} varied, alternating, {lat['rounds']} runs each, medians of the runs' p50s. "
+             f"Detectors: {models}.", "",
+             f"| serve.guard.{lat['compare']} | guard added p50 (ms) | p90 | input compute p50 | input added p50 | "
              "output p50 | request p50 |", "|---|---|---|---|---|---|---|"]
-    for mode in ("parallel", "sequential"):
-        m = lat[mode]
-        lines.append(f"| {'true' if mode == 'parallel' else 'false'} | {m['guard_added_ms_p50']} | "
-                     f"{m['guard_added_ms_p90']} | {m['input_compute_ms_p50']} | {m['input_added_ms_p50']} | "
-                     f"{m['output_ms_p50']} | {m['request_ms_p50']} |")
+    for v, m in lat["medians"].items():
+        lines.append(f"| {v} | {m['guard_added_ms_p50']} | {m['guard_added_ms_p90']} | {m['input_compute_ms_p50']} "
+                     f"| {m['input_added_ms_p50']} | {m['output_ms_p50']} | {m['request_ms_p50']} |")
     return lines + [""]
 
 
@@ -221,25 +234,26 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--skip-latency", action="store_true")
-    ap.add_argument("--rounds", type=int, default=3, help="latency runs per mode (parallel_input on / off)")
+    ap.add_argument("--rounds", type=int, default=3, help="latency runs per variant")
+    ap.add_argument("--compare", choices=sorted(VARIANTS), default="encoder_backend",
+                    help="the serve.guard setting the latency side by side varies")
     ap.add_argument("--latency-only", action="store_true",
                     help="only the latency side by side -> bench/results/guard_latency.{json,md}")
     a = ap.parse_args()
     res = ROOT / "bench/results"
     if a.latency_only:
-        lat = latency_side_by_side(Path(a.models), a.requests, a.clients, a.max_tokens, a.rounds)
+        lat = latency_side_by_side(Path(a.models), a.requests, a.clients, a.max_tokens, a.rounds, a.compare)
         (res / "guard_latency.json").write_text(json.dumps(lat, indent=1))
         lines = ["# Guard latency (bench/bench_guard.py --latency-only)", ""] + write_latency(lat, Path(a.models))
         (res / "guard_latency.md").write_text("\n".join(lines) + "\n")
         print("\n".join(lines))
         return
-    from pipelines.security import datasets
-
     models = Path(a.models)
     data = datasets.build(a.shared) if a.shared else datasets.load_sample(ROOT / "data/sample")
     table = detector_table(models, data)
     over = over_refusal(models, ROOT / "data/sample/security/over_refusal.jsonl")
-    latency = None if a.skip_latency else latency_side_by_side(models, a.requests, a.clients, a.max_tokens, a.rounds)
+    latency = None if a.skip_latency else latency_side_by_side(models, a.requests, a.clients, a.max_tokens, a.rounds,
+                                                               a.compare)
     out = {"data": a.shared or "shipped sample", "detectors": table, "over_refusal": over, "latency": latency}
     (res / "guard.json").write_text(json.dumps(out, indent=1))
     lines = ["# Guard benchmark (bench/bench_guard.py)", "",
@@ -249,14 +263,12 @@ def main() -> None:
         lines.append(f"| {r['detector']} | {r['n']} | {r['threshold']} | {r['precision']} | {r['recall']} | {r['fpr']} | "
                      f"{r['f1']} | {r['auroc']} | {r['ms_per_item']} |")
     inj = table[0]
-    lines += ["", f"Injection: FPR on benign instruction prompts {inj['fpr_benign_prompts']}, on BIPIA clean retrieved "
-              f"contexts {inj['fpr_bipia_clean_contexts']}; recall on direct attacks {inj['recall_direct_attacks']}; "
+    lines += ["", f"Injection, at serving's operating point (user prompts {inj['threshold']}, retrieved contexts "
+              f"{inj['threshold_context']}; from {inj['threshold_from']}): recall {inj['recall']} (direct attacks "
+              f"{inj['recall_direct_attacks']}, indirect {inj['recall_indirect_attacks']}); FPR on benign instruction "
+              f"prompts {inj['fpr_benign_prompts']}, on BIPIA clean retrieved contexts {inj['fpr_bipia_clean_contexts']}; "
               f"recall at an oracle threshold with FPR <= 0.05 on benign prompts {inj['oracle_recall_at_fpr_0.05_benign']} "
               "(target 0.9). Recall per held-out source: " + ", ".join(f"{k} {v}" for k, v in inj["recall_per_source"].items()) + ".",
-              "", (f"At serving's operating point (serve.guard.thresholds.injection = {inj['serving_threshold']}): recall "
-                   f"{inj['serving_recall']}, FPR on benign prompts {inj['serving_fpr_benign_prompts']}; per source: "
-                   + ", ".join(f"{k} {v}" for k, v in inj["serving_recall_per_source"].items()) + ".")
-              if "serving_threshold" in inj else "",
               "", f"Over-refusal ({over['n']} benign prompts that look dangerous): injection detector FPR {over['injection_fpr']}, "
               f"input policy block rate {over['input_policy_block_rate']}; blocked: {over['blocked']}", ""]
     if latency:

@@ -88,6 +88,15 @@ _STOP = frozenset("a an the to of and or for in on with how what is are can you 
                   "people way ways tips ideas use using without from into about make".split())
 
 
+CONTEXT_SOURCE_PREFIXES = ("bipia",)  # rows that are retrieved documents (indirect injection), not a user's prompt
+
+
+def is_context(row: dict) -> bool:
+    """A retrieved document (BIPIA e-mails, tables, code) rather than a user's prompt: the injection detector has
+    an operating point for each (training.train_detector)."""
+    return str(row.get("source", "")).startswith(CONTEXT_SOURCE_PREFIXES)
+
+
 def _fill(template: str, request: str) -> str:
     task = re.sub(r"^(please\s+)?(can you|could you|how (do|can|to) i|how to|tell me how to)\s+", "",
                   request.strip().rstrip("?.!"), flags=re.IGNORECASE)

@@ -148,12 +148,14 @@ _ENC_LOCK = threading.Lock()
 
 
 def shared_encoder(model_dir: str, threads: int | None = None, cache_dir: str | None = None,
-                   quantization: str | None = None) -> F.Encoder:
-    """One MiniLM per process per model directory and quantization (the guard's detectors share it)."""
-    key = f"{model_dir}|{cache_dir}|{quantization}"
+                   quantization: str | None = None, backend: str = "torch",
+                   onnx_dir: str | None = None) -> F.Encoder:
+    """One MiniLM per process per model directory, quantization and backend (the guard's detectors share it)."""
+    key = f"{model_dir}|{cache_dir}|{quantization}|{backend}"
     with _ENC_LOCK:
         if key not in _ENCODERS:
-            _ENCODERS[key] = F.Encoder(model_dir, threads=threads, cache_dir=cache_dir, quantization=quantization)
+            _ENCODERS[key] = F.Encoder(model_dir, threads=threads, cache_dir=cache_dir, quantization=quantization,
+                                       backend=backend, onnx_dir=onnx_dir)
         return _ENCODERS[key]
 
 
@@ -202,8 +204,10 @@ class Detector:
 
 
 def load_detector(models_dir: str | Path, name: str, *, encoder: F.Encoder | None = None,
-                  threads: int | None = None) -> Detector:
-    """The trained detector `name` (injection | toxicity | harmful_compliance) under `models_dir`."""
+                  threads: int | None = None, backend: str = "torch", onnx_dir: str | Path | None = None) -> Detector:
+    """The trained detector `name` (injection | toxicity | harmful_compliance) under `models_dir`. `backend`
+    onnx runs the same fp32 encoder through ONNX Runtime (exported once into `onnx_dir`); an int8-trained detector
+    keeps torch, whose int8 vectors it was trained on."""
     if name not in KINDS:
         raise KeyError(f"unknown detector '{name}'; known: {', '.join(KINDS)}")
     d = Path(models_dir) / name
@@ -215,5 +219,9 @@ def load_detector(models_dir: str | Path, name: str, *, encoder: F.Encoder | Non
         from pipelines.embeddings.encoder import resolve_model_dir
 
         enc_dir = str(resolve_model_dir(meta["encoder"].get("model_package"), meta["encoder"].get("model_path")))
-        encoder = shared_encoder(enc_dir, threads=threads, quantization=meta["encoder"].get("quantization"))
+        quantization = meta["encoder"].get("quantization")
+        if quantization:
+            backend = "torch"
+        encoder = shared_encoder(enc_dir, threads=threads, quantization=quantization, backend=backend,
+                                 onnx_dir=str(onnx_dir) if onnx_dir else None)
     return Detector(name, head, meta, encoder)

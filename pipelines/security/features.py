@@ -77,11 +77,18 @@ class Encoder:
     """MiniLM with an in-process LRU of vectors (thread-safe), and optionally the on-disk content cache."""
 
     def __init__(self, model_dir: str | Path, threads: int | None = None, lru_size: int = 4096,
-                 cache_dir: str | Path | None = None, max_seq_length: int = 128, quantization: str | None = None):
+                 cache_dir: str | Path | None = None, max_seq_length: int = 128, quantization: str | None = None,
+                 backend: str = "torch", onnx_dir: str | Path | None = None):
         from pipelines.embeddings import encoder
 
         if quantization not in (None, "int8"):
             raise ValueError(f"encoder quantization must be null or 'int8', not {quantization!r}")
+        if backend not in ("torch", "onnx"):
+            raise ValueError(f"encoder backend must be 'torch' or 'onnx', not {backend!r}")
+        if backend == "onnx" and (quantization or not onnx_dir):
+            raise ValueError("the onnx encoder backend runs the fp32 model (quantization null) and needs onnx_dir, "
+                             "where the exported model is kept")
+        self.backend = backend
         self.model_dir = str(model_dir)
         self.quantization = quantization
         self.model = encoder.load_model(model_dir, threads)
@@ -93,6 +100,13 @@ class Encoder:
             self.model = torch.ao.quantization.quantize_dynamic(self.model, {torch.nn.Linear}, dtype=torch.qint8)
         self.model.max_seq_length = min(self.model.max_seq_length or 128, max_seq_length)
         self._encode = encoder.encode
+        if backend == "onnx":
+            # the same fp32 vectors (within 2e-7), so detectors trained on torch features serve unchanged
+            from pipelines.embeddings.cache import model_fingerprint
+            from pipelines.embeddings.onnx_backend import OnnxEncoder
+
+            onnx = OnnxEncoder(self.model, model_dir, onnx_dir, model_fingerprint(model_dir), threads)
+            self._encode = lambda _model, texts, batch_size, progress=False: onnx.encode(texts, batch_size)
         self._lru: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lru_size = lru_size
         self._lock = threading.Lock()

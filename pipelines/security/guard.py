@@ -66,10 +66,12 @@ class GuardConfig(StageConfig):
     require_detectors: bool         # true: refuse to start without trained detectors; false: rule checks only
     input: InputPolicy
     output: OutputPolicy
-    thresholds: dict[str, float]    # per detector, replaces the trained threshold
+    thresholds: dict[str, float]    # per detector (and indirect_injection), replaces the trained threshold
     canaries_path: str | None       # JSON list of planted canary strings (finetune.canaries writes it)
     system_prompt_ngram: int        # consecutive words of the system message that count as a leak
     parallel_input: bool            # serving: input detectors run while the model prefills; no token leaves first
+    encoder_backend: Literal["torch", "onnx"]  # onnx: the same fp32 MiniLM through ONNX Runtime (faster under load)
+    onnx_dir: str                   # where the exported ONNX encoder is kept (exported once per model)
     pii_entities: list[str] | None  # null: every entity pipelines.data.pii knows
     refusal_message: str
     overrides: dict[str, dict]      # API key id -> partial {input: {...}, output: {...}}
@@ -162,16 +164,21 @@ class Guard:
         self.cfg = cfg
         self.root = Path(root)
         self.detectors: dict[str, Any] = {}
+        self.context_threshold: float | None = None
         self.missing: str | None = None
         models = self._path(cfg.models_dir)
         try:
             from pipelines.security.detectors import load_detector
 
             for name in ("injection", "toxicity", "harmful_compliance"):
-                det = load_detector(models, name)
+                det = load_detector(models, name, backend=cfg.encoder_backend, onnx_dir=self._path(cfg.onnx_dir))
                 if name in cfg.thresholds:
                     det.threshold = float(cfg.thresholds[name])
                 self.detectors[name] = det
+            # retrieved chunks have their own operating point (train_guard's threshold_context; older models: one)
+            inj = self.detectors["injection"]
+            self.context_threshold = float(cfg.thresholds.get(
+                "indirect_injection", inj.meta.get("threshold_context", inj.threshold)))
         except FileNotFoundError as exc:
             if cfg.require_detectors:
                 raise
@@ -275,7 +282,7 @@ class Guard:
         if pol.indirect_injection != "off" and contexts:
             r = self._detect("injection", contexts)
             if r:
-                scores, thr = r
+                scores, thr = r[0], self.context_threshold
                 hits = [i for i, s in enumerate(scores) if s >= thr]
                 if hits:
                     v.checks.append(Check("indirect_injection", pol.indirect_injection, round(max(scores), 4), thr,

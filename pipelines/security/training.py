@@ -11,6 +11,7 @@ import numpy as np
 
 from pipelines.io import write_json, write_text
 from pipelines.security import features as F
+from pipelines.security.datasets import is_context
 from pipelines.security.detectors import KINDS, Head, auroc, choose_threshold, fit_head, rates_at
 
 
@@ -42,14 +43,15 @@ def _recall_at_fpr(y, s, max_fpr) -> float:
     return rates_at(y, s, t)["recall"] or 0.0
 
 
-def per_source(rows: list[dict], s: np.ndarray, threshold: float) -> dict:
+def per_source(rows: list[dict], s: np.ndarray, threshold: float | np.ndarray) -> dict:
+    thr = np.broadcast_to(np.asarray(threshold, dtype=float), s.shape)  # one threshold, or one per row
     groups: dict[str, list[int]] = defaultdict(list)
     for i, r in enumerate(rows):
         groups[r["source"]].append(i)
     out = {}
     for src, idx in sorted(groups.items()):
         y = np.array([rows[i]["label"] for i in idx])
-        flagged = int(np.sum(s[idx] >= threshold))
+        flagged = int(np.sum(s[idx] >= thr[idx]))
         out[src] = {"n": len(idx), "label": int(y[0]) if len(set(y)) == 1 else "mixed",
                     "flagged_rate": round(flagged / len(idx), 4)}
     return out
@@ -80,6 +82,21 @@ def train_detector(name: str, rows: list[dict], enc: F.Encoder, *, heads: list[s
     head: Head = candidates[chosen]["head"]
     sv, st = scorer["val"](head), scorer["test"](head)
     threshold, how = choose_threshold(y["val"], sv, threshold_rule, max_fpr)
+    row_thr = {"val": threshold, "test": threshold}
+    context: dict = {}
+    ctx = {sp: np.array([is_context(r) for r in splits[sp]], dtype=bool) for sp in ("val", "test")}
+    if name == "injection" and ctx["val"].any() and (~ctx["val"]).any():
+        # Two operating points: a user's prompt and a retrieved document are different populations (a clean e-mail
+        # reads like an instruction far more often than a question does), and one threshold for both either blocks
+        # most RAG requests over e-mail or lets direct attacks through. Each is chosen on its own validation rows.
+        threshold, how = choose_threshold(y["val"][~ctx["val"]], sv[~ctx["val"]], threshold_rule, max_fpr)
+        how = f"user prompts: {how}"
+        t_ctx, how_ctx = choose_threshold(y["val"][ctx["val"]], sv[ctx["val"]], threshold_rule, max_fpr)
+        row_thr = {sp: np.where(ctx[sp], t_ctx, threshold) for sp in ("val", "test")}
+        context = {"threshold_context": round(t_ctx, 6), "threshold_context_choice": f"retrieved contexts: {how_ctx}"}
+        for sp, sc in (("val", sv), ("test", st)):
+            context[f"{sp}_prompts"] = rates_at(y[sp][~ctx[sp]], sc[~ctx[sp]], threshold)
+            context[f"{sp}_contexts"] = rates_at(y[sp][ctx[sp]], sc[ctx[sp]], t_ctx)
     result = {
         "name": name,
         "kind": KINDS[name],
@@ -91,11 +108,13 @@ def train_detector(name: str, rows: list[dict], enc: F.Encoder, *, heads: list[s
         "threshold": round(threshold, 6),
         "threshold_rule": threshold_rule,
         "threshold_choice": how,
+        **context,
         "n": {s: {"rows": len(rs), "positives": int(y[s].sum())} for s, rs in splits.items()},
         "sources": {s: sorted({r["source"] for r in rs}) for s, rs in splits.items()},
-        "val": {**rates_at(y["val"], sv, threshold), "auroc": _r(auroc(y["val"], sv))},
-        "test": {**rates_at(y["test"], st, threshold), "auroc": _r(auroc(y["test"], st))},
-        "test_per_source": per_source(splits["test"], st, threshold),
+        # val/test: each row at its own operating point (a retrieved context at threshold_context)
+        "val": {**rates_at(y["val"], sv, row_thr["val"]), "auroc": _r(auroc(y["val"], sv))},
+        "test": {**rates_at(y["test"], st, row_thr["test"]), "auroc": _r(auroc(y["test"], st))},
+        "test_per_source": per_source(splits["test"], st, row_thr["test"]),
         "feature_seconds": round(feat_s, 2),
         "_head": head,
     }
@@ -120,6 +139,10 @@ def _r(x):
     return None if x is None else round(float(x), 4)
 
 
+def _rates(r: dict) -> str:
+    return f"precision {r['precision']}, recall {r['recall']}, FPR {r['fpr']} (n={r['n']})"
+
+
 def model_card(res: dict, data_desc: str) -> str:
     t = res["test"]
     lines = [
@@ -131,7 +154,9 @@ def model_card(res: dict, data_desc: str) -> str:
         "- Features: all-MiniLM-L6-v2 sentence embedding (384) + lexical cues "
         f"({', '.join(F.LEXICAL_NAMES)})" + ("; for pairs: both embeddings, their product and cosine." if res["kind"] == "pair" else "."),
         f"- Head: `{res['head']}`, chosen by {res['selection']} among {res['candidates']}.",
-        f"- Threshold: {res['threshold']} ({res['threshold_choice']}).",
+        f"- Threshold: {res['threshold']} ({res['threshold_choice']})"
+        + (f"; retrieved contexts: {res['threshold_context']} ({res['threshold_context_choice']})."
+           if "threshold_context" in res else "."),
         f"- Data: {data_desc}. Split by source: train {res['sources']['train']}; val {res['sources']['val']}; "
         f"test {res['sources']['test']}.",
         f"- Sizes: {res['n']}.",
@@ -142,6 +167,8 @@ def model_card(res: dict, data_desc: str) -> str:
         "|---|---|---|---|---|---|",
         f"| {t['precision']} | {t['recall']} | {t['fpr']} | {t['f1']} | {t['auroc']} | {t['n']} |",
         "",
+        *([f"User prompts alone: {_rates(res['test_prompts'])}. Retrieved contexts alone (at their threshold): "
+           f"{_rates(res['test_contexts'])}.", ""] if "test_prompts" in res else []),
         "Flagged rate per test source: " + ", ".join(f"{k} {v['flagged_rate']} (n={v['n']}, label {v['label']})"
                                                     for k, v in res["test_per_source"].items()),
         "",
