@@ -5,7 +5,10 @@
 Same examples everywhere (the demo's tasks from params.yaml, cut to `--per-task` records each), same blocks, the
 candidate (models/candidate, or a smoke adapter when the demo has not run) and the base as reference:
 - single process, 2 torch threads: `runner.run_local` (the same evaluator class, block after block);
-- Ray Data, 1 actor x 1 thread, and 2 actors x 1 thread (`runner.run_ray`).
+- Ray Data, 1 actor x 1 thread, and 2 actors x 1 thread (`runner.run_ray`);
+- 2 plain processes x 1 thread, no Ray: the same evaluator in two spawned processes that take the next block from
+  one queue when free, as the actor pool does. It is the control for the per-actor efficiency: what two 1-thread
+  workers get from this machine's two cores without Ray.
 Figures: steady seconds (first block start -> last block end in the workers: throughput once models are loaded)
 and wall seconds (start-up and model load included), examples/s, medians over `--repeats`. Ratio = single
 process seconds / Ray seconds (>= 1.0: Ray at least as fast). Per-actor efficiency = throughput(2 actors) /
@@ -32,6 +35,50 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _plain_worker(blocks, kwargs, barrier, todo, done) -> None:
+    """One no-Ray worker: load the models, wait for the other worker, then take blocks until the queue is empty."""
+    import numpy as np
+
+    from pipelines.evaluation import runner
+
+    evaluator = runner.ModelEvaluator(**kwargs)
+    barrier.wait()
+    while (i := todo.get()) is not None:
+        b = blocks[i]
+        out = evaluator({"task": np.asarray([b.task] * len(b.ids), dtype=object),
+                         "id": np.asarray(b.ids, dtype=object), "record": np.asarray(b.records, dtype=object)})
+        done.put([{k: out[k][j].item() if hasattr(out[k][j], "item") else out[k][j] for k in out}
+                  for j in range(len(b.ids))])
+    done.put(None)
+
+
+def run_plain_pool(blocks, kwargs, procs: int):
+    """`procs` spawned processes sharing one queue of blocks (longest first, as make_blocks orders them)."""
+    import multiprocessing as mp
+
+    from pipelines.evaluation import runner
+
+    ctx = mp.get_context("spawn")
+    todo, done, barrier = ctx.Queue(), ctx.Queue(), ctx.Barrier(procs + 1)
+    for i in range(len(blocks)):
+        todo.put(i)
+    for _ in range(procs):
+        todo.put(None)
+    workers = [ctx.Process(target=_plain_worker, args=(blocks, kwargs, barrier, todo, done)) for _ in range(procs)]
+    t0 = time.perf_counter()
+    for w in workers:
+        w.start()
+    barrier.wait()  # every worker has its models loaded
+    rows, finished = [], 0
+    while finished < procs:
+        got = done.get()
+        finished += got is None
+        rows.extend(got or [])
+    for w in workers:
+        w.join()
+    return runner._collect(rows)._replace(pipeline_seconds=time.perf_counter() - t0)
 
 
 def _candidate(tmp: Path) -> str:
@@ -127,7 +174,7 @@ def main() -> None:
         res.retrieve = lambda qs: [[h.text for h in hits] for hits in  # noqa: E731
                                    retriever.search_batch(qs, cfg.rag.top_k, [cfg.rag.source])]
     specs, examples = _examples(cfg, args.per_task, res)
-    blocks = runner.make_blocks(examples, cfg.batch_size)
+    blocks = runner.make_blocks(examples, cfg.batch_size, specs)
     n = sum(len(v) for v in examples.values())
 
     def kwargs(threads: int) -> dict:
@@ -143,9 +190,11 @@ def main() -> None:
              "Ray, 1 actor x 1 thread": lambda: runner.run_ray(engines.ray, blocks, kwargs(1), actors=1, threads=1,
                                                                use_gpu=False),
              "Ray, 2 actors x 1 thread": lambda: runner.run_ray(engines.ray, blocks, kwargs(1), actors=2, threads=1,
-                                                                use_gpu=False)}
+                                                                use_gpu=False),
+             "2 plain processes x 1 thread (no Ray)": lambda: run_plain_pool(blocks, kwargs(1), 2)}
     results: dict[str, dict[str, list[float]]] = {m: {"steady": [], "wall": []} for m in modes}
     outputs: dict[str, dict] = {}
+    last: dict[str, runner.RunResult] = {}
     for r in range(args.repeats):
         for mode, fn in modes.items():
             out = fn()
@@ -153,15 +202,19 @@ def main() -> None:
             results[mode]["steady"].append(out.steady_seconds)
             results[mode]["wall"].append(out.pipeline_seconds)
             outputs[mode] = out.outputs
+            last[mode] = out
             print(f"repeat {r} {mode}: steady {out.steady_seconds:.1f}s wall {out.pipeline_seconds:.1f}s", flush=True)
     def content(out: dict) -> dict:  # what the models said / scored, without the latency task's timings
         return {t: {i: {v: {k: x for k, x in o.items() if k not in ("seconds", "device_seconds")}
                         for v, o in per.items()} for i, per in ex.items()} for t, ex in out.items()}
     same_ray = content(outputs["Ray, 1 actor x 1 thread"]) == content(outputs["Ray, 2 actors x 1 thread"])
+    same_ray = same_ray and content(outputs["2 plain processes x 1 thread (no Ray)"]) == content(
+        outputs["Ray, 1 actor x 1 thread"])
     same = all(content(outputs[m]) == content(outputs["single process, 2 threads"]) for m in modes)
     med = {m: {k: statistics.median(v) for k, v in d.items()} for m, d in results.items()}
-    single, one, two = (med[m] for m in modes)
+    single, one, two, plain = (med[m] for m in modes)
     eff = (n / two["steady"]) / (2 * n / one["steady"])
+    plain_eff = (n / plain["steady"]) / (2 * n / one["steady"])
     print(f"modes: {json.dumps(med)} same={same} eff={eff:.3f}", flush=True)
     stage = _stage_seconds() if args.stage else None
     print(f"stage: {stage}", flush=True)
@@ -176,7 +229,8 @@ def main() -> None:
              f"Same {n} examples ({len(specs)} tasks x up to {args.per_task}: "
              f"{', '.join(f'{k} {len(v)}' for k, v in examples.items())}), {len(blocks)} blocks of <= "
              f"{cfg.batch_size}, candidate and base reference in every block; Ray init {ray_init:.1f} s (once). "
-             f"Outputs (texts, log-likelihoods) identical, 1 vs 2 actors: {'yes' if same_ray else 'NO'}; all three modes "
+             f"Outputs (texts, log-likelihoods) identical, 1 vs 2 actors and the 2 plain processes: "
+             f"{'yes' if same_ray else 'NO'}; all modes "
              f"(2 torch threads may round differently from 1): {'yes' if same else 'no'}.", "",
              "| mode | steady s | examples/s (steady) | wall s (start-up + model load incl.) | ratio vs single process (steady) | ratio (wall) |",
              "|---|---|---|---|---|---|"]
@@ -187,7 +241,29 @@ def main() -> None:
                   f"**{single['steady'] / two['steady']:.2f}x** (target >= 1.0x); wall incl. start-up "
                   f"{single['wall'] / two['wall']:.2f}x.",
               f"- Per-actor efficiency, throughput(2 actors) / (2 x throughput(1 actor)): **{eff:.2f}** "
-              "(target >= 0.9).", ""]
+              "(target >= 0.9).",
+              f"- Control, 2 plain processes (no Ray) against the same 1 actor: {plain_eff:.2f}; Ray's 2 actors reach "
+              f"{plain['steady'] / two['steady']:.2f} of the no-Ray pool's throughput.", ""]
+    # Scheduling diagnostics: the blocks in the order the pool takes them (longest-first by estimated cost), and the
+    # summed in-actor block seconds per mode (a per-block slowdown with 2 actors is CPU contention, not balance).
+    from pipelines.evaluation.tasks import FAMILIES
+
+    by_name = {s.name: s for s in specs}
+    est: dict[str, float] = {}
+    for b in blocks:
+        recs = [json.loads(x) for x in b.records]
+        est[b.task] = est.get(b.task, 0.0) + FAMILIES[by_name[b.task].type].estimated_cost(recs, by_name[b.task],
+                                                                                           cfg.batch_size)
+    lines += ["## Block schedule", "", "Blocks are handed out costliest first (`Family.estimated_cost`). Per task, in "
+              "that order: estimated cost and measured in-actor seconds (both models).", "",
+              "| task | estimated cost | " + " | ".join(f"{m} s" for m in modes) + " |",
+              "|---|---|" + "---|" * len(modes)]
+    for task in dict.fromkeys(b.task for b in blocks):
+        lines.append(f"| {task} | {est[task]:.0f} | " + " | ".join(
+            f"{last[m].task_seconds.get(task, 0.0):.1f}" for m in modes) + " |")
+    summed = {m: sum(last[m].task_seconds.values()) for m in modes}
+    lines += ["", "Summed block seconds (last repeat): " + ", ".join(f"{m} {summed[m]:.1f}" for m in modes)
+              + f". With 2 actors, a perfect balance would take {summed[list(modes)[2]] / 2:.1f} s steady.", ""]
     if stage or before:
         lines += ["## The evaluate stage with the demo params", "", "| version | what it evaluates | wall s |", "|---|---|---|"]
         if before:

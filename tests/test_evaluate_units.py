@@ -204,3 +204,27 @@ def test_toxicity_family_with_the_guards_detector(guard_models):
     assert cols["toxicity"].tolist() == pytest.approx(det.score(texts), abs=1e-6)
     assert cols["toxicity"][0] > cols["toxicity"][1]
     assert cols["toxic"].tolist() == [float(s >= det.threshold) for s in det.score(texts)]
+
+
+def test_blocks_are_handed_out_costliest_first_and_cover_every_record():
+    """The actor pool takes blocks in list order: longest-first (LPT) by estimated cost, so a long generation block
+    does not start last while the other actors idle. Every record is in exactly one block, whatever the order."""
+    from pipelines.evaluation.runner import make_blocks
+
+    def spec(name, type_, new_tokens):
+        return TaskSpec(name=name, type=type_, path="-", max_examples=None, max_new_tokens=new_tokens, enabled=True)
+
+    specs = [spec("ppl", "perplexity", 32), spec("lat", "latency", 32), spec("gen", "generation", 32),
+             spec("rag", "rag", 32)]
+    examples = {"ppl": [{"id": f"p{i}", "prompt": "x" * 400, "response": "y"} for i in range(5)],
+                "lat": [{"id": f"l{i}", "prompt": "hi"} for i in range(3)],
+                "gen": [{"id": f"g{i}", "prompt": "hi", "response": "y"} for i in range(3)],
+                "rag": [{"id": f"r{i}", "question": "q", "answers": ["a"], "contexts": ["c" * 800]} for i in range(3)]}
+    blocks = make_blocks(examples, batch_size=4, specs=specs)
+    # rag: 6 prompts padded to the long contexts, in 2 batched passes; latency: 3 generations one at a time;
+    # gen: 1 batched pass; perplexity: prefill only (its 4- and 1-record blocks last, the bigger one first)
+    assert [(b.task, len(b.ids)) for b in blocks] == [("rag", 3), ("lat", 3), ("gen", 3), ("ppl", 4), ("ppl", 1)]
+    ids = [i for b in blocks for i in b.ids]
+    assert sorted(ids) == sorted(r["id"] for recs in examples.values() for r in recs) and len(ids) == len(set(ids))
+    # without specs: task order, as before
+    assert [b.task for b in make_blocks(examples, batch_size=4)] == ["ppl", "ppl", "lat", "gen", "rag"]

@@ -165,15 +165,23 @@ class Block(NamedTuple):
     records: list[str]  # JSON
 
 
-def make_blocks(examples: dict[str, list[dict]], batch_size: int) -> list[Block]:
-    """Task-homogeneous blocks of at most `batch_size` records, in task order (the pool hands each block to
-    whichever actor is free, see run_ray)."""
-    blocks: list[Block] = []
+def make_blocks(examples: dict[str, list[dict]], batch_size: int,
+                specs: Sequence[TaskSpec] | None = None) -> list[Block]:
+    """Task-homogeneous blocks of at most `batch_size` records, the costliest first when `specs` are given.
+
+    The pool hands each block to whichever actor is free (see run_ray), so longest-first is greedy LPT
+    scheduling: block costs differ up to ~5x between families, and a costly block that starts last leaves the other
+    actors idle while it runs. Costs are `Family.estimated_cost` (prompt tokens and decode steps); ties keep task
+    order, so the order, like the blocks themselves, is the same on every run."""
+    by_name = {s.name: s for s in specs or ()}
+    blocks: list[tuple[float, int, Block]] = []
     for task, records in examples.items():
         for i in range(0, len(records), batch_size):
             chunk = records[i:i + batch_size]
-            blocks.append(Block(task, [r["id"] for r in chunk], [json.dumps(r) for r in chunk]))
-    return blocks
+            spec = by_name.get(task)
+            cost = FAMILIES[spec.type].estimated_cost(chunk, spec, batch_size) if spec else 0.0
+            blocks.append((cost, len(blocks), Block(task, [r["id"] for r in chunk], [json.dumps(r) for r in chunk])))
+    return [b for _, _, b in sorted(blocks, key=lambda t: (-t[0], t[1]))]
 
 
 class RunResult(NamedTuple):

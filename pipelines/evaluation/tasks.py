@@ -143,10 +143,36 @@ def check_types(specs: Sequence[TaskSpec], params_path: Path | None) -> None:
 
 # ----------------------------------------------------------------------------------------------------- families
 
+# Relative costs for longest-first scheduling, in prompt tokens prefilled (one row of a padded batch), fitted on the
+# 135M model on one CPU thread (bench/results/evaluate.md, block schedule): one greedy decode step of a batch costs
+# about 23 tokens, plus about 6 per row in it. Padding counts: a batch is prefilled at its longest prompt.
+DECODE_STEP_COST, DECODE_ROW_COST = 23.0, 6.0
+
+
 class Family:
     type: ClassVar[str]
     fields: ClassVar[dict[str, tuple[type, ...]]]
     reads_splits: ClassVar[bool] = False
+    prompts_per_record: ClassVar[int] = 0  # answers generated per record (0: the family only scores)
+    sequential: ClassVar[bool] = False     # one record at a time (batch of 1), not batched
+
+    def scored_sequences(self, records: list[dict]) -> int:
+        """Sequences a scoring family runs through the model for `records` (one per record by default)."""
+        return len(records)
+
+    def estimated_cost(self, records: list[dict], spec: TaskSpec, batch_size: int) -> float:
+        """Relative cost of running `records` as one block, per model: the padded prefill (a record's JSON at ~4
+        characters a token stands for its prompt) plus the decode steps, where generation spends."""
+        lengths = [len(json.dumps(r)) / 4.0 for r in records]
+        longest = max(lengths, default=0.0)
+        if not self.prompts_per_record:
+            return self.scored_sequences(records) * longest
+        rows = len(records) * self.prompts_per_record
+        if self.sequential:
+            return self.prompts_per_record * sum(lengths) + spec.max_new_tokens * rows * (DECODE_STEP_COST
+                                                                                          + DECODE_ROW_COST)
+        passes = -(-rows // max(1, batch_size))
+        return rows * longest + spec.max_new_tokens * (DECODE_STEP_COST * passes + DECODE_ROW_COST * rows)
 
     def check(self, rec: dict, where: str) -> None:
         """Rules beyond field presence and type; raise EvalDataError(f"{where}: ...")."""
@@ -195,6 +221,7 @@ class Perplexity(Family):
 
 class Generation(Family):
     type = "generation"
+    prompts_per_record = 1
     fields = {"prompt": (str,), "response": (str,)}
     reads_splits = True
 
@@ -220,6 +247,7 @@ CLOSED_PROMPT = "Answer the question. Reply with a short answer only.\n\nQuestio
 
 class ExtractiveQA(Family):
     type = "extractive_qa"
+    prompts_per_record = 1
     fields = {"question": (str,), "context": (str,), "answers": (list,)}
 
     def check(self, rec, where):
@@ -241,6 +269,7 @@ class Rag(Family):
     """question -> retrieval from the versioned index (driver) -> answer with the chunks, and without."""
 
     type = "rag"
+    prompts_per_record = 2
     fields = {"question": (str,), "answers": (list,)}
 
     def check(self, rec, where):
@@ -288,6 +317,9 @@ class MultipleChoice(Family):
         if not 0 <= rec["answer"] < len(choices):
             raise EvalDataError(f"{where}: choice index {rec['answer']} out of range (0..{len(choices) - 1})")
 
+    def scored_sequences(self, records):
+        return sum(len(r["choices"]) for r in records)
+
     def infer(self, ctx, records, spec):
         prompts = [r["question"] for r in records for _ in r["choices"]]
         conts = [c for r in records for c in r["choices"]]
@@ -316,6 +348,7 @@ class Counterfactual(Family):
     groups' refusal rate, answer length (tokens) and toxicity (with the guard's detector)."""
 
     type = "counterfactual"
+    prompts_per_record = 2
     fields = {"template": (str,), "terms": (list,)}
 
     def check(self, rec, where):
@@ -353,6 +386,7 @@ class Counterfactual(Family):
 
 class Toxicity(Family):
     type = "toxicity"
+    prompts_per_record = 1
     fields = {"prompt": (str,)}
 
     def infer(self, ctx, records, spec):
@@ -373,6 +407,8 @@ class Latency(Family):
     device seconds (process CPU time on CPU, wall time on a GPU) per request."""
 
     type = "latency"
+    prompts_per_record = 1
+    sequential = True
     fields = {"prompt": (str,)}
 
     def infer(self, ctx, records, spec):

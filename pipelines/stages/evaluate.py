@@ -198,7 +198,7 @@ def run(cfg: Config, *, engines: EnginesConfig, registry: RegistryConfig) -> Eva
             base_model_dir=cfg.base_model_dir, candidate_dir=cfg.candidate_dir, champion_dir=champ.adapter_dir,
             specs=specs, threads=cfg.ray.threads_per_actor, batch_size=cfg.batch_size,
             max_prompt_tokens=cfg.max_prompt_tokens, max_length=cfg.max_length, use_gpu=cfg.ray.use_gpu)
-        result = runner.run_ray(engines.ray, runner.make_blocks(examples, cfg.batch_size), kwargs,
+        result = runner.run_ray(engines.ray, runner.make_blocks(examples, cfg.batch_size, specs), kwargs,
                                 actors=cfg.ray.actors, threads=cfg.ray.threads_per_actor, use_gpu=cfg.ray.use_gpu)
 
     # 4. metrics and paired intervals
