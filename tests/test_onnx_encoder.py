@@ -40,6 +40,7 @@ def test_onnx_vectors_equal_torch_and_export_is_reused(model_dir, tmp_path):
     assert exported[0].stat().st_mtime_ns == mtime  # loaded, not exported again
     assert float(np.abs(again.encode(TEXTS[:2]) - a[:2]).max()) < 1e-5
     assert onnx_enc.encode([]).shape == (0, 384)
+    assert onnx_enc.model is None and again.model is None  # the torch copy is released once exported
 
 
 def test_onnx_backend_refuses_what_it_cannot_reproduce(model_dir, tmp_path):

@@ -107,6 +107,7 @@ class Encoder:
 
             onnx = OnnxEncoder(self.model, model_dir, onnx_dir, model_fingerprint(model_dir), threads)
             self._encode = lambda _model, texts, batch_size, progress=False: onnx.encode(texts, batch_size)
+            self.model = None  # exported: ONNX Runtime holds its own weights, the torch copy (~90 MB) goes
         self._lru: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lru_size = lru_size
         self._lock = threading.Lock()
