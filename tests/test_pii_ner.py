@@ -182,3 +182,22 @@ def test_lower_case_text_gets_names_recased_for_the_model_with_offsets_kept():
                                      "too?")  # "will young": both on the lists, but "will" is ambiguous
     spans = pii_ner.detect(text, ["PERSON"])
     assert [s.text for s in spans] == ["gregory barros"]  # the original text's characters, not the recased ones
+
+
+def test_prefiltered_compound_street_pattern_finds_exactly_what_the_full_pattern_finds():
+    """The compound-street pattern only runs where its cheap hint (suffix, space, digit) matches: the same matches
+    as the unfiltered pattern, on text with and without such addresses."""
+    from pipelines.data import pii_ner
+
+    wrapped = next(p for p in pii_ner._ADDRESS_PATTERNS if isinstance(p, pii_ner._Prefiltered))
+    texts = ["Send it to Duizendmonnikenstraat 189, 3500 Utrecht.", "81 Obere Bahnhofstrasse 9\nZürich",
+             "Rákóczi út 81, Budapest", "Nørrebrogade 12 and Vesterbrogade\n7", "a straat without a number",
+             "no address at all in this sentence, 42 times over", "ulica Długa 5 and Kungsgatan 44"]
+    for t in texts:
+        assert [m.span() for m in wrapped.finditer(t)] == [m.span() for m in wrapped.pattern.finditer(t)], t
+        assert bool(wrapped.search(t)) == bool(wrapped.pattern.search(t)), t
+    found = [m.group() for m in wrapped.finditer(texts[0])]
+    assert len(found) == 1 and found[0].endswith("Duizendmonnikenstraat 189")
+    assert list(wrapped.finditer(texts[5])) == [] and wrapped.search(texts[4]) is None
+    spans = pii_ner.detect("Address: Kungsgatan 44, Stockholm", ["ADDRESS"])
+    assert any("Kungsgatan 44" in s.text for s in spans)
