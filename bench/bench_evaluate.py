@@ -246,14 +246,9 @@ def main() -> None:
               f"{plain['steady'] / two['steady']:.2f} of the no-Ray pool's throughput.", ""]
     # Scheduling diagnostics: the blocks in the order the pool takes them (longest-first by estimated cost), and the
     # summed in-actor block seconds per mode (a per-block slowdown with 2 actors is CPU contention, not balance).
-    from pipelines.evaluation.tasks import FAMILIES
-
-    by_name = {s.name: s for s in specs}
     est: dict[str, float] = {}
     for b in blocks:
-        recs = [json.loads(x) for x in b.records]
-        est[b.task] = est.get(b.task, 0.0) + FAMILIES[by_name[b.task].type].estimated_cost(recs, by_name[b.task],
-                                                                                           cfg.batch_size)
+        est[b.task] = est.get(b.task, 0.0) + b.cost
     lines += ["## Block schedule", "", "Blocks are handed out costliest first (`Family.estimated_cost`). Per task, in "
               "that order: estimated cost and measured in-actor seconds (both models).", "",
               "| task | estimated cost | " + " | ".join(f"{m} s" for m in modes) + " |",

@@ -163,6 +163,7 @@ class Block(NamedTuple):
     task: str
     ids: list[str]
     records: list[str]  # JSON
+    cost: float = 0.0   # Family.estimated_cost: the pool takes blocks costliest first
 
 
 def make_blocks(examples: dict[str, list[dict]], batch_size: int,
@@ -174,14 +175,14 @@ def make_blocks(examples: dict[str, list[dict]], batch_size: int,
     actors idle while it runs. Costs are `Family.estimated_cost` (prompt tokens and decode steps); ties keep task
     order, so the order, like the blocks themselves, is the same on every run."""
     by_name = {s.name: s for s in specs or ()}
-    blocks: list[tuple[float, int, Block]] = []
+    blocks: list[Block] = []
     for task, records in examples.items():
         for i in range(0, len(records), batch_size):
             chunk = records[i:i + batch_size]
             spec = by_name.get(task)
             cost = FAMILIES[spec.type].estimated_cost(chunk, spec, batch_size) if spec else 0.0
-            blocks.append((cost, len(blocks), Block(task, [r["id"] for r in chunk], [json.dumps(r) for r in chunk])))
-    return [b for _, _, b in sorted(blocks, key=lambda t: (-t[0], t[1]))]
+            blocks.append(Block(task, [r["id"] for r in chunk], [json.dumps(r) for r in chunk], cost))
+    return sorted(blocks, key=lambda b: -b.cost)  # stable: ties keep task order
 
 
 class RunResult(NamedTuple):
