@@ -184,20 +184,62 @@ def test_lower_case_text_gets_names_recased_for_the_model_with_offsets_kept():
     assert [s.text for s in spans] == ["gregory barros"]  # the original text's characters, not the recased ones
 
 
-def test_prefiltered_compound_street_pattern_finds_exactly_what_the_full_pattern_finds():
-    """The compound-street pattern only runs where its cheap hint (suffix, space, digit) matches: the same matches
-    as the unfiltered pattern, on text with and without such addresses."""
+_SPEEDUP_TEXTS = [
+    "Send it to Duizendmonnikenstraat 189, 3500 Utrecht.", "81 Obere Bahnhofstrasse 9\nZürich",
+    "Rákóczi út 81, Budapest", "Nørrebrogade 12 and Vesterbrogade\n7", "a straat without a number",
+    "no address at all in this sentence, 42 times over", "ulica Długa 5 and Kungsgatan 44",
+    "During 1920 the ring 5 road. Kungsgatan 44\nBahnhofstrasse 9 and Lindenweg 3",
+    "Acme Widgets Inc. hired Jones, Smith and Sons; Bank of X and Foo Bank, Initech LLC\nGlobex Corporation.",
+    "She moved from Guinea-Bissau to Papua New Guinea, then GUINEA and south africa; not Guineas or Niger-Delta.",
+]
+
+
+def test_fast_pattern_recognizers_find_exactly_what_the_plain_patterns_find():
+    """The recognizers made fast for t0 (bench/results/ingest_ner.md) match exactly what their plain versions do:
+    the compound-street address tried only on lines holding a suffix-blank-digit ending, the company-suffix
+    pattern behind its suffix prefilter, the country names as a trie instead of a flat longest-first alternation."""
+    import re
+
     from pipelines.data import pii_ner
 
-    wrapped = next(p for p in pii_ner._ADDRESS_PATTERNS if isinstance(p, pii_ner._Prefiltered))
-    texts = ["Send it to Duizendmonnikenstraat 189, 3500 Utrecht.", "81 Obere Bahnhofstrasse 9\nZürich",
-             "Rákóczi út 81, Budapest", "Nørrebrogade 12 and Vesterbrogade\n7", "a straat without a number",
-             "no address at all in this sentence, 42 times over", "ulica Długa 5 and Kungsgatan 44"]
-    for t in texts:
-        assert [m.span() for m in wrapped.finditer(t)] == [m.span() for m in wrapped.pattern.finditer(t)], t
-        assert bool(wrapped.search(t)) == bool(wrapped.pattern.search(t)), t
-    found = [m.group() for m in wrapped.finditer(texts[0])]
+    street = next(p for p in pii_ner._ADDRESS_PATTERNS if isinstance(p, pii_ner._SuffixBeforeNumber))
+    assert isinstance(pii_ner._ORG, pii_ner._Prefiltered)
+    names = {n for code, n in __import__("babel").Locale("en").territories.items() if code.isalpha() and len(n) > 3}
+    flat = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+    flat_countries = re.compile(rf"(?<![\w-])(?i:{flat})(?![\w-])")
+    for t in _SPEEDUP_TEXTS:
+        for fast, plain in ((street, street.pattern), (pii_ner._ORG, pii_ner._ORG.pattern),
+                            (pii_ner._countries(), flat_countries)):
+            assert [m.span() for m in fast.finditer(t)] == [m.span() for m in plain.finditer(t)], (plain, t)
+            assert bool(fast.search(t)) == bool(plain.search(t)), t
+    found = [m.group() for m in street.finditer(_SPEEDUP_TEXTS[0])]
     assert len(found) == 1 and found[0].endswith("Duizendmonnikenstraat 189")
-    assert list(wrapped.finditer(texts[5])) == [] and wrapped.search(texts[4]) is None
+    found = [m.group() for m in street.finditer(_SPEEDUP_TEXTS[7])]
+    assert [f.split()[-2:] for f in found][-3:] == [["Kungsgatan", "44"], ["Bahnhofstrasse", "9"], ["Lindenweg", "3"]]
+    assert list(street.finditer(_SPEEDUP_TEXTS[5])) == [] and street.search(_SPEEDUP_TEXTS[4]) is None
+    assert [m.group() for m in pii_ner._countries().finditer(_SPEEDUP_TEXTS[9])] == [
+        "Guinea-Bissau", "Papua New Guinea", "GUINEA", "south africa"]
     spans = pii_ner.detect("Address: Kungsgatan 44, Stockholm", ["ADDRESS"])
     assert any("Kungsgatan 44" in s.text for s in spans)
+
+
+def test_model_runs_once_per_distinct_sentence_and_never_cuts_inside_a_name():
+    """The model's unit of work (and of its cache) is a sentence: a passage quoted inline by one template and on a
+    line of its own by another shares every sentence but the one on the template's line, and those go through the
+    model once. The cut never falls after an initial, a title or a dotted abbreviation ("Mr. J. R. Ford of St.
+    Louis" stays whole), and offsets stay right."""
+    from pipelines.data import pii_ner
+
+    line = 'Mr. J. R. Ford of St. Louis met the U.S. team at 5 p.m. He left! "Why?" she asked. 1990 was good.'
+    segs = pii_ner._segments(line)
+    assert "".join(s for _, s in segs) == line and all(line[o:o + len(s)] == s for o, s in segs)
+    assert [s for _, s in segs] == ["Mr. J. R. Ford of St. Louis met the U.S. team at 5 p.m. He left! ",
+                                    '"Why?" she asked. ', "1990 was good."]
+    passage = "Anna Schmidt founded Initech in Berlin. The firm grew."
+    texts = [f"Read this: {passage}", f"Passage:\n{passage}\nQuestion: who founded it?"]
+    pii_ner._STATE.pop("segment_cache", None)
+    spans = pii_ner.detect_many(texts, ["PERSON"])
+    cached = {seg for _, seg in pii_ner._STATE["segment_cache"]}
+    assert "Anna Schmidt founded Initech in Berlin. " in cached and "The firm grew." in cached
+    assert [sp.text for sp in spans[0]] == [sp.text for sp in spans[1]] == ["Anna Schmidt"]
+    assert spans[0][0].start == texts[0].index("Anna") and spans[1][0].start == texts[1].index("Anna")

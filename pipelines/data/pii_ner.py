@@ -25,6 +25,7 @@ text (`<PERSON>`) are never detected again.
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import dataclass
@@ -74,6 +75,39 @@ class _Prefiltered:
         return self.pattern.search(text) if self.hint.search(text) else None
 
 
+class _SuffixBeforeNumber:
+    """A pattern that ends in one of `suffixes`, blanks and a digit, and never spans a line (the compound-street
+    address, `Bahnhofstrasse 9`), tried only on the lines where that ending occurs. The pattern starts at every
+    position and backtracks over up to four words: over whole texts it took ~70% of the pattern recognizers' time
+    on t0 (bench/results/ingest_ner.md). The ending is found with a charset scan for blanks before a digit and the
+    suffix tried on the characters just before them (as one regex, the suffix alternation is tried at every
+    position and costs as much as the pattern). Same matches: every match holds that ending on its own line."""
+
+    _BLANKS_DIGIT = re.compile(r"[ \t]+\d")
+
+    def __init__(self, pattern: re.Pattern, suffixes: list[str]):
+        self.pattern, self.groupindex = pattern, pattern.groupindex
+        self.suffix_at_end = re.compile(rf"(?i:{'|'.join(suffixes)})$")
+        self.longest = max(map(len, suffixes))
+
+    def _lines(self, text: str):
+        """(start, end) of each line holding the ending, in order."""
+        last = -1
+        for m in self._BLANKS_DIGIT.finditer(text):
+            if m.start() > last and self.suffix_at_end.search(text, max(0, m.start() - self.longest), m.start()):
+                start = text.rfind("\n", 0, m.start()) + 1
+                end = text.find("\n", m.start())
+                last = len(text) if end < 0 else end
+                yield start, last
+
+    def finditer(self, text: str):
+        for start, end in self._lines(text):
+            yield from self.pattern.finditer(text, start, end)
+
+    def search(self, text: str):
+        return next(self.finditer(text), None)
+
+
 _SUFFIX = (r"street|st|road|rd|avenue|ave|boulevard|blvd|lane|ln|drive|dr|court|ct|way|place|pl|square|sq|"
            r"terrace|highway|hwy|parkway|pkwy|circle|cir|crescent|alley|row|close|gardens|plaza|trail")
 _COMPOUND = (r"straat|strasse|straße|gasse|weg|laan|plein|gata|gatan|gade|vej|vegen|veien|tie|katu|utca|steenweg|"
@@ -85,9 +119,9 @@ _ADDRESS_PATTERNS = [
     # 1432 Gemsbok St, 20 1432 Mosman Rd, 136 Xanthoudidou Street
     re.compile(rf"\b\d{{1,5}}[A-Za-z]?(?:\s\d{{1,5}})?[ \t]+(?:{_WORD}[ \t]+){{0,4}}(?i:{_SUFFIX})\b\.?"),
     # Duizendmonnikenstraat 189, 81 Obere Bahnhofstrasse 9, Rákóczi út 81
-    _Prefiltered(re.compile(rf"(?:\b\d{{1,5}}[ \t]+)?(?:{_WORD}[ \t]+){{0,3}}[^\W\d_]*(?i:{_COMPOUND}|út|ulica|utca)"
-                            r"[ \t]+\d{1,5}[A-Za-z]?\b"),
-                 re.compile(rf"(?i:{_COMPOUND}|út|ulica|utca)[ \t]+\d")),
+    _SuffixBeforeNumber(re.compile(rf"(?:\b\d{{1,5}}[ \t]+)?(?:{_WORD}[ \t]+){{0,3}}[^\W\d_]*"
+                                   rf"(?i:{_COMPOUND}|út|ulica|utca)[ \t]+\d{{1,5}}[A-Za-z]?\b"),
+                        [*_COMPOUND.split("|"), "út", "ulica", "utca"]),
     # rua das Pedras 930, calle, via, rue ...
     re.compile(rf"\b(?i:rua|calle|avenida|av\.|via|viale|rue|chemin|ul\.|al\.|plac|piazza|largo|travessa)"
                rf"[ \t]+(?:{_WORD}[ \t]+){{0,4}}\d{{1,5}}\b"),
@@ -110,10 +144,13 @@ _ADDRESS_PATTERNS = [
                r"(?:sent|send|deliver|ship|mail)(?:ed)?\s+(?:it\s+)?to|moved\s+to)[ \t]+"
                r"(?P<v>(?:the\s+corner\s+of\s+)?[^\n?!]{0,40}?\d[^\n?!]{0,80}?)(?=[?!]|\.\s|\.$|\n|$)"),
 ]
-_ORG = re.compile(r"\b(?:[^\W\d_][\w&'’-]*[ \t]+){0,3}[^\W\d_][\w&'’-]*,?[ \t]+(?:Ltd|Inc|LLC|Corp|Corporation|GmbH|AG|"
-                  r"PLC|plc|S\.?A|B\.?V|Group|Software|Technologies|Solutions|Systems|Networks|Partners|Holdings|"
-                  r"Incorporated|Associates|LLP|Insurance|Bancorp|Bank|Company|Co\.|(?:&|and)[ \t]+Sons)"
-                  r"(?![\w])\.?")
+_ORG_SUFFIX = (r"(?:Ltd|Inc|LLC|Corp|Corporation|GmbH|AG|PLC|plc|S\.?A|B\.?V|Group|Software|Technologies|Solutions|"
+               r"Systems|Networks|Partners|Holdings|Incorporated|Associates|LLP|Insurance|Bancorp|Bank|Company|Co\.|"
+               r"(?:&|and)[ \t]+Sons)(?![\w])")
+# Up to four words, then a company suffix. Behind a prefilter (a blank, then the suffix): the pattern itself starts
+# at every word and backtracks over the next four.
+_ORG = _Prefiltered(re.compile(rf"\b(?:[^\W\d_][\w&'’-]*[ \t]+){{0,3}}[^\W\d_][\w&'’-]*,?[ \t]+{_ORG_SUFFIX}\.?"),
+                    re.compile(rf"[ \t]{_ORG_SUFFIX}"))
 # A law-firm style name: three capitalised surnames, "Craig, Palmer and Quinn" / "Smith, Jones & Ward".
 _ORG_FIRM = re.compile(r"(?<!,[ \t])\b[^\W\d_a-z][^\W\d_]+,[ \t]+[^\W\d_a-z][^\W\d_]+,?[ \t]+(?:and|&)[ \t]+"
                        r"[^\W\d_a-z][^\W\d_]+\b")
@@ -134,37 +171,102 @@ _PLACEHOLDER = re.compile(r"<[A-Z_]+(?:_\d+)?>")
 _HAS_DIGIT = re.compile(r"\d")
 
 
-def _pattern_spans(text: str, entities: set[str]) -> list[tuple[int, int, str, float]]:
-    found: list[tuple[int, int, str, float]] = []
-    if "ADDRESS" in entities and _HAS_DIGIT.search(text):  # every address pattern needs a number
-        for pat in _ADDRESS_PATTERNS:
-            for m in pat.finditer(text):
-                g = "v" if "v" in pat.groupindex else 0
-                s, e = m.start(g), m.end(g)
-                value = text[s:e]
-                stripped = value.rstrip(" \t,.;:")
-                lead = len(value) - len(value.lstrip(" \t>*-"))
-                if len(stripped) - lead >= 2:
-                    found.append((s + lead, s + len(stripped), "ADDRESS", 0.9))
+# The address patterns that never match across a line break (the others use \s or span lines on purpose).
+_LINE_LOCAL_ADDRESS = (1, 2, 5, 6, 7, 8)
+
+
+def _address_spans(text: str, patterns) -> list[tuple[int, int, str, float]]:
+    found = []
+    for pat in patterns:
+        for m in pat.finditer(text):
+            g = "v" if "v" in pat.groupindex else 0
+            s, e = m.start(g), m.end(g)
+            value = text[s:e]
+            stripped = value.rstrip(" \t,.;:")
+            lead = len(value) - len(value.lstrip(" \t>*-"))
+            if len(stripped) - lead >= 2:
+                found.append((s + lead, s + len(stripped), "ADDRESS", 0.9))
+    return found
+
+
+@functools.lru_cache(maxsize=65536)
+def _line_rule_spans(line: str, entities: frozenset) -> tuple[list, ...]:
+    """The spans of every rule that never matches across a line break, on one line, rule by rule in
+    `_pattern_spans`'s order. Cached: corpora repeat lines (t0 quotes the same passages in many templates), and a
+    line gives the same spans wherever it stands, since each rule's context ends at the line break."""
+    address = [[] for _ in _LINE_LOCAL_ADDRESS]
+    if "ADDRESS" in entities and _HAS_DIGIT.search(line):
+        address = [_address_spans(line, [_ADDRESS_PATTERNS[i]]) for i in _LINE_LOCAL_ADDRESS]
+    org = org_firm = org_cue = countries_found = loc_cue = names = []
     if "ORGANIZATION" in entities:
-        found += [(m.start(), m.end(), "ORGANIZATION", 0.9) for m in _ORG.finditer(text)]
-        found += [(m.start(), m.end(), "ORGANIZATION", 0.9) for m in _ORG_FIRM.finditer(text)]
-        found += _letterhead_orgs(text)
-        found += [(m.start("v"), m.end("v"), "ORGANIZATION", 0.9) for m in _ORG_CUE.finditer(text)
-                  if not re.fullmatch(r"(?i:the|a|an|home|myself|free|it|him|her|them|us|you)", m.group("v"))]
+        org = [(m.start(), m.end(), "ORGANIZATION", 0.9) for m in _ORG.finditer(line)]
+        org_firm = [(m.start(), m.end(), "ORGANIZATION", 0.9) for m in _ORG_FIRM.finditer(line)]
+        org_cue = [(m.start("v"), m.end("v"), "ORGANIZATION", 0.9) for m in _ORG_CUE.finditer(line)
+                   if not re.fullmatch(r"(?i:the|a|an|home|myself|free|it|him|her|them|us|you)", m.group("v"))]
     if "LOCATION" in entities:
         countries = _countries()
         if countries is not None:
-            found += [(m.start(), m.end(), "LOCATION", 0.9) for m in countries.finditer(text)]
-        found += _block_localities(text)
-        for m in _LOC_CUE.finditer(text):
+            countries_found = [(m.start(), m.end(), "LOCATION", 0.9) for m in countries.finditer(line)]
+        loc_cue = []
+        for m in _LOC_CUE.finditer(line):
             v = re.sub(r"(?:[ \t]+(?:de|del|di|da|do|la|le|sur|am|an|upon|on|nad|pod))+$", "", m.group("v"))
-            found.append((m.start("v"), m.start("v") + len(v), "LOCATION", 0.9))
+            loc_cue.append((m.start("v"), m.start("v") + len(v), "LOCATION", 0.9))
+    if "PERSON" in entities:
+        names = _gazetteer_name_spans(line)
+    return (*address, org, org_firm, org_cue, countries_found, loc_cue, names)
+
+
+def _pattern_spans(text: str, entities: set[str]) -> list[tuple[int, int, str, float]]:
+    """Every pattern recognizer's spans on a text, rule by rule (the merge breaks exact ties by this order).
+    Line-local rules come from `_line_rule_spans`, line by line; the rest run on the whole text."""
+    lines, offsets = _lines_with_offsets(text)
+    key = frozenset(entities)
+    per_line = [_line_rule_spans(ln, key) if ln else None for ln in lines]
+
+    def local(k: int) -> list[tuple[int, int, str, float]]:
+        return [(s + off, e + off, ent, score) for off, rules in zip(offsets, per_line) if rules
+                for s, e, ent, score in rules[k]]
+
+    n_addr = len(_LINE_LOCAL_ADDRESS)
+    found: list[tuple[int, int, str, float]] = []
+    if "ADDRESS" in entities and _HAS_DIGIT.search(text):  # every address pattern needs a number
+        for i, pat in enumerate(_ADDRESS_PATTERNS):
+            found += local(_LINE_LOCAL_ADDRESS.index(i)) if i in _LINE_LOCAL_ADDRESS else _address_spans(text, [pat])
+    if "ORGANIZATION" in entities:
+        found += local(n_addr) + local(n_addr + 1)
+        found += _letterhead_orgs(text)
+        found += local(n_addr + 2)
+    if "LOCATION" in entities:
+        found += local(n_addr + 3)
+        found += _block_localities(text)
+        found += local(n_addr + 4)
     if "TITLE" in entities:
         found += [(m.start(), m.end(), "TITLE", 0.6) for m in _TITLE.finditer(text)]
     if "PERSON" in entities:
-        found += _name_spans(text)
+        found += local(n_addr + 5) + _title_name_spans(text)
     return found
+
+
+def _trie_pattern(words: Iterable[str]) -> str:
+    """One regex matching exactly `words` (lower case, used case-insensitively), as a trie: at each position the
+    engine follows one branch per character instead of trying every word (a flat alternation of 250 country names
+    took a sixth of the pattern recognizers' time). Longer words sharing a prefix are tried first, so a match is
+    the longest word there, as the flat alternation sorted longest first gave."""
+    trie: dict = {}
+    for w in words:
+        node = trie
+        for ch in w:
+            node = node.setdefault(ch, {})
+        node[""] = {}
+
+    def emit(node: dict) -> str:
+        branches = [re.escape(ch) + emit(child) for ch, child in sorted(node.items()) if ch]
+        if not branches:
+            return ""
+        body = branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
+        return f"(?:{body})?" if "" in node else body
+
+    return emit(trie)
 
 
 def _countries():
@@ -176,8 +278,7 @@ def _countries():
             _STATE["countries"] = None
         else:
             names = {n for code, n in Locale("en").territories.items() if code.isalpha() and len(n) > 3}
-            alt = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
-            _STATE["countries"] = re.compile(rf"(?<![\w-])(?i:{alt})(?![\w-])")
+            _STATE["countries"] = re.compile(rf"(?<![\w-])(?i:{_trie_pattern(n.lower() for n in names)})(?![\w-])")
     return _STATE["countries"]
 
 
@@ -191,6 +292,15 @@ def _lines_with_offsets(text: str) -> tuple[list[str], list[int]]:
     return lines, offsets
 
 
+@functools.lru_cache(maxsize=32768)  # corpora repeat lines; both address-block rules ask about the same lines
+def _street_line(line: str) -> tuple[bool, bool]:
+    """(a street, unit or military address is on the line, that or a numbered address line of its own)."""
+    if not _HAS_DIGIT.search(line):  # each of those patterns needs a digit
+        return False, False
+    street = any(p.search(line) for p in _ADDRESS_PATTERNS[:6])
+    return street, street or bool(_ADDRESS_PATTERNS[6].search(line))
+
+
 def _letterhead_orgs(text: str) -> list[tuple[int, int, str, float]]:
     """A business address block: addressee line, company line, street line. The short digit-free line between an
     addressee line (a title or a Census first name first) and the first street/unit line is the ORGANIZATION ("Andrea Nijeboer\nExperian\n65 Alt
@@ -201,7 +311,7 @@ def _letterhead_orgs(text: str) -> list[tuple[int, int, str, float]]:
     lines, offsets = _lines_with_offsets(text)
     for i in range(2, len(lines)):
         ln = lines[i]
-        if not (_HAS_DIGIT.search(ln) and any(p.search(ln) for p in _ADDRESS_PATTERNS[:7])):
+        if not _street_line(ln)[1]:
             continue
         org, who = _BLOCK_LINE.match(lines[i - 1]), _BLOCK_LINE.match(lines[i - 2])
         gaz = _names()
@@ -225,7 +335,7 @@ def _block_localities(text: str) -> list[tuple[int, int, str, float]]:
     lines, offsets = _lines_with_offsets(text)
     in_block = 0
     for i, ln in enumerate(lines):
-        if _HAS_DIGIT.search(ln) and any(p.search(ln) for p in _ADDRESS_PATTERNS[:6]):  # each needs a digit
+        if _street_line(ln)[0]:
             in_block = 4
             continue
         if in_block:
@@ -309,10 +419,10 @@ def _looks_like_name(words: list[str], first: frozenset, last: frozenset, lone_l
     return _name_key(words[0]) in first and (_name_key(words[-1]) in last or len(words) == 2)
 
 
-def _name_spans(text: str) -> list[tuple[int, int, str, float]]:
+def _gazetteer_name_spans(text: str) -> list[tuple[int, int, str, float]]:
     """PERSON from the Census name lists, for capitalised tokens only: a first name, extended over the next
-    capitalised words (at most two, particles allowed) when the last is a Census last name; a title followed by a
-    capitalised word (Mr. Ford). Scored below spaCy's 0.85, so the model's own spans win an overlap."""
+    capitalised words (at most two, particles allowed) when the last is a Census last name. Words are joined
+    across a space only, never a line break. Scored below spaCy's 0.85, so the model's own spans win an overlap."""
     gaz = _names()
     if gaz is None:
         return []
@@ -340,6 +450,14 @@ def _name_spans(text: str) -> list[tuple[int, int, str, float]]:
             i = j
             continue
         i += 1
+    return out
+
+
+def _title_name_spans(text: str) -> list[tuple[int, int, str, float]]:
+    """PERSON for the capitalised word after a title (Mr. Ford), scored 0.8 (off with the name lists)."""
+    out: list[tuple[int, int, str, float]] = []
+    if _names() is None:
+        return out
     for m in _TITLE.finditer(text):
         after = re.match(r"\.?\s+([^\W\d_a-z][^\W\d_]+(?:[-'’][^\W\d_]+)?)", text[m.end():])
         if after and _is_cap(after.group(1)):
@@ -425,6 +543,58 @@ def _refine(piece: str, cands: list[tuple]) -> list[tuple]:
 # --- Presidio ------------------------------------------------------------------------------------------------
 
 
+class _LazyArtifacts:
+    """Presidio's `NlpArtifacts` for a NER-only doc, its per-token fields built on first use. Presidio's own
+    constructor builds the keywords (a stop-word and punctuation test per token) for every doc; only the context
+    enhancer reads them, and only for a pattern match (date, URL), which most sentences have none of."""
+
+    def __init__(self, entities, doc, scores, nlp_engine, language: str):
+        self.entities, self.tokens, self.scores = entities, doc, scores
+        self.nlp_engine, self._language = nlp_engine, language
+
+    @functools.cached_property
+    def _arrays(self) -> tuple[list[int], list[str]]:
+        from spacy.attrs import IDX, LOWER
+
+        arr = self.tokens.to_array([IDX, LOWER])
+        strings = self.tokens.vocab.strings
+        return arr[:, 0].tolist(), [strings[int(h)] for h in arr[:, 1]]
+
+    @property
+    def tokens_indices(self) -> list[int]:
+        return self._arrays[0]
+
+    @property
+    def lemmas(self) -> list[str]:
+        return self._arrays[1]
+
+    @functools.cached_property
+    def keywords(self) -> list[str]:
+        from presidio_analyzer.nlp_engine import NlpArtifacts
+
+        return NlpArtifacts.set_keywords(self.nlp_engine, self.lemmas, self._language)
+
+
+def _copy_free_enhancer():
+    """Presidio's `LemmaContextAwareEnhancer` (same defaults), minus its deep copy of every result when none can
+    be enhanced: it only ever changes a result whose recognizer has context words (date, URL; the NER's have
+    none), and the copy of the model's results cost as much as the rest of Presidio's analysis."""
+    from presidio_analyzer.context_aware_enhancers import LemmaContextAwareEnhancer
+    from presidio_analyzer.recognizer_result import RecognizerResult
+
+    key = RecognizerResult.RECOGNIZER_IDENTIFIER_KEY
+
+    class CopyFreeEnhancer(LemmaContextAwareEnhancer):
+        def enhance_using_context(self, text, raw_results, nlp_artifacts, recognizers, context=None):
+            with_context = {r.id for r in recognizers if r.context}
+            if not context and not any((r.recognition_metadata or {}).get(key) in with_context
+                                       for r in raw_results):
+                return raw_results
+            return super().enhance_using_context(text, raw_results, nlp_artifacts, recognizers, context)
+
+    return CopyFreeEnhancer()
+
+
 def _analyzer():
     """Presidio's AnalyzerEngine over a NER-only spaCy pipeline, built once per process."""
     if _STATE["analyzer"] is None:
@@ -441,19 +611,12 @@ def _analyzer():
 
             def _doc_to_nlp_artifact(self, doc, language: str):
                 """Presidio's artifacts without a Python pass over every token (a third of the time after the
-                model): offsets and lower-cased words straight from the doc's arrays. With no lemmatizer loaded,
-                the lower-cased words stand in for lemmas, so Presidio's context enhancer still sees the words
-                around a match."""
-                from presidio_analyzer.nlp_engine import NlpArtifacts
-                from spacy.attrs import IDX, LOWER
-
-                arr = doc.to_array([IDX, LOWER])
-                strings = doc.vocab.strings
+                model): the entities now, the offsets, lemmas and keywords only if the context enhancer asks
+                (it does for a date or URL match only). With no lemmatizer loaded, the lower-cased words stand
+                in for lemmas, so Presidio's context enhancer still sees the words around a match."""
                 ents, scores = self._get_updated_entities(
                     doc.ents, [self.ner_model_configuration.default_score] * len(doc.ents))
-                return NlpArtifacts(entities=ents, tokens=doc, tokens_indices=arr[:, 0].tolist(),
-                                    lemmas=[strings[int(h)] for h in arr[:, 1]], nlp_engine=self,
-                                    language=language, scores=scores)
+                return _LazyArtifacts(ents, doc, scores, self, language)
 
         ignored = [lbl for lbl in ("CARDINAL", "EVENT", "LANGUAGE", "LAW", "MONEY", "ORDINAL", "PERCENT",
                                    "PRODUCT", "QUANTITY", "WORK_OF_ART")]
@@ -468,7 +631,8 @@ def _analyzer():
         registry.add_recognizer(SpacyRecognizer(supported_language="en", supported_entities=list(pii.MODEL_ENTITIES)))
         registry.add_recognizer(DateRecognizer(supported_language="en"))
         registry.add_recognizer(UrlRecognizer(supported_language="en", supported_entity="URL"))
-        _STATE["analyzer"] = AnalyzerEngine(registry=registry, nlp_engine=engine, supported_languages=["en"])
+        _STATE["analyzer"] = AnalyzerEngine(registry=registry, nlp_engine=engine, supported_languages=["en"],
+                                            context_aware_enhancer=_copy_free_enhancer())
         _STATE["loads"] += 1
     return _STATE["analyzer"]
 
@@ -517,14 +681,41 @@ def _ner_candidates(pieces: list[str], entities: list[str], opts: NerOptions) ->
     return out
 
 
-_CACHE_LINES = 50_000  # per process; a line's results are a few tuples
+_CACHE_SEGMENTS = 200_000  # per process; a segment's results are a few tuples
+# A sentence end inside a line: . ! or ? (closing quotes/brackets allowed), spaces, then a capital or a digit
+# (an opening quote or bracket allowed). Not after a lone letter (initials: "J. Smith"), a dotted abbreviation
+# ("U.S.", "p.m.") or one that starts or ends a name ("Mr. Ford", "Acme Inc. Ltd", "St. Louis"): an entity never
+# spans the cut.
+_ABBREV = frozenset("""mr mrs ms mx dr prof sr jr st mt ft gen col lt sgt capt rev hon gov sen rep pres inc ltd co
+    corp bros no vs etc approx dept univ ave blvd rd ste apt jan feb mar apr jun jul aug sep sept oct nov dec""".split())
+_SENTENCE_END = re.compile(r"[.!?][\"'’”)\]]*[ \t]+(?=[\"'“‘(\[]?(\w))")
+_LAST_WORD = re.compile(r"[^\s\"'“‘(\[]*$")
 
 
-def _line_candidates(pieces: list[str], entities: list[str], opts: NerOptions) -> list[list[tuple]]:
-    """`_ner_candidates` of every piece, run line by line, each distinct line once per process: corpora repeat
-    passages (t0 wraps the same paragraph in many prompt templates, answers repeat), and an entity never spans
-    a line break anyway (`_refine` would cut it). The pattern recognizers still see whole pieces."""
-    cache: dict = _STATE.setdefault("line_cache", {})
+def _segments(line: str) -> list[tuple[int, str]]:
+    """(offset, sentence) of a line, cut after sentence ends: the model's unit of work and of the cache."""
+    out, start = [], 0
+    for m in _SENTENCE_END.finditer(line):
+        nxt = m.group(1)
+        if not (nxt.isupper() or nxt.isdigit()):
+            continue
+        word = _LAST_WORD.search(line, start, m.start()).group()
+        if len(word) < 2 or "." in word or word.lower() in _ABBREV:
+            continue
+        out.append((start, line[start:m.end()]))
+        start = m.end()
+    out.append((start, line[start:]))
+    return [(o, seg) for o, seg in out if seg.strip()]
+
+
+def _segment_candidates(pieces: list[str], entities: list[str], opts: NerOptions) -> list[list[tuple]]:
+    """`_ner_candidates` of every piece, run sentence by sentence, each distinct sentence once per process:
+    corpora repeat passages (t0 wraps the same paragraph in many prompt templates, inline or on lines of their
+    own, and answers repeat), and an entity never spans a line break (`_refine` would cut it) or a sentence end.
+    On the t0 corpus a sentence cache leaves about a third less text for the model than a line cache did (a
+    template's framing words share a line with the passage's first sentence, never its other ones).
+    The pattern recognizers still see whole pieces."""
+    cache: dict = _STATE.setdefault("segment_cache", {})
     key = (tuple(entities), opts.score_threshold)
     where: list[list[tuple[int, str]]] = []
     todo: dict[str, None] = {}
@@ -532,18 +723,19 @@ def _line_candidates(pieces: list[str], entities: list[str], opts: NerOptions) -
         spots, pos = [], 0
         for line in piece.split("\n"):
             if line.strip():
-                spots.append((pos, line))
-                if (key, line) not in cache:
-                    todo[line] = None
+                for off, seg in _segments(line):
+                    spots.append((pos + off, seg))
+                    if (key, seg) not in cache:
+                        todo[seg] = None
             pos += len(line) + 1
         where.append(spots)
     if todo:
-        if len(cache) + len(todo) > _CACHE_LINES:
+        if len(cache) + len(todo) > _CACHE_SEGMENTS:
             cache.clear()
         new = list(todo)
-        for line, found in zip(new, _ner_candidates(new, entities, opts)):
-            cache[(key, line)] = found
-    return [[(s + pos, e + pos, ent, score) for pos, line in spots for s, e, ent, score in cache[(key, line)]]
+        for seg, found in zip(new, _ner_candidates(new, entities, opts)):
+            cache[(key, seg)] = found
+    return [[(s + pos, e + pos, ent, score) for pos, seg in spots for s, e, ent, score in cache[(key, seg)]]
             for spots in where]
 
 
@@ -571,7 +763,7 @@ def detect_many(texts: Sequence[str | None], entities: Iterable[str] | None = No
                 index.append((i, off))
                 pieces.append(_recase(piece) if "PERSON" in ner else piece)
     cands: list[list[tuple]] = [[] for _ in texts]
-    for (i, off), piece, found in zip(index, pieces, _line_candidates(pieces, ner, opts)):
+    for (i, off), piece, found in zip(index, pieces, _segment_candidates(pieces, ner, opts)):
         found = _refine(piece, found) + _pattern_spans(piece, set(ner))
         cands[i] += [(s + off, e + off, ent, score) for s, e, ent, score in found]
     for i, t in enumerate(texts):
