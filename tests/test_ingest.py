@@ -415,3 +415,62 @@ def test_s3_sources(spark, s3_bucket, s3_env, tmp_path):
     missing = [dict(sources[0], path=f"s3://{bucket}/raw/nothing-here")]
     with pytest.raises(FileNotFoundError, match="no object at"):
         ingest.run(stage_config("ingest", sources=missing), spark=object())
+
+
+def test_ner_on_spark_corpus_pass_gives_the_same_tables_and_runs_each_sentence_once(spark, tmp_path):
+    """Names, places and organisations redacted on Spark, with the corpus pass (each distinct sentence of the
+    corpus through the model once, looked up by the cleaning UDF) and without it (per-worker cache only): the same
+    tables and counts. A passage repeated across records and sources gives one model input per sentence; a source
+    whose policy keeps the NER types is left out of the pass."""
+    from pipelines.data import clean_spark, pii
+    from pipelines.data.clean import Normalize
+
+    passage = "Maria Lopez moved from Madrid to Chicago in 2019. She joined Initech Corporation there."
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "qa.jsonl").write_text("\n".join(json.dumps(r) for r in [
+        {"q": f"Read this: {passage}\nWho moved?", "a": "Maria Lopez."},
+        {"q": f"Passage:\n{passage}\nWhere to?", "a": "Chicago."},
+        {"q": "Ignore this one.", "a": "Fine."},
+    ]) + "\n")
+    (raw / "docs.jsonl").write_text(json.dumps({"text": passage}) + "\n")
+    (raw / "kept.jsonl").write_text(json.dumps({"text": "John Smith lives in Paris."}) + "\n")
+    sources = [
+        {"name": "qa", "path": str(raw / "qa.jsonl"), "format": "jsonl", "kind": "instruction", "licence": "MIT",
+         "pii": "redact", "fields": {"prompt": "q", "response": "a"}},
+        {"name": "docs", "path": str(raw / "docs.jsonl"), "format": "jsonl", "kind": "document", "licence": "MIT",
+         "pii": "redact", "fields": {"text": "text"}},
+        {"name": "kept", "path": str(raw / "kept.jsonl"), "format": "jsonl", "kind": "document", "licence": "MIT",
+         "pii": {"default": "keep", "EMAIL": "redact"}, "fields": {"text": "text"}},
+    ]
+    entities = list(load_params()["ingest"]["pii_entities"]) + list(pii.NER_ENTITIES)
+    tables, reports = {}, {}
+    for corpus_pass in (True, False):
+        out = tmp_path / f"out_{corpus_pass}"
+        cfg = _ingest_config(sources=sources, input_dir=str(raw), output_dir=str(out / "ingested"),
+                             rejects_dir=str(out / "rejects"), metrics=str(out / "metrics.json"),
+                             pii_entities=entities, pii_ner={**load_params()["ingest"]["pii_ner"],
+                                                             "corpus_pass": corpus_pass})
+        reports[corpus_pass] = ingest.run(cfg, spark=spark)
+        tables[corpus_pass] = ds.dataset(cfg.output_dir, format="parquet").to_table().sort_by("doc_id")
+    assert tables[True].equals(tables[False]) and reports[True]["total"] == reports[False]["total"]
+    texts = dict(zip(tables[True].column("source").to_pylist(), tables[True].column("text").to_pylist()))
+    assert "Maria Lopez" not in texts["docs"] and "<PERSON>" in texts["docs"] and "<LOCATION>" in texts["docs"]
+    assert texts["kept"] == "John Smith lives in Paris."
+    assert reports[True]["sources"]["docs"]["pii"]["redacted"]["PERSON"] >= 1
+
+    cfg = _ingest_config(sources=sources, pii_entities=entities)
+    parsed = spark.createDataFrame(
+        [("qa", None, f"Read this: {passage}", "Maria Lopez.", None, None),
+         ("docs", None, None, None, passage, None), ("docs", "parse", None, None, "Never scanned.", None),
+         ("kept", None, None, None, "John Smith lives in Paris.", None)],
+        "source string, _reason string, prompt string, response string, text string, title string")
+    table = clean_spark.precompute_ner(spark, parsed, cfg.sources, normalize=Normalize(**cfg.normalize.model_dump()),
+                                       pii_entities=entities, pii_ner=cfg.pii_ner.model_dump(exclude={"corpus_pass"}))
+    try:
+        (segments,) = table.value.values()  # one detector entity list: one table
+        # "Read this: Maria ... 2019. ", "She joined ... there.", "Maria Lopez moved ... 2019. ", "Maria Lopez."
+        assert len(segments) == 4
+        assert all(len(d) == 16 for d in segments) and any(segments.values())
+    finally:
+        table.destroy()

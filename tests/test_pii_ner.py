@@ -243,3 +243,25 @@ def test_model_runs_once_per_distinct_sentence_and_never_cuts_inside_a_name():
     assert "Anna Schmidt founded Initech in Berlin. " in cached and "The firm grew." in cached
     assert [sp.text for sp in spans[0]] == [sp.text for sp in spans[1]] == ["Anna Schmidt"]
     assert spans[0][0].start == texts[0].index("Anna") and spans[1][0].start == texts[1].index("Anna")
+
+
+def test_precomputed_sentences_skip_the_model_and_give_the_same_spans(monkeypatch):
+    """What the Spark corpus pass hands the cleaning UDF: with every sentence's candidates in the table, the model
+    is never run, and the spans are those of a plain run."""
+    texts = ["Maria Lopez moved from Madrid to Chicago. She joined Initech Corporation.",
+             "Passage:\nMaria Lopez moved from Madrid to Chicago.\nwho is maria lopez?"]
+    pii_ner._STATE.pop("segment_cache", None)
+    plain = pii_ner.detect_many(texts)
+    key, segments = pii_ner.model_segments(texts)
+    found = pii_ner.run_model(key, segments, pii_ner.NerOptions())
+    pii_ner._STATE.pop("segment_cache", None)
+    pii_ner.use_precomputed({key: {pii_ner.segment_digest(s): f for s, f in zip(segments, found)}})
+    try:
+        monkeypatch.setattr(pii_ner, "_ner_candidates", lambda *a: pytest.fail("the model ran"))
+        assert pii_ner.detect_many(texts) == plain
+        assert {"Maria Lopez", "Madrid", "Chicago"} <= {sp.text for sp in plain[0]}
+    finally:
+        pii_ner.use_precomputed({})
+        pii_ner._STATE.pop("segment_cache", None)
+    with pytest.raises(ValueError, match="score_threshold"):
+        pii_ner.run_model(key, segments, pii_ner.NerOptions(score_threshold=0.9))

@@ -224,6 +224,18 @@ def pii_actions(policy: str | dict[str, str], entities: Sequence[str]) -> dict[s
     return {e: policy for e in entities}
 
 
+def detector_entities(policy: str | dict[str, str], entities: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(structured types, NER types) a source's PII policy scans for: NER only for the types it does not keep."""
+    actions = pii_actions(policy, entities)
+    return ([e for e in entities if e in pii.ENTITIES],
+            [e for e in entities if e in pii.NER_ENTITIES and actions[e] != "keep"])
+
+
+def scanned_fields(kind: str) -> tuple[str, ...]:
+    """The fields PII detection reads, by source kind (an instruction's `text` is rebuilt from the other two)."""
+    return ("prompt", "response", "title") if kind == "instruction" else ("text", "title")
+
+
 def make_cleaner(*, kind: str, pii_policy: str | dict[str, str], opts: dict[str, Any]) -> Callable[[dict], dict]:
     """A function that normalizes, identifies the language of, applies the quality rules and the PII policy to
     one parsed record (prompt/response/text/title already mapped from the source's fields). Its attribute `many`
@@ -247,11 +259,10 @@ def make_cleaner(*, kind: str, pii_policy: str | dict[str, str], opts: dict[str,
     rules = QualityRules(**{k: off[k] if k in skip else v for k, v in opts["quality"].items()})
     entities = list(opts.get("pii_entities", pii.ENTITIES))
     actions = pii_actions(pii_policy, entities)
-    structured = [e for e in entities if e in pii.ENTITIES]
-    ner = [e for e in entities if e in pii.NER_ENTITIES and actions[e] != "keep"]
+    structured, ner = detector_entities(pii_policy, entities)
     ner_opts = opts.get("pii_ner") or {}
     judge_language = bool(lang_cfg.allowed) and "language" not in skip
-    pii_fields = ("prompt", "response", "title") if kind == "instruction" else ("text", "title")
+    pii_fields = scanned_fields(kind)
 
     def prepare(rec: dict[str, Any]) -> tuple[dict, dict | None]:
         """Everything before PII: (out, fields) with fields None when the record is already rejected."""

@@ -26,6 +26,7 @@ text (`<PERSON>`) are never detected again.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import re
 from dataclasses import dataclass
@@ -657,28 +658,44 @@ def chunks(text: str, size: int) -> list[tuple[int, str]]:
 
 
 def _ner_candidates(pieces: list[str], entities: list[str], opts: NerOptions) -> list[list[tuple]]:
-    """Presidio's results (start, end, entity, score) per piece; the model runs only when a model entity is wanted."""
-    analyzer = _analyzer()
-    model_wanted = any(e in pii.MODEL_ENTITIES for e in entities)
-    presidio_entities = [e for e in entities if e in (*pii.MODEL_ENTITIES, "DATE_TIME", "URL")]
-    out: list[list[tuple]] = []
-    if not presidio_entities:
+    """The model's results (start, end, entity, score) per piece, through Presidio's `SpacyRecognizer`
+    (nothing when no model entity is wanted). Its results need no context enhancement (it has no context words),
+    never overlap each other, and are kept from `score_threshold` up, as Presidio's analyzer would."""
+    ents = [e for e in entities if e in pii.MODEL_ENTITIES]
+    if not ents:
         return [[] for _ in pieces]
-    if model_wanted:
-        artifacts = (a for _, a in analyzer.nlp_engine.process_batch(pieces, "en", batch_size=opts.batch_size))
-    else:  # URL / numeric dates only: Presidio's pattern recognizers, no model run
-        artifacts = (None for _ in pieces)
-    recognizers = [r for r in analyzer.registry.recognizers if set(r.supported_entities) & set(presidio_entities)]
-    for piece, art in zip(pieces, artifacts):
-        if art is not None:
-            results = analyzer.analyze(piece, "en", entities=presidio_entities, nlp_artifacts=art,
-                                       score_threshold=opts.score_threshold)
-        else:
-            results = [r for rec in recognizers if rec.name != "SpacyRecognizer"
-                       for r in rec.analyze(piece, presidio_entities, None) if r.score >= opts.score_threshold]
-        out.append([(r.start, r.end, r.entity_type, r.score) for r in results
-                    if r.score >= _MIN_SCORE.get(r.entity_type, 0.0)])
+    analyzer = _analyzer()
+    spacy_rec = next(r for r in analyzer.registry.recognizers if r.name == "SpacyRecognizer")
+    out: list[list[tuple]] = []
+    for piece, (_, art) in zip(pieces, analyzer.nlp_engine.process_batch(pieces, "en", batch_size=opts.batch_size)):
+        out.append([(r.start, r.end, r.entity_type, r.score) for r in spacy_rec.analyze(piece, ents, art)
+                    if r.score >= max(opts.score_threshold, _MIN_SCORE.get(r.entity_type, 0.0))])
     return out
+
+
+@functools.lru_cache(maxsize=32768)
+def _line_pattern_candidates(line: str, entities: tuple[str, ...], threshold: float) -> list[tuple]:
+    """Presidio's pattern recognizers (numeric dates, URLs) on a whole line, not a sentence: their context words
+    ("date of birth. It's 12/11/1952") may stand in the sentence before. With a model entity wanted, a match is
+    scored with Presidio's context enhancer over the line's tokens (the tokenizer only, no model: the tokens are
+    the model's); without one, as it is."""
+    wanted = [e for e in entities if e in ("DATE_TIME", "URL")]
+    if not wanted:
+        return []
+    analyzer = _analyzer()
+    recognizers = [r for r in analyzer.registry.recognizers
+                   if r.name != "SpacyRecognizer" and set(r.supported_entities) & set(wanted)]
+    raw = [r for rec in recognizers for r in rec.analyze(line, wanted, None)]
+    if not raw:
+        return []
+    if any(e in pii.MODEL_ENTITIES for e in entities):
+        engine = analyzer.nlp_engine
+        art = engine._doc_to_nlp_artifact(engine.nlp["en"].make_doc(line), "en")
+        results = analyzer.analyze(line, "en", entities=wanted, nlp_artifacts=art, score_threshold=threshold)
+    else:
+        results = [r for r in raw if r.score >= threshold]
+    return [(r.start, r.end, r.entity_type, r.score) for r in results
+            if r.score >= _MIN_SCORE.get(r.entity_type, 0.0)]
 
 
 _CACHE_SEGMENTS = 200_000  # per process; a segment's results are a few tuples
@@ -708,35 +725,113 @@ def _segments(line: str) -> list[tuple[int, str]]:
     return [(o, seg) for o, seg in out if seg.strip()]
 
 
+def _spots(piece: str) -> list[tuple[int, str]]:
+    """(offset, sentence) of every non-blank sentence of a piece, line by line."""
+    spots, pos = [], 0
+    for line in piece.split("\n"):
+        if line.strip():
+            spots += [(pos + off, seg) for off, seg in _segments(line)]
+        pos += len(line) + 1
+    return spots
+
+
+def _cache_key(ner: list[str], opts: NerOptions) -> tuple:
+    return tuple(ner), opts.score_threshold
+
+
+def segment_digest(segment: str) -> bytes:
+    """The 16-byte key of a sentence in a precomputed table (`use_precomputed`)."""
+    return hashlib.blake2b(segment.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
 def _segment_candidates(pieces: list[str], entities: list[str], opts: NerOptions) -> list[list[tuple]]:
     """`_ner_candidates` of every piece, run sentence by sentence, each distinct sentence once per process:
     corpora repeat passages (t0 wraps the same paragraph in many prompt templates, inline or on lines of their
     own, and answers repeat), and an entity never spans a line break (`_refine` would cut it) or a sentence end.
     On the t0 corpus a sentence cache leaves about a third less text for the model than a line cache did (a
     template's framing words share a line with the passage's first sentence, never its other ones).
-    The pattern recognizers still see whole pieces."""
+    A sentence in the precomputed table (`use_precomputed`: the corpus's distinct sentences, run once each on
+    Spark) is not run again. The pattern recognizers still see whole pieces."""
     cache: dict = _STATE.setdefault("segment_cache", {})
-    key = (tuple(entities), opts.score_threshold)
-    where: list[list[tuple[int, str]]] = []
+    key = _cache_key(entities, opts)
+    table = _STATE.get("precomputed", {}).get(key)
+    where = [_spots(piece) for piece in pieces]
     todo: dict[str, None] = {}
-    for piece in pieces:
-        spots, pos = [], 0
-        for line in piece.split("\n"):
-            if line.strip():
-                for off, seg in _segments(line):
-                    spots.append((pos + off, seg))
-                    if (key, seg) not in cache:
-                        todo[seg] = None
-            pos += len(line) + 1
-        where.append(spots)
+    for spots in where:
+        for _, seg in spots:
+            if (key, seg) not in cache:
+                todo[seg] = None
+    if table:
+        for seg in list(todo):
+            found = table.get(segment_digest(seg))
+            if found is not None:
+                cache[(key, seg)] = found
+                del todo[seg]
     if todo:
         if len(cache) + len(todo) > _CACHE_SEGMENTS:
             cache.clear()
         new = list(todo)
         for seg, found in zip(new, _ner_candidates(new, entities, opts)):
             cache[(key, seg)] = found
-    return [[(s + pos, e + pos, ent, score) for pos, seg in spots for s, e, ent, score in cache[(key, seg)]]
-            for spots in where]
+    out = [[(s + pos, e + pos, ent, score) for pos, seg in spots for s, e, ent, score in cache[(key, seg)]]
+           for spots in where]
+    if "DATE_TIME" in entities or "URL" in entities:
+        for piece, found in zip(pieces, out):
+            pos = 0
+            for line in piece.split("\n"):
+                if line.strip():
+                    found += [(s + pos, e + pos, ent, score) for s, e, ent, score
+                              in _line_pattern_candidates(line, key[0], opts.score_threshold)]
+                pos += len(line) + 1
+    return out
+
+
+def _wanted(entities: Iterable[str] | None) -> list[str]:
+    wanted = list(dict.fromkeys(pii.ALL_ENTITIES if entities is None else entities))
+    unknown = set(wanted) - set(pii.ALL_ENTITIES)
+    if unknown:
+        raise ValueError(f"unknown PII entity type(s): {', '.join(sorted(unknown))}; "
+                         f"known: {', '.join(pii.ALL_ENTITIES)}")
+    return wanted
+
+
+def _pieces(texts: Sequence[str | None], ner: list[str], opts: NerOptions) -> tuple[list[tuple[int, int]], list[str]]:
+    """(text number, offset) and text of every chunk the NER sees (recased for names)."""
+    index: list[tuple[int, int]] = []
+    pieces: list[str] = []
+    for i, t in enumerate(texts):
+        if t and t.strip():
+            for off, piece in chunks(t, opts.chunk_chars):
+                index.append((i, off))
+                pieces.append(_recase(piece) if "PERSON" in ner else piece)
+    return index, pieces
+
+
+# --- a corpus's distinct sentences through the model once (Spark's pre-pass, pipelines.data.clean_spark) ----
+
+def model_segments(texts: Sequence[str | None], entities: Iterable[str] | None = None,
+                   opts: NerOptions | None = None) -> tuple[tuple, list[str]]:
+    """(cache key, distinct sentences) that `detect_many(texts, entities, opts)` would give the model."""
+    opts = opts or NerOptions()
+    ner = [e for e in _wanted(entities) if e in pii.NER_ENTITIES]
+    if not ner:
+        return _cache_key(ner, opts), []
+    _, pieces = _pieces(texts, ner, opts)
+    return _cache_key(ner, opts), list(dict.fromkeys(seg for piece in pieces for _, seg in _spots(piece)))
+
+
+def run_model(key: tuple, segments: list[str], opts: NerOptions) -> list[list[tuple]]:
+    """The model's candidates (start, end, entity, score) for each sentence, as `detect_many` would cache them
+    (`key` from `model_segments` with the same `opts`)."""
+    if key != _cache_key(list(key[0]), opts):
+        raise ValueError(f"key {key} was not made with score_threshold {opts.score_threshold}")
+    return _ner_candidates(segments, list(key[0]), opts)
+
+
+def use_precomputed(tables: dict[tuple, dict[bytes, list]]) -> None:
+    """Look sentences up in `tables` ({cache key: {segment_digest: candidates}}) before running the model.
+    Only the model's step is skipped: the results are what `run_model` gave, so the spans do not change."""
+    _STATE["precomputed"] = tables
 
 
 def detect_many(texts: Sequence[str | None], entities: Iterable[str] | None = None,
@@ -745,23 +840,13 @@ def detect_many(texts: Sequence[str | None], entities: Iterable[str] | None = No
     structured types, Presidio + spaCy and the pattern recognizers for NER_ENTITIES. Validator spans win an
     overlap; among the others the higher score, then the longer span."""
     opts = opts or NerOptions()
-    wanted = list(dict.fromkeys(pii.ALL_ENTITIES if entities is None else entities))
-    unknown = set(wanted) - set(pii.ALL_ENTITIES)
-    if unknown:
-        raise ValueError(f"unknown PII entity type(s): {', '.join(sorted(unknown))}; "
-                         f"known: {', '.join(pii.ALL_ENTITIES)}")
+    wanted = _wanted(entities)
     structured = [e for e in wanted if e in pii.ENTITIES]
     ner = [e for e in wanted if e in pii.NER_ENTITIES]
     results = [pii.detect(t, structured) if (t and structured) else [] for t in texts]
     if not ner:
         return results
-    index: list[tuple[int, int]] = []  # (text number, offset) of each piece
-    pieces: list[str] = []
-    for i, t in enumerate(texts):
-        if t and t.strip():
-            for off, piece in chunks(t, opts.chunk_chars):
-                index.append((i, off))
-                pieces.append(_recase(piece) if "PERSON" in ner else piece)
+    index, pieces = _pieces(texts, ner, opts)
     cands: list[list[tuple]] = [[] for _ in texts]
     for (i, off), piece, found in zip(index, pieces, _segment_candidates(pieces, ner, opts)):
         found = _refine(piece, found) + _pattern_spans(piece, set(ner))

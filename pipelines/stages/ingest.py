@@ -27,7 +27,7 @@ from pydantic import Field, field_validator, model_validator
 from pipelines.config import StageConfig
 from pipelines.data import pii as pii_mod
 from pipelines.data.clean import Language, Normalize, QualityRules
-from pipelines.data.clean_spark import clean_on_spark
+from pipelines.data.clean_spark import clean_on_spark, precompute_ner
 from pipelines.data.ingest_accounting import (
     SourceReport,
     TotalReport,
@@ -55,6 +55,9 @@ class PiiNer(StageConfig):
     batch_size: int = Field(ge=1)       # texts per nlp.pipe batch
     chunk_chars: int = Field(ge=200)    # longer texts are cut at a line/sentence/word boundary, offsets kept
     score_threshold: float = Field(ge=0, le=1)  # Presidio results below it are ignored
+    # Each distinct sentence of the corpus through the model once, on Spark, before cleaning
+    # (pipelines.data.clean_spark.precompute_ner); false: once per executor Python worker only.
+    corpus_pass: bool = True
 
 
 class Config(StageConfig):
@@ -127,13 +130,23 @@ def run(cfg: Config, engines: EnginesConfig | None = None, *, spark=None) -> Ing
         parsed = frames[0]
         for df in frames[1:]:
             parsed = parsed.unionByName(df)
+        ner_opts = cfg.pii_ner.model_dump(exclude={"corpus_pass"})
+        precomputed = None
+        if cfg.pii_ner.corpus_pass:
+            parsed = parsed.cache()  # read twice: the sentences for the model, then the cleaning
+            precomputed = precompute_ner(spark, parsed, cfg.sources, normalize=cfg.normalize,
+                                         pii_entities=cfg.pii_entities, pii_ner=ner_opts)
+            if precomputed is None:  # no source needs NER: nothing was read yet
+                parsed.unpersist()
         cleaned = clean_on_spark(parsed, cfg.sources, normalize=cfg.normalize, language=cfg.language,
-                                 quality=cfg.quality, pii_entities=cfg.pii_entities,
-                                 pii_ner=cfg.pii_ner.model_dump())
+                                 quality=cfg.quality, pii_entities=cfg.pii_entities, pii_ner=ner_opts,
+                                 precomputed=precomputed)
         # The UDF runs once: good rows, rejects and every count below read this cache.
         cleaned = cleaned.cache()
         try:
             counts = count_cleaned(cleaned)
+            if precomputed is not None:  # `cleaned` is cached now (a lost partition is re-read from the source)
+                parsed.unpersist()
             with atomic_path(cfg.output_dir) as out_tmp, atomic_path(cfg.rejects_dir) as rej_tmp:
                 write_corpus(with_doc_id(kept(cleaned)), out_tmp, cfg.output_files)
                 write_rejects(reject_rows(rejected(cleaned), STAGE), rej_tmp)
@@ -142,6 +155,9 @@ def run(cfg: Config, engines: EnginesConfig | None = None, *, spark=None) -> Ing
                 check_written([s.name for s in cfg.sources], counts, written)
         finally:  # released on success and failure alike
             cleaned.unpersist()
+            if precomputed is not None:  # after the writes: a recomputed partition still needs the table
+                parsed.unpersist()
+                precomputed.destroy()
 
     sources = {src.name: source_report(src, counts, written, blanks[src.name]) for src in cfg.sources}
     report: IngestReport = {
