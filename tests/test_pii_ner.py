@@ -265,3 +265,18 @@ def test_precomputed_sentences_skip_the_model_and_give_the_same_spans(monkeypatc
         pii_ner._STATE.pop("segment_cache", None)
     with pytest.raises(ValueError, match="score_threshold"):
         pii_ner.run_model(key, segments, pii_ner.NerOptions(score_threshold=0.9))
+
+
+def test_a_name_after_a_naming_cue_is_a_person_in_any_case():
+    """"my name is X", "her maiden name is X", "call me X": the name is a PERSON even when the small model calls a
+    lone foreign name an organisation or misses it, and in all-lower-case chat; a cue followed by an ordinary word
+    finds nothing."""
+    def people(text):
+        return [sp.text for sp in pii_ner.detect(text, ["PERSON", "ORGANIZATION", "LOCATION"])
+                if sp.entity == "PERSON"]
+
+    assert people("My name is Andrew Arnoux but everyone calls me Sandro") == ["Andrew Arnoux", "Sandro"]
+    assert people("She was born in 1961. Her maiden name is Vestergaard.") == ["Vestergaard"]
+    assert people("His name was Jan van der Berg de") == ["Jan van der Berg"]
+    assert people("sometimes people call me philipp") == ["philipp"]
+    assert people("They call me The Boss of Acme") == [] and people("call me back later") == []

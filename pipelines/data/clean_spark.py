@@ -4,6 +4,8 @@ Each source gets its own cleaner (its kind, PII policy and skipped rules). The o
 `_pii` (entity type of every span found), `_pii_unscanned` (NER needed but the text is not English) and
 `_changed` (normalization altered the record) for ingest's counts.
 
+`precompute_ner` runs first when a source's policy needs NER: every distinct sentence of the corpus through the
+model once, its results broadcast to the cleaning UDF, which then runs the model only on what it does not find.
 NER (pipelines.data.pii_ner) runs per Arrow batch through `nlp.pipe`; the analyzer and its spaCy model are cached
 at module level in the executor's Python worker, so with Spark's worker reuse (the default,
 `spark.python.worker.reuse`) each worker loads the model once. `engines.spark` sizes it: the master's cores are

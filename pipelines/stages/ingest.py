@@ -57,7 +57,7 @@ class PiiNer(StageConfig):
     score_threshold: float = Field(ge=0, le=1)  # Presidio results below it are ignored
     # Each distinct sentence of the corpus through the model once, on Spark, before cleaning
     # (pipelines.data.clean_spark.precompute_ner); false: once per executor Python worker only.
-    corpus_pass: bool = True
+    corpus_pass: bool
 
 
 class Config(StageConfig):
