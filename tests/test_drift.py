@@ -174,8 +174,36 @@ def stage_cfg(tmp_path, train_split, cache_dir, current, **overrides):
     values = {"reference_path": str(train_split), "embeddings_dir": str(tmp_path / "no_embeddings"),
               "current_path": str(current), "cache_dir": str(cache_dir), "max_tokens": MAX_TOKENS,
               "metrics": str(tmp_path / "metrics" / "drift.json"), "report": str(tmp_path / "drift.html"),
-              "detector": {"max_window": 300}}
+              }  # the detector as params.yaml sets it (max_window 1000: the whole reference, as in the demo)
     return stage_config("drift", **{**values, **overrides})
+
+
+TEXT_TESTS = ["length", "language", "pii", "toxicity", "oov"]
+
+
+def test_shipped_windows_text_tests_at_params_settings(train_split):
+    """The demo's windows against the shipped corpus at params.yaml's detector settings (the whole reference, no
+    subsampling), the tests that need no vectors (the stage tests below run all of them). Issue 34's false alarm:
+    a window that re-sent XQuAD paragraphs of the training corpus had a LOWER OOV rate than the reference (0.08 vs
+    0.11 here) and a two-sided OOV test alarmed (p = 6e-7); the shipped window is now new data, and OOV is one-sided."""
+    ref = load_window(train_split)
+    cfg = settings(tests=TEXT_TESTS)
+    assert cfg.max_window >= ref.n  # the real setting: no subsampling hides the effect
+    calm = detect_drift(ref, load_window(SAMPLE / "windows" / "current.jsonl"), cfg)
+    assert calm["status"] == "ok" and calm["drifted"] is False, calm["tests"]
+    assert min(t["p_value"] for t in calm["tests"].values()) > 5 * calm["threshold"], calm["tests"]  # a margin
+    drifted = detect_drift(ref, load_window(SAMPLE / "windows" / "drifted_xquad_de.jsonl"), cfg)
+    assert drifted["drifted"] is True and {"language", "oov"} <= set(drifted["triggered"]), drifted["tests"]
+    assert drifted["descriptors"]["oov"]["current"]["mean"] > drifted["descriptors"]["oov"]["reference"]["mean"]
+
+    # The old window's shape: new instruction records plus 46 paragraphs the corpus already has.
+    window = [json.loads(line) for line in (SAMPLE / "windows" / "current.jsonl").read_text().splitlines()]
+    paragraphs = [json.loads(line)["text"] for line in (SAMPLE / "raw" / "xquad_en_paragraphs.jsonl").read_text().splitlines()]
+    resent = memory_window("resent", [record_text(r) for r in window if "instruction" in r] + paragraphs[::5][:46])
+    familiar = detect_drift(ref, resent, cfg)
+    oov = familiar["descriptors"]["oov"]
+    assert oov["current"]["mean"] < oov["reference"]["mean"] - 0.01, oov  # more familiar than the reference ...
+    assert familiar["tests"]["oov"]["p_value"] > 0.5 and familiar["drifted"] is False, familiar["tests"]  # ... no alarm
 
 
 @pytest.mark.slow

@@ -8,10 +8,16 @@ Every test gives a p-value under "same distribution" (the null):
 | embedding_mmd | MMD^2, RBF kernel (alibi-detect's MMDDrift) | permutation |
 | length | log(1 + characters) | two-sample Kolmogorov-Smirnov |
 | language | py3langid language shares | chi-square (sparse languages merged) |
-| pii | share of texts with a PII entity (pipelines/data/pii.py) | Fisher's exact test |
-| toxicity | lexicon toxicity score (placeholder, see descriptors.py) | two-sided Mann-Whitney |
-| oov | out-of-vocabulary word rate, vocabulary from a held-out part of the reference | two-sided Mann-Whitney |
+| pii | share of texts with a PII entity (pipelines/data/pii.py) | one-sided Fisher's exact test (more PII) |
+| toxicity | lexicon toxicity score (placeholder, see descriptors.py) | one-sided Mann-Whitney (more toxic) |
+| oov | out-of-vocabulary word rate, vocabulary from a held-out part of the reference | one-sided Mann-Whitney (more OOV) |
 | topics | k-means topic shares (fitted on the held-out part) | chi-square |
+
+Three tests are one-sided because only one direction means the model meets something it was not trained on: a
+window whose words are MORE familiar than the reference's (lower OOV rate; e.g. a batch that re-sends documents
+the corpus already has), less toxic or with less PII is not drift. Two-sided, the OOV test alarmed at p = 1.3e-5
+on a window of re-sent training paragraphs (OOV rate 0.10 vs the reference's 0.13): a false alarm. Length,
+language, topics and the embedding tests stay two-sided (shorter and longer, or any change of mix, both matter).
 
 The window is "drifted" when any test's p-value is below alpha / (number of tests run) (Bonferroni): the chance of
 a false alarm on a same-distribution window is then at most alpha whatever the dependence between the tests
@@ -93,12 +99,14 @@ def _subsample(win: TextWindow, limit: int, rng: np.random.Generator) -> tuple[l
     return texts, vecs
 
 
-def _mwu(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+def _mwu(a: Sequence[float], b: Sequence[float],
+         alternative: Literal["two-sided", "greater"] = "two-sided") -> tuple[float, float]:
+    """AUC of current (`b`) over reference (`a`) and the Mann-Whitney p-value; "greater": H1 is b > a."""
     from scipy.stats import mannwhitneyu
 
     if np.ptp(np.r_[a, b]) == 0:  # all equal (e.g. no toxic word anywhere): nothing to test
         return 0.5, 1.0
-    res = mannwhitneyu(b, a, alternative="two-sided")
+    res = mannwhitneyu(b, a, alternative=alternative)
     return float(res.statistic) / (len(a) * len(b)), float(res.pvalue)
 
 
@@ -166,7 +174,7 @@ def detect_drift(reference: TextWindow, current: TextWindow, cfg: DriftSettings)
             fa = desc.pii_flags(ref_texts, cfg.pii_entities)
             fb = desc.pii_flags(cur_texts, cfg.pii_entities)
             table = [[sum(fa), len(fa) - sum(fa)], [sum(fb), len(fb) - sum(fb)]]
-            _, p = fisher_exact(table)
+            _, p = fisher_exact(table, alternative="less")  # H1: the current window has more PII (odds ratio < 1)
             rate_a, rate_b = sum(fa) / len(fa), sum(fb) / len(fb)
             descriptors["pii"] = {"reference": {"rate": round(rate_a, 4)}, "current": {"rate": round(rate_b, 4)}}
             results[name] = {"statistic": round(rate_b - rate_a, 4), "p_value": float(p),
@@ -174,7 +182,7 @@ def detect_drift(reference: TextWindow, current: TextWindow, cfg: DriftSettings)
         elif name == "toxicity":
             scorer = desc.ToxicityScorer(cfg.toxicity_lexicon)
             sa, sb = scorer.score(ref_texts), scorer.score(cur_texts)
-            auc, p = _mwu(sa, sb)
+            auc, p = _mwu(sa, sb, "greater")  # a less toxic window is not drift
             flag_a = sum(1 for s in sa if s > 0) / len(sa)
             flag_b = sum(1 for s in sb if s > 0) / len(sb)
             descriptors["toxicity"] = {"reference": {"mean": round(float(np.mean(sa)), 5), "flagged": round(flag_a, 4)},
@@ -186,7 +194,7 @@ def detect_drift(reference: TextWindow, current: TextWindow, cfg: DriftSettings)
             vocab = desc.vocabulary(ref_texts[i] for i in fit_idx)
             oa = desc.oov_rates([ref_texts[i] for i in cmp_idx], vocab)
             ob = desc.oov_rates(cur_texts, vocab)
-            auc, p = _mwu(oa, ob)
+            auc, p = _mwu(oa, ob, "greater")  # more familiar words than the reference is not drift
             descriptors["oov"] = {"reference": _summary(oa), "current": _summary(ob), "vocabulary": len(vocab)}
             results[name] = {"statistic": round(auc, 4), "p_value": p,
                              "detail": {"mean_reference": round(float(np.mean(oa)), 4),

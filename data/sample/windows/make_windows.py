@@ -5,21 +5,25 @@ Deterministic (seed 20261202): rerunning gives byte-identical files.
 
 - current.jsonl: a "no drift" window shaped like the training corpus: held-out GPTeacher roleplay and codegen
   records (drawn under the same length filters as data/sample/raw, never one of the records there) and English
-  XQuAD paragraphs. XQuAD has only 240 English paragraphs and all are in data/sample/raw, so this part of the window
-  re-sends paragraphs the corpus already has (a new batch can overlap old data).
+  Wikipedia paragraphs that are new to the corpus. XQuAD's 240 English paragraphs (SQuAD v1.1 dev) are all in
+  data/sample/raw, so the paragraphs come from AdversarialQA (Bartolo et al. 2020, CC BY-SA 3.0), whose contexts
+  are SQuAD v1.1 train paragraphs: the same kind of text, other articles. They are read from the three
+  `adversarial_qa_*_based_on` templates of ../shared/data/corpus/t0_train_50k. (An earlier window re-sent XQuAD
+  paragraphs the corpus already had: more familiar than the reference, it made a two-sided OOV test alarm.)
 - drifted_xquad_de.jsonl: a drifted window: German XQuAD paragraphs and questions (a language and topic shift).
 """
 from __future__ import annotations
 
 import json
 import random
+import re
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SAMPLE = HERE.parent
 SEED = 20261202
-N_ROLEPLAY, N_CODEGEN, N_XQUAD = 57, 57, 46  # the shares of the sample corpus (300 : 300 : 240)
+N_ROLEPLAY, N_CODEGEN, N_WIKI = 57, 57, 46  # the shares of the sample corpus (300 : 300 : 240)
 N_DRIFTED = 120
 
 
@@ -46,9 +50,15 @@ def main(shared: Path) -> None:
         for rec in rng.sample(pool, n):
             rows.append({"source": name, "instruction": rec["instruction"], "input": rec["input"],
                          "response": rec["response"]})
-    paragraphs = [json.loads(line) for line in (SAMPLE / "raw" / "xquad_en_paragraphs.jsonl").read_text().splitlines()]
-    for para in rng.sample(paragraphs, N_XQUAD):
-        rows.append({"source": "xquad_en", "id": para["id"], "title": para["title"], "text": para["text"]})
+    shipped = {json.loads(line)["text"] for line in (SAMPLE / "raw" / "xquad_en_paragraphs.jsonl").read_text().splitlines()}
+    contexts: dict[str, str] = {}
+    for file in sorted((shared / "corpus" / "t0_train_50k" / "data_per_template").glob("adversarial_qa_*_based_on.jsonl")):
+        for line in file.read_text().splitlines():
+            m = re.search(r"\nContext: (.*)\n$", json.loads(line)["prompt"], re.S)
+            if m and m.group(1) not in shipped:
+                contexts.setdefault(m.group(1), f"adversarial_qa-{file.name.split('_')[2]}-{len(contexts):03d}")
+    for text in rng.sample(sorted(contexts), N_WIKI):
+        rows.append({"source": "adversarial_qa_wikipedia", "id": contexts[text], "title": None, "text": text})
     rng.shuffle(rows)
     _write_jsonl(HERE / "current.jsonl", rows)
 
