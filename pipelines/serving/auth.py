@@ -2,7 +2,8 @@
 
 Keys, never in the repo:
 - `LLMOPS_API_KEYS_FILE`: a JSON file `{"keys": [{"id": "k1", "sha256": "<hex sha256 of the key>",
-  "admin": false}]}` (`llmops api-key` prints an entry and the key once);
+  "admin": false, "scopes": ["mcp"]}]}` (`llmops api-key` prints an entry and the key once; `scopes` is optional:
+  `mcp` lets the key use `llmops mcp` over HTTP);
 - `LLMOPS_API_KEYS`: `id:secret,id2:secret2` (a bare `secret` gets the id `key-<sha256[:8]>`); hashed on load,
   the plain values are not kept;
 - `LLMOPS_ADMIN_KEY`: a key for `POST /admin/reload` (entries with `"admin": true` work too).
@@ -46,6 +47,10 @@ class Key:
     id: str
     sha256: str
     admin: bool
+    scopes: frozenset[str] = frozenset()  # e.g. {"mcp"}: what else the key may use; an admin key has every scope
+
+    def has_scope(self, scope: str) -> bool:
+        return self.admin or scope in self.scopes
 
 
 def is_loopback(host: str) -> bool:
@@ -77,7 +82,10 @@ class KeyStore:
                 h = str(e.get("sha256", "")).lower()
                 if len(h) != 64 or any(c not in "0123456789abcdef" for c in h) or not e.get("id"):
                     raise ValueError(f"{path}: keys[{i}] needs an 'id' and a 64-hex 'sha256'")
-                keys.append(Key(str(e["id"]), h, bool(e.get("admin", False))))
+                scopes = e.get("scopes", [])
+                if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
+                    raise ValueError(f"{path}: keys[{i}].scopes must be a list of strings")
+                keys.append(Key(str(e["id"]), h, bool(e.get("admin", False)), frozenset(scopes)))
         for item in filter(None, (s.strip() for s in environ.get(KEYS_ENV, "").split(","))):
             key_id, sep, secret = item.partition(":")
             if not sep:
