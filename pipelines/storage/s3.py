@@ -38,10 +38,14 @@ def arrow_filesystem():
 
 def split_uri(uri: str) -> tuple[str, str]:
     """s3://bucket/key/prefix (or s3a://) -> ("bucket", "key/prefix"); the key keeps a trailing slash and may be
-    empty. The one S3 URI parser of the project (ingest staging, checkpoints, DVC remotes)."""
-    parsed = urlparse(uri)
-    if parsed.scheme not in ("s3", "s3a"):
+    empty. The one S3 URI parser of the project (ingest staging, checkpoints, DVC remotes).
+
+    The key is everything after the bucket, verbatim: `#` and `?` are legal in S3 keys, and a URL parser would
+    take them for a fragment or a query and drop the tail (`s3://b/a#1.jsonl` is the key `a#1.jsonl`)."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep or scheme.lower() not in ("s3", "s3a"):
         raise ValueError(f"not an s3:// URI: {uri}")
-    if not parsed.netloc:
+    bucket, _, key = rest.partition("/")
+    if not bucket:
         raise ValueError(f"not an s3:// URI with a bucket: {uri}")
-    return parsed.netloc, parsed.path.lstrip("/")
+    return bucket, key.lstrip("/")
