@@ -18,6 +18,7 @@ export TOKENIZERS_PARALLELISM := false
 .PHONY: install demo test test-fast lock clean-outputs airflow-up airflow-down airflow-status airflow-dags-test browser
 .PHONY: s3-local s3-local-stop data-remote data-push data-pull data-versions ray-up ray-down
 .PHONY: redteam security-scan
+.PHONY: loop docs docs-serve
 
 install: $(STAMP)
 
@@ -44,6 +45,21 @@ lock:
 demo: install
 	$(BIN)/dvc repro
 	$(BIN)/llmops summary
+
+# After `make demo`: the drift-to-retrain loop on real Airflow, watched step by step (pipelines/orchestration/demo_loop.py):
+# Airflow and the server start, a drifted batch from data/sample/landing is dropped into the landing inbox, and each
+# step prints as it happens, up to the server answering with the new champion; then the UI pages, and all stops.
+# LOOP_ARGS="--interactive": you approve in Airflow's Required actions page; "--keep": leave it all running.
+loop: install
+	$(BIN)/llmops demo loop $(LOOP_ARGS)
+
+# The docs site (mkdocs-material, docs/ + mkdocs.yml) into site/; the configuration reference is generated from the
+# typed configs at build time (docs/hooks.py). `make docs-serve` serves it on http://127.0.0.1:8001 with reload.
+docs: install
+	$(BIN)/mkdocs build --strict
+
+docs-serve: install
+	$(BIN)/mkdocs serve -a 127.0.0.1:8001
 
 test: install browser
 	$(BIN)/python -m pytest -ra --durations=30

@@ -455,6 +455,26 @@ def airflow_env(params: Optional[Path] = typer.Option(None, "--params", "-p")) -
         typer.echo(f"export {key}={shlex.quote(value)}")
 
 
+demo_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Watch the platform at work (after make demo).")
+app.add_typer(demo_app, name="demo")
+
+
+@demo_app.command("loop")
+def demo_loop(
+    interactive: bool = typer.Option(False, "--interactive", help="approve in Airflow's Required actions page "
+                                                                     "yourself (the URL is printed)"),
+    keep: bool = typer.Option(False, "--keep", help="leave Airflow and the server running at the end"),
+    step_timeout: float = typer.Option(900.0, help="seconds any one step may take (the retrain is one step)"),
+) -> None:
+    """Drift -> retrain -> gate -> promotion -> the server on the new version, on real Airflow, step by step."""
+    from pipelines.orchestration.demo_loop import LoopOptions, run_loop
+
+    outcome = run_loop(LoopOptions(interactive=interactive, keep=keep, step_timeout_s=step_timeout),
+                       echo=typer.echo)
+    if not outcome["ok"]:
+        raise typer.Exit(code=2 if outcome.get("error") else 1)
+
+
 @app.command("maturity")
 def maturity(
     root: Optional[Path] = typer.Option(None, help="repository root"),

@@ -34,7 +34,7 @@ from e2e_support import VENV_BIN, env_for, run, set_params
 # The first test carries the workspace's reproduction and Airflow's start-up.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
-DATA = Path(__file__).parent / "data" / "landing"
+DATA = Path(__file__).resolve().parents[1] / "data" / "sample" / "landing"  # the shipped drifted batches
 TIMELINE: list[tuple[float, str]] = []
 T0 = time.monotonic()
 
