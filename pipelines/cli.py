@@ -583,6 +583,30 @@ def dvc_deps(
         typer.echo(f"{stage}: " + " ".join(files))
 
 
+@app.command("mcp")
+def mcp(
+    transport: Optional[str] = typer.Option(None, help="stdio or http (default: params.yaml mcp.transport)"),
+    host: Optional[str] = typer.Option(None, help="http: bind address (default: mcp.host)"),
+    port: Optional[int] = typer.Option(None, help="http: port, 0 for a free one (default: mcp.port)"),
+    root: Optional[Path] = typer.Option(None, help="repository root (default: LLMOPS_ROOT or the current one)"),
+) -> None:
+    """The platform as an MCP server (registry, gates, lineage, drift, the served model) over stdio or HTTP."""
+    from pipelines.config import project_root
+    from pipelines.mcp_server.server import load_config, serve as serve_mcp
+    from pipelines.platform_api import PlatformError, Workspace
+
+    try:
+        ws = Workspace.load((root or project_root()).resolve())
+        cfg = load_config(ws)
+        chosen = transport or cfg.transport
+        if chosen not in ("stdio", "http"):
+            raise PlatformError(f"--transport must be stdio or http (got {chosen!r})")
+        serve_mcp(ws, cfg, chosen, host, port)
+    except (ConfigError, PlatformError, OSError) as exc:
+        typer.secho(f"mcp: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2)
+
+
 def main() -> None:  # pragma: no cover - console entry
     app()
 
