@@ -68,8 +68,21 @@ class RolloutConfig(StageConfig):
     shadow: ShadowConfig
     final_approval: bool  # a person approves (Airflow HITL) before the challenger takes 100%
     choose_strategy: bool  # the promotion approval becomes a choice among direct, canary and shadow
+    schedule: str | float  # the llmops_rollout DAG's analysis: a cron (UTC), or every this many seconds
     decisions_dir: str  # one decision record per analysis (JSON), plus latest.json
     analysis: AnalysisConfig
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, value: str | float) -> str | float:
+        if isinstance(value, str):
+            from croniter import croniter
+
+            if not croniter.is_valid(value):
+                raise ValueError(f"not a cron expression: {value!r} (or give a number of seconds)")
+        elif value <= 0:
+            raise ValueError("a schedule in seconds must be > 0")
+        return value
 
     @model_validator(mode="after")
     def _steps(self) -> RolloutConfig:
