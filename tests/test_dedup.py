@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pyarrow as pa
@@ -81,9 +82,26 @@ def test_accounting(result):
 
 
 def test_rerun_is_identical(spark, result):
+    """...and sweeps what a `kill -9` of an earlier run left: its `.corpus.tmp-*` / `.rejects.tmp-*` Spark dirs."""
+    import subprocess
+    import sys
+
+    from pipelines.io import tmp_sibling
+
     tmp, report, out, rejects = result
     cfg = _config(tmp, "two")
+    killed = subprocess.Popen([sys.executable, "-c", "pass"])
+    killed.wait()  # a pid that is gone, as a killed run's is
+    orphans = []
+    for final in (Path(cfg.output_dir), Path(cfg.rejects_dir)):
+        orphan = tmp_sibling(final)
+        orphan = orphan.with_name(orphan.name.replace(f"-{os.getpid()}-", f"-{killed.pid}-"))
+        orphan.mkdir(parents=True)
+        (orphan / "part-00000-half.snappy.parquet").write_bytes(b"torn")
+        orphans.append(orphan)
     again = dedup.run(cfg, spark=spark)
+    assert not [o.name for o in orphans if o.exists()]
+    assert not list((tmp / "two").glob(".*.tmp-*"))
     same = lambda r: {k: v for k, v in r.items() if not k.endswith(("_dir", "_report"))}  # noqa: E731
     assert same(again) == same(report)
     assert ds.dataset(cfg.output_dir, format="parquet").to_table().equals(out)

@@ -26,7 +26,6 @@ import glob
 import os
 import shutil
 import tempfile
-import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import Iterator
 
 from pipelines.data.source_config import Source
 from pipelines.engines.spark import spark_path
+from pipelines.io import sweep_stale, tmp_sibling
 from pipelines.storage.s3 import split_uri
 
 CORRUPT = "_corrupt_record"
@@ -83,8 +83,10 @@ def stage_s3(uri: str, dest: Path, name: str) -> Path:
         if not keys:
             raise FileNotFoundError(f"ingest source '{name}': no object at {uri} (no key and no key under it)")
     final = dest / name
-    tmp = dest / f".{name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
+    dest.mkdir(parents=True, exist_ok=True)
+    sweep_stale(final)  # a staging copy killed mid-download
+    tmp = tmp_sibling(final)
+    tmp.mkdir()
     try:
         base = key if single else (key if not key or key.endswith("/") else key + "/")
         for k in sorted(keys):
