@@ -132,7 +132,7 @@ def ci_cd(ev: Evidence) -> Criterion:
 
 
 def basic_monitoring(ev: Evidence) -> Criterion:
-    metrics_route = '"/metrics"' in ev.text("pipelines/serving/app.py")
+    metrics_route = any('"/metrics"' in ev.text(f"pipelines/serving/{f}") for f in ("app.py", "routes/health.py"))
     request_log = ev.section("serve.request_log")
     prom = ev.text("infra/compose/prometheus/prometheus.yml")
     port = ev.section("serve.port")

@@ -1,0 +1,319 @@
+"""What one API process holds and the request handling every endpoint shares.
+
+`Runtime`: served versions (pipelines.serving.reload.Slots), keys and rate limits, the response cache, metrics,
+the request log, the guard, RAG; and the shared plumbing of a request: `authorize` (key + rate limit), `read_json`
+and `parse` (body limits, OpenAI-style 400/413/422), `admit`/`leave` (the concurrency bound), `route` (model name
+-> alias, i.e. the arm), `log_request` (Prometheus + request log line). `Ctx` is one request's context. The routes
+(pipelines.serving.routes) reach the runtime through `request.app.state.runtime` (`get_runtime`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import Request
+from pydantic import ValidationError
+
+from pipelines.models.registry import RegistryConfig, prompt_templates_sha256
+from pipelines.security.guard import Guard
+from pipelines.serving.auth import KeyStore, RateLimiter, is_loopback
+from pipelines.serving.config import ServeConfig
+from pipelines.serving.engine import Done, Engine
+from pipelines.serving.errors import APIError
+from pipelines.serving.metrics import Metrics
+from pipelines.serving.rag import Rag
+from pipelines.serving.reload import Served, Slots
+from pipelines.serving.request_log import RequestLog
+from pipelines.serving.schemas import ChatRequest
+
+log = logging.getLogger("llmops.serve")
+
+RAG_SUFFIX = "-rag"
+
+
+def _root_path(root: Path, p: str) -> Path:
+    path = Path(p)
+    return path if path.is_absolute() else root / path
+
+
+@dataclass
+class Ctx:
+    endpoint: str
+    request_id: str = field(default_factory=lambda: f"req-{uuid.uuid4().hex[:20]}")
+    t0: float = field(default_factory=time.perf_counter)
+    key_id: str | None = None
+    model: str | None = None
+    alias: str | None = None
+    version: str | None = None
+    mode: str = "chat"
+    prompt: str | None = None
+    prompt_tokens: int | None = None
+    contexts: list[dict] | None = None
+    cpu_s: float | None = None  # the request's CPU-seconds (Metrics.cpu_share), set when its generation ends
+    cost_usd: float | None = None
+    pending_input: Any = None  # the guard's input detectors, left to run beside the prefill (parallel_input)
+
+    def ms(self) -> float:
+        return (time.perf_counter() - self.t0) * 1000.0
+
+    def headers(self) -> dict[str, str]:
+        h = {"x-request-id": self.request_id}
+        if self.version:
+            h["x-llmops-model-version"] = self.version
+        if self.alias:
+            h["x-llmops-alias"] = self.alias
+        return h
+
+
+class ResponseCache:
+    """Exact-match LRU of greedy completions keyed by (version, prompt ids, max_tokens)."""
+
+    def __init__(self, max_entries: int):
+        self.max = max_entries
+        self.items: OrderedDict[str, Done] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(version: str, ids: list[int], max_new: int) -> str:
+        return hashlib.sha256(json.dumps([version, max_new, ids]).encode()).hexdigest()
+
+    def get(self, key: str) -> Done | None:
+        with self._lock:
+            hit = self.items.get(key)
+            if hit is not None:
+                self.items.move_to_end(key)
+            return hit
+
+    def put(self, key: str, done: Done) -> None:
+        if self.max <= 0:
+            return
+        with self._lock:
+            self.items[key] = done
+            self.items.move_to_end(key)
+            while len(self.items) > self.max:
+                self.items.popitem(last=False)
+
+
+class Runtime:
+    """Everything one API process holds: served versions, keys, limits, cache, metrics, request log."""
+
+    def __init__(self, cfg: ServeConfig, registry: RegistryConfig, root: Path | None = None,
+                 keys: KeyStore | None = None):
+        from pipelines.config import project_root
+
+        self.cfg, self.registry = cfg, registry
+        self.root = Path(root) if root else project_root()
+        self.keys = keys if keys is not None else KeyStore.from_env()
+        if self.keys.empty and (cfg.auth.no_keys == "refuse" or not is_loopback(cfg.host)):
+            raise RuntimeError(
+                "no API keys configured (set LLMOPS_API_KEYS_FILE or LLMOPS_API_KEYS); serving without auth is "
+                f"only allowed on a loopback address with serve.auth.no_keys=open_on_loopback (host={cfg.host})")
+        if self.keys.empty:
+            log.warning("no API keys configured: serving WITHOUT authentication on %s (loopback only)", cfg.host)
+        self.limiter = RateLimiter(cfg.limits.rate_limit_rps, cfg.limits.rate_limit_burst)
+        self.cache = ResponseCache(cfg.cache.max_entries)
+        self.request_log = RequestLog(_root_path(self.root, cfg.request_log), cfg.request_log_max_bytes)
+        b = cfg.batching
+        aliases = [registry.alias] + ([cfg.challenger.alias] if cfg.challenger.alias != registry.alias else [])
+        self.slots = Slots(registry, aliases, lambda loaded: Engine(loaded, b.mode, b.num_blocks,
+                                                                   b.max_batch_tokens),
+                           on_change=self._models_changed)
+        self.metrics = Metrics(cfg.cost.price_per_cpu_hour, cfg.cost.price_per_gpu_hour, self._occupancy)
+        self.guard = Guard(cfg.guard, self.root, self.metrics.registry) if cfg.guard.enabled else None
+        self.rag = Rag(_root_path(self.root, cfg.rag.index_dir), cfg.rag.top_k, cfg.rag.template,
+                       cfg.rag.max_context_tokens)
+        self.prompt_sha256 = prompt_templates_sha256()
+        self._embedder = None
+        self._embed_lock = threading.Lock()
+        self.inflight = 0
+        self._inflight_lock = threading.Lock()
+        self.started = False
+
+    # ------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Load the aliased versions (blocking) and start the alias poller."""
+        if self.started:
+            return
+        self.started = True
+        try:
+            self.slots.reload()
+        except Exception as exc:  # a broken registry must not keep /health from answering
+            log.exception("could not load %s@%s", self.registry.model_name, self.registry.alias)
+            self.slots.errors[self.registry.alias] = f"{type(exc).__name__}: {exc}"
+        self.slots.start_polling(self.cfg.reload_poll_s)
+
+    def stop(self) -> None:
+        self.slots.close()
+        self.metrics.close()
+
+    def _occupancy(self) -> int:
+        return sum(s.engine.active for s in list(self.slots.served.values()))
+
+    def _models_changed(self) -> None:
+        self.metrics.set_models(self.registry.model_name, {a: s.version for a, s in self.slots.served.items()})
+
+    # ------------------------------------------------------------ request plumbing
+    def authorize(self, request: Request, ctx: Ctx, admin: bool = False) -> None:
+        key = self.keys.check(request.headers.get("authorization"), admin=admin)
+        ctx.key_id = key.id if key else None
+        bucket = key.id if key else f"ip:{request.client.host if request.client else '-'}"
+        self.limiter.take(bucket)
+
+    async def read_json(self, request: Request) -> Any:
+        limit = self.cfg.limits.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise APIError(413, f"Request body of {declared} bytes exceeds the limit of {limit} bytes",
+                           "request_too_large")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise APIError(413, f"Request body exceeds the limit of {limit} bytes", "request_too_large")
+            chunks.append(chunk)
+        raw = b"".join(chunks)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise APIError(400, f"Request body is not valid UTF-8 (byte {exc.start})", "invalid_utf8")
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise APIError(400, f"We could not parse the JSON body of your request: {exc.msg} at line {exc.lineno} "
+                                f"column {exc.colno}", "invalid_json")
+
+    @staticmethod
+    def parse(model, body: Any):
+        if not isinstance(body, dict):
+            raise APIError(400, "The request body must be a JSON object", "invalid_json")
+        try:
+            return model.model_validate(body)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            param = ".".join(str(p) for p in err["loc"])
+            raise APIError(422, f"Invalid value for '{param}': {err['msg']}", "invalid_value", param)
+
+    def admit(self) -> None:
+        with self._inflight_lock:
+            if self.inflight >= self.cfg.limits.max_concurrent:
+                raise APIError(503, f"The server is at its limit of {self.cfg.limits.max_concurrent} concurrent "
+                                    "requests; retry shortly", "server_overloaded", headers={"Retry-After": "1"})
+            self.inflight += 1
+        self.metrics.inflight.inc()
+
+    def leave(self) -> None:
+        with self._inflight_lock:
+            self.inflight -= 1
+        self.metrics.inflight.dec()
+
+    def route(self, req: ChatRequest, ctx: Ctx) -> tuple[str, bool]:
+        """(alias, rag) for the requested model name."""
+        name = self.registry.model_name
+        model = req.model or name
+        rag = bool(req.rag)
+        if model.endswith(RAG_SUFFIX):
+            model, rag = model[: -len(RAG_SUFFIX)], True
+        base, _, alias = model.partition(":")
+        if base != name or (alias and alias not in self.slots.aliases):
+            raise APIError(404, f"The model '{req.model}' does not exist; see GET /v1/models", "model_not_found",
+                           "model")
+        if not alias:
+            alias = self.registry.alias
+            share = self.cfg.challenger.traffic_share
+            if share > 0 and self.cfg.challenger.alias in self.slots.served:
+                sticky = ctx.key_id or req.user or "anonymous"
+                if int(hashlib.sha256(sticky.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < share:
+                    alias = self.cfg.challenger.alias
+        ctx.model = name + (RAG_SUFFIX if rag else "")
+        ctx.mode = "rag" if rag else "chat"
+        return alias, rag
+
+    def log_request(self, ctx: Ctx, status: int, response: str | None = None, completion_tokens: int | None = None,
+                    ttft_ms: float | None = None) -> None:
+        latency_ms = ctx.ms()
+        self.metrics.requests.labels(ctx.endpoint, str(status), ctx.alias or "", ctx.version or "").inc()
+        self.metrics.latency.labels(ctx.endpoint, ctx.mode).observe(latency_ms / 1000)
+        if ctx.endpoint != "chat":
+            return
+        try:
+            self.request_log.record(
+                request_id=ctx.request_id, key_id=ctx.key_id, model=ctx.model or self.registry.model_name,
+                model_version=ctx.version, alias=ctx.alias, mode=ctx.mode, status=status, prompt=ctx.prompt,
+                response=response if status < 400 else None, prompt_tokens=ctx.prompt_tokens,
+                completion_tokens=completion_tokens, latency_ms=latency_ms, ttft_ms=ttft_ms, contexts=ctx.contexts,
+                cpu_s=ctx.cpu_s, cost_usd=ctx.cost_usd)
+        except Exception:  # the log must never fail a request
+            log.exception("request log write failed")
+
+    def embedder(self):
+        with self._embed_lock:
+            if self._embedder is None:
+                from pipelines.embeddings.encoder import load_model, resolve_model_dir
+
+                self._embedder = load_model(resolve_model_dir(self.cfg.embeddings.model_package))
+                self.rag.embedder = self._embedder
+            return self._embedder
+
+    # ------------------------------------------------------------ chat
+    def prepare(self, req: ChatRequest, ctx: Ctx, served: Served, rag: bool) -> tuple[list[int], int]:
+        from pipelines.models import lm
+
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                    for m in req.messages]
+        if messages[-1]["role"] == "assistant":
+            raise APIError(400, "The last message must come from the user or the system", "invalid_messages",
+                           "messages")
+        if not any(m["content"].strip() for m in messages):
+            raise APIError(400, "All messages are empty", "empty_messages", "messages")
+        users = [m for m in messages if m["role"] == "user"]
+        ctx.prompt = users[-1]["content"] if users else messages[-1]["content"]
+        if self.guard:  # input policy: PII redacted in place; a block raises GuardBlocked (answered as a refusal)
+            pending = self.guard.begin_input(messages, ctx.key_id)
+            if self.guard.cfg.parallel_input and not pending.blocked_by_rules:
+                ctx.pending_input = pending  # the detectors run in the handler, while the model prefills
+            else:
+                self.guard.enforce(pending.finish())
+        max_new = req.max_completion_tokens or req.max_tokens or self.cfg.max_new_tokens
+        if max_new > self.cfg.limits.max_tokens:
+            raise APIError(400, f"max_tokens is too large: {max_new}. This server allows at most "
+                                f"{self.cfg.limits.max_tokens}", "invalid_value", "max_tokens")
+        if rag:
+            if not self.rag.available():
+                raise APIError(503, f"RAG mode needs the vector index at {self.rag.index_dir} (run the embed stage)",
+                               "rag_unavailable")
+            if not users or not ctx.prompt.strip():
+                raise APIError(400, "RAG mode needs a non-empty user message", "empty_messages", "messages")
+            self.embedder()
+            filled, ctx.contexts = self.rag.build(ctx.prompt, served.tokenizer)
+            if self.guard:  # an instruction planted in a retrieved chunk (indirect injection)
+                self.guard.enforce_contexts(ctx.contexts, ctx.key_id)
+            last = max(i for i, m in enumerate(messages) if m["role"] == "user")
+            messages[last] = {"role": "user", "content": filled}
+        ids = lm.chat_prompt_ids(served.tokenizer, messages)
+        ctx.prompt_tokens = len(ids)
+        limit = self.cfg.limits.max_prompt_tokens
+        context = getattr(served.engine.model.config, "max_position_embeddings", None)
+        if len(ids) > limit:
+            raise APIError(400, f"This server's maximum prompt length is {limit} tokens; your messages resulted in "
+                                f"{len(ids)} tokens", "context_length_exceeded", "messages")
+        if context and len(ids) + max_new > context:
+            raise APIError(400, f"This model's maximum context length is {context} tokens; your prompt of {len(ids)} "
+                                f"tokens plus max_tokens {max_new} exceeds it", "context_length_exceeded",
+                           "messages")
+        return ids, max_new
+
+    def fingerprint(self, s: Served) -> str:
+        return f"{self.registry.model_name}:{s.version}"
+
+
+def get_runtime(request: Request) -> Runtime:
+    """The app's Runtime (a FastAPI dependency for the routes)."""
+    return request.app.state.runtime
