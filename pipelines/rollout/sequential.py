@@ -1,0 +1,171 @@
+"""Anytime-valid confidence sequences (CS) for the rollout analysis: intervals that hold at every look at once, so
+the analysis may look every few minutes and stop whenever it likes without inflating its error rates.
+
+Why no library: the lock has none that fits. `confseq` (Howard & Waudby-Smith) ships on PyPI as an sdist that needs
+a C++ (Boost) build, and `spotify-confidence` pulls a whole Jupyter/bokeh stack into the serving image for one
+formula; both were checked. What follows is small, numpy/scipy only, and each piece names its source.
+
+1. `bernoulli_cs` -- exact, non-asymptotic CS for a Bernoulli rate: the conjugate (beta-binomial) mixture
+   martingale M_n(p) = B(a+S, b+n-S) / B(a, b) / (p^S (1-p)^(n-S)) is a non-negative martingale with M_0 = 1 under
+   rate p, so by Ville's inequality P(exists n: M_n(p) >= 1/alpha) <= alpha and {p : M_n(p) < 1/alpha} is a
+   (1-alpha) CS (Robbins 1970, "Statistical methods related to the law of the iterated logarithm", Ann. Math.
+   Statist.; Howard, Ramdas, McAuliffe & Sekhon 2021, "Time-uniform, nonparametric, nonasymptotic confidence
+   sequences", Ann. Statist., section on conjugate mixtures). Exact for rare events (an error rate near 0),
+   where normal approximations fail.
+2. `normal_mixture_diff_cs` -- CS for a difference of two means with any (changing) allocation between the arms:
+   S = I (diff_hat - diff), I = 1 / Var(diff_hat), is asymptotically a Brownian motion in information time I
+   (the "canonical joint distribution" of group-sequential designs, Jennison & Turnbull 2000, ch. 3, holds for
+   the two-sample difference with any group sizes), and the two-sided normal-mixture boundary
+   |S| < sqrt((I + rho) log((I + rho) / (rho alpha^2))) holds for all I with probability >= 1 - alpha (Robbins'
+   normal mixture; Howard et al. 2021 eq. (14); the "asymptotic confidence sequences" of Waudby-Smith, Arbour,
+   Sinha, Kennedy & Ramdas 2024, "Time-uniform central limit theory and asymptotic confidence sequences", Ann.
+   Statist.; the mSPRT of Johari, Koomen, Pekelis & Walsh 2022, "Always valid inference: continuous monitoring
+   of A/B tests", Oper. Res.). The variance is plugged in with Agresti-Caffo's +1/+1 adjustment so a zero count
+   does not give a zero variance. rho is chosen so the boundary is tightest near `tuned_n` observations per arm
+   (Howard et al. 2021, eq. (15)).
+3. `rate_diff_cs` -- the intersection of (a) the difference of the two arms' exact CSs (each at alpha/4: a union
+   bound) and (b) the normal-mixture CS at alpha/2. Both are valid (1 - alpha/2) CSs for the same difference, so
+   their intersection is a valid (1 - alpha) CS: (a) decides rare-event guardrails (5% errors vs ~0) early and
+   exactly, (b) is about sqrt(2) tighter for balanced arms at moderate rates (negative feedback 0.1 vs 0.2).
+4. `quantile_cs` -- CS for a quantile (p95 latency): the count of observations at or below the true q-quantile is
+   Binomial(n, q), so the exact CS of (1) for that count brackets the quantile between two order statistics at
+   every n at once (Howard & Ramdas 2022, "Sequential estimation of quantiles with applications to A/B-testing
+   and best-arm identification", Bernoulli).
+
+Everything is vectorised over leading array dimensions: the calibration benchmark (bench/bench_rollout.py) runs
+thousands of simulated rollouts through these same functions.
+
+Assumptions: the unit is the request (or rated request). Sticky assignment groups a key's requests in one arm, so
+the intervals assume many keys, each a small part of the traffic. Under slowly changing traffic the mixtures cover
+the running average of the per-request rates (Howard et al. 2021 allow a changing conditional mean), which both
+arms share only when both are served over the same period: a rollout compares arms over the same window.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import betaln
+
+PRIOR_A = 0.5  # Beta(1/2, 1/2) mixing distribution (Jeffreys): symmetric, gives mass to rates near 0 and 1
+PRIOR_B = 0.5
+_BISECT = 60  # halvings of [0, 1]: below 1e-18, past float precision
+
+
+def _log_mixture(s, n, p, a: float = PRIOR_A, b: float = PRIOR_B):
+    """log M_n(p) of the beta-binomial mixture martingale (vectorised)."""
+    p = np.clip(p, 1e-300, 1 - 1e-16)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (betaln(a + s, b + n - s) - betaln(a, b)
+                - np.where(s > 0, s * np.log(p), 0.0) - np.where(n - s > 0, (n - s) * np.log1p(-p), 0.0))
+
+
+def bernoulli_cs(s, n, alpha: float):
+    """(lo, hi): a (1 - alpha) confidence sequence for a Bernoulli rate after `s` successes in `n` trials.
+    n = 0 gives (0, 1). Vectorised over s and n (same shapes)."""
+    s = np.asarray(s, dtype=float)
+    n = np.asarray(n, dtype=float)
+    s, n = np.broadcast_arrays(s, n)
+    phat = np.divide(s, n, out=np.zeros_like(s), where=n > 0)
+    thr = np.log(1.0 / alpha)
+    # lower: log M decreases on (0, phat]; find the largest p with log M >= thr (0 when s == 0)
+    lo_a, lo_b = np.zeros_like(phat), phat.copy()
+    hi_a, hi_b = phat.copy(), np.ones_like(phat)
+    for _ in range(_BISECT):
+        mid = (lo_a + lo_b) / 2
+        out = _log_mixture(s, n, mid) >= thr
+        lo_a = np.where(out, mid, lo_a)
+        lo_b = np.where(out, lo_b, mid)
+        mid = (hi_a + hi_b) / 2
+        out = _log_mixture(s, n, mid) >= thr
+        hi_b = np.where(out, mid, hi_b)
+        hi_a = np.where(out, hi_a, mid)
+    lo = np.where((s > 0) & (n > 0), lo_a, 0.0)
+    hi = np.where((s < n) & (n > 0), hi_b, 1.0)
+    return lo, hi
+
+
+def _rho(tuned_n: float, alpha: float) -> float:
+    """Mixture variance rho making the normal-mixture boundary tightest at intrinsic time m (Howard et al. 2021,
+    eq. (15): rho = m / (2 log(1/alpha) + log(1 + 2 log(1/alpha)))), with m the information of a difference of two
+    rates at their largest variance (p = 1/2) after tuned_n observations per arm: m = tuned_n / (2 * 0.25)."""
+    m = tuned_n / 0.5
+    la = np.log(1.0 / alpha)
+    return m / (2 * la + np.log(1 + 2 * la))
+
+
+def normal_mixture_diff_cs(s1, n1, s0, n0, alpha: float, tuned_n: float):
+    """(lo, hi) for rate1 - rate0 (arm 1: challenger, arm 0: champion), asymptotic normal-mixture CS."""
+    s1, n1, s0, n0 = (np.asarray(x, dtype=float) for x in (s1, n1, s0, n0))
+    p1 = (s1 + 1) / (n1 + 2)
+    p0 = (s0 + 1) / (n0 + 2)
+    var = p1 * (1 - p1) / (n1 + 2) + p0 * (1 - p0) / (n0 + 2)
+    info = 1.0 / var
+    rho = _rho(tuned_n, alpha)
+    half = np.sqrt((info + rho) * np.log((info + rho) / (rho * alpha ** 2))) / info
+    d = p1 - p0
+    return np.maximum(d - half, -1.0), np.minimum(d + half, 1.0)
+
+
+def rate_diff_cs(s1, n1, s0, n0, alpha: float, tuned_n: float):
+    """(lo, hi) for rate1 - rate0: the exact union CS (alpha/2) intersected with the normal-mixture CS (alpha/2)."""
+    lo1, hi1 = bernoulli_cs(s1, n1, alpha / 4)
+    lo0, hi0 = bernoulli_cs(s0, n0, alpha / 4)
+    nlo, nhi = normal_mixture_diff_cs(s1, n1, s0, n0, alpha / 2, tuned_n)
+    return np.maximum(lo1 - hi0, nlo), np.minimum(hi1 - lo0, nhi)
+
+
+def count_cs(n, q: float, alpha: float):
+    """(s_lo, s_hi): every count of successes of Binomial(n, q) not rejected by the mixture martingale at alpha;
+    the true count stays inside for all n at once with probability >= 1 - alpha. Scalar n."""
+    n = int(n)
+    s = np.arange(n + 1, dtype=float)
+    inside = np.nonzero(_log_mixture(s, float(n), q) < np.log(1.0 / alpha))[0]
+    if inside.size == 0:  # cannot happen for a proper mixture (M <= 1 at the MLE); be safe
+        return 0, n
+    return int(inside[0]), int(inside[-1])
+
+
+def quantile_cs(values, q: float, alpha: float) -> tuple[float, float]:
+    """(lo, hi) for the q-quantile of the distribution the values come from, valid at every n at once
+    (Howard & Ramdas 2022). Too few values give -inf / inf."""
+    x = np.sort(np.asarray(values, dtype=float))
+    n = x.size
+    if n == 0:
+        return float("-inf"), float("inf")
+    s_lo, s_hi = count_cs(n, q, alpha)
+    lo = float(x[s_lo - 1]) if s_lo >= 1 else float("-inf")
+    hi = float(x[s_hi]) if s_hi + 1 <= n else float("inf")
+    return lo, hi
+
+
+# --- verdicts (vectorised; the analysis and the benchmark both use these) -------------------------------------
+INSUFFICIENT, UNDECIDED, WORSE, NON_INFERIOR = 0, 1, 2, 3
+STATUS_NAMES = {INSUFFICIENT: "insufficient_data", UNDECIDED: "undecided", WORSE: "worse",
+                NON_INFERIOR: "non_inferior"}
+
+
+def rate_guardrail(s1, n1, s0, n0, *, margin: float, alpha: float, tuned_n: float, floor: int):
+    """WORSE where challenger - champion is surely above `margin`; INSUFFICIENT where an arm has fewer than
+    `floor` observations; else UNDECIDED. Returns (status, lo, hi)."""
+    lo, hi = rate_diff_cs(s1, n1, s0, n0, alpha, tuned_n)
+    enough = (np.asarray(n1) >= floor) & (np.asarray(n0) >= floor)
+    status = np.where(~enough, INSUFFICIENT, np.where(lo > margin, WORSE, UNDECIDED))
+    return status, lo, hi
+
+
+def rate_noninferior(s1, n1, s0, n0, *, margin: float, alpha: float, tuned_n: float, floor: int):
+    """NON_INFERIOR where challenger - champion is surely below `margin` (an intersection-union test: a step needs
+    every success metric non-inferior, so each is tested at the full alpha)."""
+    lo, hi = rate_diff_cs(s1, n1, s0, n0, alpha, tuned_n)
+    enough = (np.asarray(n1) >= floor) & (np.asarray(n0) >= floor)
+    status = np.where(~enough, INSUFFICIENT, np.where(hi < margin, NON_INFERIOR, UNDECIDED))
+    return status, lo, hi
+
+
+def quantile_ratio_cs(values1, values0, q: float, alpha: float) -> tuple[float, float]:
+    """(lo, hi) for quantile1 / quantile0 - 1 (relative increase), from the two arms' CSs at alpha/2 each."""
+    lo1, hi1 = quantile_cs(values1, q, alpha / 2)
+    lo0, hi0 = quantile_cs(values0, q, alpha / 2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lo = lo1 / hi0 - 1 if np.isfinite(hi0) and hi0 > 0 and np.isfinite(lo1) else float("-inf")
+        hi = hi1 / lo0 - 1 if np.isfinite(hi1) and np.isfinite(lo0) and lo0 > 0 else float("inf")
+    return float(lo), float(hi)
