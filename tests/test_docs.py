@@ -103,3 +103,13 @@ def test_bench_result_notes_each_have_a_page():
     nav = (ROOT / "mkdocs.yml").read_text()
     for stem in notes:  # the nav lists every note (a new one must be added, or strict mode warns of nothing)
         assert f"benchmarks/{stem}.md" in nav, stem
+
+
+def test_readme_is_a_landing_page_whose_links_resolve():
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 150
+    assert "make demo" in text and "make test" in text and "```mermaid" in text
+    links = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text)
+    assert links and all((ROOT / link).exists() for link in links if "://" not in link), links
