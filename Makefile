@@ -100,7 +100,7 @@ airflow-dags-test: install
 	$(BIN)/airflow db migrate
 	$(BIN)/airflow dags test llmops_lifecycle
 
-# Data versions and remotes (README "Data versions and S3 remote"). A local S3 for development: moto_server on
+# Data versions and remotes (docs/versioning.md). A local S3 for development: moto_server on
 # 127.0.0.1:$(S3_PORT) with bucket $(S3_BUCKET); `make s3-local` prints the variables to export.
 S3_PORT ?= 5000
 S3_BUCKET ?= llmops-data

@@ -11,7 +11,7 @@ What `standalone` got wrong here, and what this does instead:
 
 Settings come from the `airflow` section of params.yaml and reach Airflow as AIRFLOW__* environment variables
 (an `airflow.cfg` in AIRFLOW_HOME still applies to anything not set here). The metadata DB is SQLite in
-AIRFLOW_HOME by default; production sets `metadata_db` to PostgreSQL (README, "Airflow"). The JWT secret that
+AIRFLOW_HOME by default; production sets `metadata_db` to PostgreSQL (docs/operations/airflow.md). The JWT secret that
 the API server and the task runners share is generated once into AIRFLOW_HOME (never in the repository).
 
 No Airflow import: this only runs the `airflow` command line.

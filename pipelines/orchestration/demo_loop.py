@@ -371,10 +371,13 @@ class DemoLoop:
         return champion, api
 
     def _new_run(self, api: AirflowAPI, dag_id: str, timeout: float) -> str:
+        """The next run of `dag_id` that our drop caused: Asset-triggered (the monitor's hourly cron runs, and
+        runs from before the drop, are not ours)."""
         seen = set(json.loads(self.runs[f"seen:{dag_id}"]))
 
         def fresh():
-            new = [r["dag_run_id"] for r in api.runs(dag_id) if r["dag_run_id"] not in seen]
+            new = [r["dag_run_id"] for r in api.runs(dag_id)
+                   if r["dag_run_id"] not in seen and r.get("run_type") in ("asset_triggered", None)]
             return new[-1] if new else None
         run_id = wait_for(f"a new {dag_id} run", fresh, timeout)
         self.runs[f"seen:{dag_id}"] = json.dumps(sorted(seen | {run_id}))
@@ -471,7 +474,7 @@ class DemoLoop:
                 if event["task"] == "retrain_policy":
                     continue
                 self.emit(**event)
-                if event["task"] == "gate" and event["state"] == "success":
+                if event["task"] == "gate" and event["state"] in ("success", "failed"):  # fail_on_reject: failed
                     self.gate()
             for ti in tis:
                 if ti.get("state") == "awaiting_input" and ti["task_id"] not in approved:
@@ -494,9 +497,11 @@ class DemoLoop:
             return
         decision = json.loads(path.read_text())
         checks = [c for c in decision.get("reasons", decision.get("checks", [])) if isinstance(c, dict)]
-        failed = [f"{c.get('check')} {c.get('metric') or ''}: observed {c.get('observed')} vs {c.get('threshold')}"
-                  for c in checks if not c.get("passed")]
-        self.emit("gate", decision=decision.get("decision"), checks=len(checks), passed=len(checks) - len(failed),
+        failed = [str(f) for f in decision.get("failed") or []] or [
+            f"{c.get('check')} {c.get('metric') or ''}: observed {c.get('observed')} vs {c.get('threshold')}"
+            for c in checks if not c.get("passed")]
+        passed = sum(1 for c in checks if c.get("passed"))
+        self.emit("gate", decision=decision.get("decision"), checks=len(checks), passed=passed,
                   failed=failed, champion=decision.get("champion"))
 
     def served(self, before: int) -> dict[str, Any]:
