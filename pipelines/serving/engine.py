@@ -13,6 +13,14 @@ generation and frees its batch slot.
   `temperature`/`top_p`/`top_k`) measured here made 8 concurrent greedy requests 20x slower (3.4 vs 19.7 tok/s)
   and a `top_k=1` request did not reproduce greedy output, so greedy traffic keeps the fast path.
 - `mode="naive"` sends everything through the one-at-a-time path (the benchmark's baseline).
+
+OpenAI's decoding parameters come in a `SamplingParams` (pipelines.serving.sampling). Stop sequences work on both
+paths: they are matched on the decoded text in `stream()` (pipelines.serving.stops), which holds back text that could
+start a match and, on a match, ends the request (a batched one is cancelled in the manager, freeing its slot).
+Penalties, logit_bias, logprobs, echo's prompt logprobs and grammar constraints (pipelines.serving.structured) need
+per-request logits processing, which the manager does not do without the 20x slowdown above: such requests take
+the one-at-a-time path, whose decode loop is our own (KV cache, one forward per token, `Sampler` choosing the token),
+and `SamplingParams.unbatched_reason()` names why (the API counts it in /metrics).
 """
 from __future__ import annotations
 
@@ -24,12 +32,17 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
+from pipelines.serving.sampling import Sampler, SamplingParams, TokenLogprob
+from pipelines.serving.stops import StopMatcher
+
 log = logging.getLogger("llmops.serve")
 
 
 @dataclass
 class Delta:
     text: str
+    logprobs: list[TokenLogprob] | None = None  # of the tokens whose text this delta carries (when asked)
+    tokens: int = 0  # tokens generated so far
 
 
 @dataclass
@@ -37,6 +50,9 @@ class Done:
     finish_reason: str  # "stop" | "length"
     completion_tokens: int
     text: str  # the whole completion
+    logprobs: list[TokenLogprob] | None = None  # every generated token's (when asked)
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # the prompt's (completions echo + logprobs)
+    grammar_seconds: float = 0.0  # time spent in the grammar mask (constrained requests)
 
 
 class EngineDead(RuntimeError):
@@ -73,6 +89,9 @@ class Engine:
         self._lock = threading.Lock()  # the one-at-a-time path
         self._count_lock = threading.Lock()
         self.cb = None
+        self._grammars = None
+        self._grammar_lock = threading.Lock()
+        self.unbatched: dict[str, int] = {}  # requests sent one-at-a-time by their parameters, by reason
         if mode == "continuous":
             from transformers import GenerationConfig
             from transformers.generation.configuration_utils import ContinuousBatchingConfig
@@ -113,20 +132,83 @@ class Engine:
         with self._count_lock:
             self.active -= 1
 
+    def grammars(self):
+        """The model's grammar compiler (pipelines.serving.structured.Grammars), built on first use."""
+        with self._grammar_lock:
+            if self._grammars is None:
+                from pipelines.serving.structured import Grammars
+
+                self._grammars = Grammars(self.tok, int(self.model.config.vocab_size), self.stop_ids)
+            return self._grammars
+
+    def path_for(self, params: SamplingParams) -> tuple[str, str | None]:
+        """("batched" | "single", why single): where a request with these parameters generates."""
+        reason = params.unbatched_reason()
+        if self.cb is None:
+            return "single", "naive"
+        return ("batched", None) if reason is None else ("single", reason)
+
     # ------------------------------------------------------------------ generation
     async def stream(self, ids: list[int], *, max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
-                     seed: int | None = None) -> AsyncIterator[Delta | Done]:
-        if self.cb is not None and temperature == 0.0:
+                     seed: int | None = None, params: SamplingParams | None = None) -> AsyncIterator[Delta | Done]:
+        p = params if params is not None else SamplingParams(temperature=temperature, top_p=top_p, seed=seed)
+        path, reason = self.path_for(p)
+        if path == "batched":
             gen = self._stream_batched(ids, max_new_tokens)
         else:
-            gen = self._stream_single(ids, max_new_tokens, temperature, top_p, seed)
+            if reason != "naive":
+                with self._count_lock:
+                    self.unbatched[reason] = self.unbatched.get(reason, 0) + 1
+            gen = self._stream_single(ids, max_new_tokens, p)
         self._enter()
         try:
-            async for item in gen:
-                yield item
+            if not p.stop:
+                async for item in gen:
+                    yield item
+            else:
+                async for item in self._with_stops(gen, p.stop):
+                    yield item
         finally:
             self._leave()
             await gen.aclose()
+
+    @staticmethod
+    async def _with_stops(gen: AsyncIterator[Delta | Done], stops: tuple[str, ...]) -> AsyncIterator[Delta | Done]:
+        """Cuts the output before the first stop sequence (finish_reason "stop"), holding back possible starts."""
+        m = StopMatcher(stops)
+        pending: list[TokenLogprob] = []
+        seen: list[TokenLogprob] = []
+        asked = False
+
+        def take(upto: int | None) -> list[TokenLogprob] | None:
+            nonlocal pending
+            if not asked:
+                return None
+            out = [e for e in pending if upto is None or e.offset < upto]
+            pending = pending[len(out):]
+            seen.extend(out)
+            return out
+
+        async for item in gen:
+            if isinstance(item, Delta):
+                if item.logprobs is not None:
+                    asked = True
+                    pending.extend(item.logprobs)
+                safe, stopped = m.feed(item.text)
+                lps = take(m.sent)
+                if safe or lps:
+                    yield Delta(safe, lps, item.tokens)
+                if stopped:
+                    yield Done("stop", item.tokens, m.text, seen if asked else None)
+                    return
+            else:
+                tail = m.flush()
+                lps = take(None)
+                if tail or lps:
+                    yield Delta(tail, lps, item.completion_tokens)
+                yield Done(item.finish_reason, item.completion_tokens, m.text,
+                           seen if asked else item.logprobs, item.prompt_logprobs, item.grammar_seconds)
+                return
 
     def _finish(self, tokens: list[int], max_new_tokens: int) -> tuple[list[int], str, int]:
         for k, t in enumerate(tokens):
@@ -162,7 +244,7 @@ class Engine:
                 done = out.is_finished() or reason == "stop" and len(body) < len(tokens)
                 piece = decoder.feed(body, final=done)
                 if piece:
-                    yield Delta(piece)
+                    yield Delta(piece, None, len(body))
                 if done:
                     finished = out.is_finished()
                     yield Done(reason, n, decoder.emitted)
@@ -173,72 +255,102 @@ class Engine:
             with cb.output_router._lock:
                 cb.output_router.result_handlers.pop(rid, None)
 
-    async def _stream_single(self, ids: list[int], max_new_tokens: int, temperature: float, top_p: float,
-                             seed: int | None) -> AsyncIterator[Delta | Done]:
+    async def _stream_single(self, ids: list[int], max_new_tokens: int,
+                             p: SamplingParams) -> AsyncIterator[Delta | Done]:
+        """Our own decode loop in a worker thread (one request at a time, under a lock): prefill, then one forward
+        per token through the KV cache, the `Sampler` choosing each token."""
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
 
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         cancelled = threading.Event()
         engine = self
-
-        class Streamer:
-            first = True
-
-            def put(self, value):
-                if self.first:  # generate() first hands over the prompt
-                    self.first = False
-                    return
-                loop.call_soon_threadsafe(queue.put_nowait, ("tok", value.reshape(-1).tolist()))
-
-            def end(self):
-                pass
-
-        class Cancelled(StoppingCriteria):
-            def __call__(self, input_ids, scores, **kwargs):
-                return cancelled.is_set()
+        stop_ids = set(self.stop_ids)
+        put = lambda *item: loop.call_soon_threadsafe(queue.put_nowait, item)  # noqa: E731
 
         def work():
             try:
                 with engine._lock:
                     if cancelled.is_set():
                         return
-                    kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, eos_token_id=engine.stop_ids,
-                                                  pad_token_id=engine.pad_id, streamer=Streamer(),
-                                                  stopping_criteria=StoppingCriteriaList([Cancelled()]))
-                    if temperature > 0:
-                        if seed is not None:
-                            torch.manual_seed(seed)
-                        kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
-                    else:
-                        kwargs.update(do_sample=False)
-                    x = torch.tensor([ids], dtype=torch.long)
+                    model = engine.model
                     with torch.inference_mode():
-                        engine.model.generate(input_ids=x, attention_mask=torch.ones_like(x), **kwargs)
-                loop.call_soon_threadsafe(queue.put_nowait, ("end", None))
+                        x = torch.tensor([ids], dtype=torch.long)
+                        out = model(input_ids=x, use_cache=True, logits_to_keep=0 if p.prompt_logprobs else 1)
+                        sampler = Sampler(p, out.logits.shape[-1], engine.tok)
+                        if p.prompt_logprobs:
+                            put("prompt", sampler.prompt_logprobs(ids, out.logits[0]))
+                        cache, logits = out.past_key_values, out.logits[0, -1]
+                        n, reason = 0, "length"
+
+                        def forward(chunk: list[int]):
+                            nonlocal cache
+                            o = model(input_ids=torch.tensor([chunk], dtype=torch.long), cache=cache, use_cache=True)
+                            cache = o.past_key_values
+                            return o.logits[0]
+
+                        def jump(prev_logits):
+                            """Jump-forward decoding: text the grammar forces is fed as tokens in one forward."""
+                            nonlocal n
+                            forced = sampler.forced_tokens(max_new_tokens - n)
+                            if not forced:
+                                return prev_logits
+                            rows = forward(forced)
+                            for k, f in enumerate(forced):
+                                put("tok", f, sampler.entry(f, prev_logits if k == 0 else rows[k - 1]))
+                            n += len(forced)
+                            return rows[-1]
+
+                        logits = jump(logits)
+                        while n < max_new_tokens:
+                            if cancelled.is_set():
+                                return
+                            tid, entry = sampler.step(logits)
+                            n += 1
+                            if tid in stop_ids:
+                                reason = "stop"
+                                break
+                            put("tok", tid, entry)
+                            if n >= max_new_tokens:
+                                break
+                            logits = jump(forward([tid])[-1])
+                put("end", reason, n, sampler.grammar_seconds)
             except BaseException as exc:  # noqa: BLE001 - handed to the request
-                loop.call_soon_threadsafe(queue.put_nowait, ("err", exc))
+                put("err", exc, 0, 0.0)
 
         worker = threading.Thread(target=work, daemon=True, name="llmops-generate")
         worker.start()
         tokens: list[int] = []
+        lps: list[TokenLogprob] = []
+        pending: list[TokenLogprob] = []
+        prompt_lps = None
         decoder = _Decoder(self.tok)
         try:
             while True:
-                kind, value = await queue.get()
+                kind, *value = await queue.get()
                 if kind == "err":
-                    raise RuntimeError(f"generation failed: {value}")
+                    raise RuntimeError(f"generation failed: {value[0]}")
+                if kind == "prompt":
+                    prompt_lps = value[0]
+                    continue
                 if kind == "tok":
-                    tokens.extend(value)
-                body, reason, n = self._finish(tokens, max_new_tokens)
-                done = kind == "end" or len(body) < len(tokens)
-                piece = decoder.feed(body, final=done)
-                if piece:
-                    yield Delta(piece)
-                if done:
-                    yield Done(reason, n, decoder.emitted)
-                    return
+                    tid, entry = value
+                    if entry is not None:
+                        entry = entry._replace(offset=len(decoder.emitted))
+                        lps.append(entry)
+                        pending.append(entry)
+                    tokens.append(tid)
+                    piece = decoder.feed(tokens)
+                    if piece or (pending and decoder.emitted):
+                        yield Delta(piece, pending if p.logprobs else None, len(tokens))
+                        pending = []
+                    continue
+                reason, n, grammar_s = value
+                piece = decoder.feed(tokens, final=True)
+                if piece or pending:
+                    yield Delta(piece, pending if p.logprobs else None, len(tokens))
+                yield Done(reason, n, decoder.emitted, lps if p.logprobs else None, prompt_lps, grammar_s)
+                return
         finally:
             cancelled.set()
 
