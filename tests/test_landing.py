@@ -155,3 +155,85 @@ def test_retrain_policy_cooldown_cap_and_retries(tmp_path):
     assert not capped["allowed"] and "daily cap" in capped["reason"] and capped["retrains_last_24h"] == 2
     assert decide(cfg, run_id="e", at=t0 + timedelta(hours=25))["allowed"]
     assert [h["run_id"] for h in json.loads((tmp_path / "h.json").read_text())] == ["a", "c", "e"]
+
+
+# --- the S3 inbox, end to end on moto_server ----------------------------------------------------------------
+
+WATCH = r'''
+import asyncio, importlib, json, sys
+import boto3
+from llmops_airflow.assets import LANDING_INBOX
+
+(watcher,) = LANDING_INBOX.watchers
+path, kwargs = watcher.trigger.serialize()          # what the triggerer stores and rebuilds the trigger from
+module, name = path.rsplit(".", 1)
+make = lambda: getattr(importlib.import_module(module), name)(**kwargs)
+bucket, prefix = sys.argv[1], sys.argv[2]
+s3 = boto3.client("s3")
+for key, body in json.loads(sys.argv[3]).items():  # the producer: data and manifest first ...
+    s3.put_object(Bucket=bucket, Key=prefix + key, Body=body.encode())
+
+async def first_event(timeout):
+    gen = make().run()
+    try:
+        return (await asyncio.wait_for(gen.__anext__(), timeout)).payload
+    except asyncio.TimeoutError:
+        return None
+    finally:
+        await gen.aclose()
+
+early = asyncio.run(first_event(1.0))                # no flag yet: the watcher must not fire
+s3.put_object(Bucket=bucket, Key=prefix + "_READY", Body=b"")  # ... the flag last
+fired = asyncio.run(first_event(10.0))
+left = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", []))
+print(json.dumps({"trigger": path, "uri": kwargs["uri"], "early": early, "fired": fired, "left": left}))
+'''
+
+
+@pytest.mark.slow
+def test_s3_inbox_watcher_fires_on_the_flag_and_the_batch_lands(tmp_path, s3_bucket, s3_server, repo_root,
+                                                                monkeypatch):
+    """The S3 inbox on a real S3 server: the Asset's watcher is built from params.yaml (`landing.s3_inbox`), its
+    trigger is rebuilt from its serialized form as Airflow's triggerer does and run until the producer's flag
+    appears (then deleted); the ingest DAG's tasks' functions then pull the drop, scan it and land it."""
+    import os
+    import subprocess
+    import sys
+
+    bucket, client = s3_bucket
+    s3_env = {"AWS_ENDPOINT_URL": s3_server["endpoint_url"], "AWS_ACCESS_KEY_ID": s3_server["aws_access_key_id"],
+              "AWS_SECRET_ACCESS_KEY": s3_server["aws_secret_access_key"],
+              "AWS_DEFAULT_REGION": s3_server["region_name"]}
+    for k, v in s3_env.items():
+        monkeypatch.setenv(k, v)
+    params = yaml.safe_load((repo_root / "params.yaml").read_text())
+    params["landing"].update(inbox=str(tmp_path / "inbox"), s3_inbox=f"s3://{bucket}/drops/", poke_interval_s=0.2,
+                             landed_dir=str(tmp_path / "landed"), rejects_dir=str(tmp_path / "rejects"))
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    drop = {"faq_s3/source.yaml": yaml.safe_dump(MANIFEST), "faq_s3/batch#1.jsonl": _jsonl(ROWS),
+            "broken/b.jsonl": _jsonl(ROWS[:1])}  # no manifest: refused
+    env = dict(os.environ, **s3_env, AIRFLOW_HOME=str(tmp_path / "airflow"), AIRFLOW__CORE__LOAD_EXAMPLES="False",
+               LLMOPS_ROOT=str(root), PYTHONPATH=os.pathsep.join([str(repo_root / "plugins"), str(repo_root)]))
+    out = subprocess.run([sys.executable, "-c", WATCH, bucket, "drops/", json.dumps(drop)], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["trigger"] == "llmops_airflow.triggers.S3FlagTrigger" and seen["uri"] == f"s3://{bucket}/drops/"
+    assert seen["early"] is None and seen["fired"] == {"uri": f"s3://{bucket}/drops/", "flag": "_READY"}
+    assert "drops/_READY" not in seen["left"] and len(seen["left"]) == 3  # the flag is taken, the drop is not
+
+    # The ingest DAG: scan_inbox (pull + scan), the approval ("Approve"), land_batches (accept).
+    cfg = landing.LandingConfig(**params["landing"])
+    pulled = landing.pull_s3_inbox(cfg)
+    assert sorted(pulled) == sorted(drop)
+    assert client.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0  # moved, not copied
+    scan = landing.scan_inbox(cfg)
+    assert scan["needs_approval"] == ["faq_s3"] and [r["source"] for r in scan["refused"]] == ["broken"]
+    report = landing.accept(cfg, scan, run_id="s3-run", approved_by="tester", approved_sources=scan["needs_approval"])
+    assert report["rows"] == len(ROWS) and report["accepted"][0]["files"] == ["faq_s3/s3-run__batch#1.jsonl"]
+    landed = tmp_path / "landed" / "faq_s3" / "s3-run__batch#1.jsonl"
+    assert landed.read_text() == _jsonl(ROWS)
+    assert [s.name for s in landing.landed_sources(cfg.landed_dir)] == ["faq_s3"]
+    assert (tmp_path / "rejects" / "s3-run" / "broken" / "b.jsonl").exists()
