@@ -58,13 +58,14 @@ def test_dag_folder_parses_without_errors_or_heavy_imports(repo_root, tmp_path):
     result = json.loads(out.stdout.strip().splitlines()[-1])
     print(f"\nairflow import {result['airflow_import_s']:.2f}s, DAG folder parse {result['dag_parse_s']:.2f}s")
     assert result["import_errors"] == {}
-    assert result["dags"] == ["llmops_ingest", "llmops_lifecycle", "llmops_monitor"]
+    assert result["dags"] == ["llmops_ingest", "llmops_lifecycle", "llmops_monitor", "llmops_rollout"]
     assert result["heavy"] == [], f"DAG parse imported heavy modules: {result['heavy']}"
     assert result["dag_parse_s"] < 10
     graph = load_stage_graph(repo_root)
     expected = {s.name: sorted(s.upstream) or ["retrain_policy"] for s in graph}
     assert {k: v for k, v in result["tasks"].items() if k in expected} == expected
     assert result["tasks"]["deploy"] == ["promote"]
+    assert result["tasks"]["hand_over_to_rollout"] == ["promote"]  # canary/shadow: llmops_rollout takes over
     assert result["tasks"]["retrain_policy"] == []
     assert set(result["commands"]) == set(expected)
     for name, cmd in result["commands"].items():
@@ -96,3 +97,7 @@ def test_dags_are_chained_by_assets(repo_root, tmp_path):
     assert {uri: names for uri, names in names_by_uri.items() if len(names) > 1} == {}
     assert schedules["llmops_lifecycle"]["condition"] == "AssetAll"
     assert schedules["llmops_lifecycle"]["assets"] == ["llmops/drift_detected", "llmops/landed_data"]
+    # A canary/shadow promotion hands over to the rollout DAG, which also looks on its own clock.
+    assert "llmops/challenger_deployed" in outlets["llmops_lifecycle"]
+    assert schedules["llmops_rollout"]["timetable"] == "AssetOrTimeSchedule"
+    assert schedules["llmops_rollout"]["assets"] == ["llmops/challenger_deployed"]

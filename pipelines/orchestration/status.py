@@ -1,5 +1,6 @@
 """The platform's state on one page (the Airflow plugin view at /llmops/): the registry's champion and challenger,
-the latest gate decision and deployment, drift status of the latest monitor run, retrains and data approvals.
+the latest gate decision and deployment, the rollout (steps, share over time, per-arm metrics with intervals:
+pipelines/orchestration/rollout_view.py), drift status of the latest monitor run, retrains and data approvals.
 
 Everything is read from the files and registry the stages write; nothing is cached, so the page is what a person
 would find by looking. The Airflow plugin adds what only Airflow knows (pending approvals) and renders it.
@@ -75,7 +76,17 @@ def collect(root: Path | None = None) -> dict[str, Any]:
         "monitor": latest_monitor_run(root / params["monitor"]["reports_dir"]),
         "retrains": retrains[-10:],
         "approvals": _json(root / params["landing"]["landed_dir"] / "approvals.json") or {},
+        "rollout": _rollout(root, params),
     }
+
+
+def _rollout(root: Path, params: dict[str, Any]) -> dict[str, Any] | None:
+    from pipelines.orchestration.rollout_view import collect_rollout
+
+    try:
+        return collect_rollout(root, params)
+    except Exception as exc:  # a broken rollout record is shown, not a broken page
+        return {"error": str(exc)}
 
 
 def render_status(state: dict[str, Any], pending_approvals: list[dict[str, Any]] | None = None) -> str:

@@ -1,5 +1,6 @@
 """The Assets the LLMOps DAGs share, named once: the landing inbox (with its watcher), approved landed data, drift
-and monitoring alerts. Producer and consumer DAGs import them from here, so a name cannot drift between files.
+and monitoring alerts, the deployed champion and a deployed challenger (a rollout started). Producer and consumer
+DAGs import them from here, so a name cannot drift between files.
 
 Parse-time cost: reading params.yaml (a small file); no connection, no heavy import.
 """
@@ -57,4 +58,10 @@ MONITOR_ALERT = Asset(name="llmops/monitor_alert", uri=(REPO / "reports" / "moni
 # The champion alias moved and the serving layer answers with it.
 DEPLOYED_MODEL = Asset(name="llmops/deployed_model", uri=(REPO / "reports" / "deployment.json").as_uri())
 
-_BY_URI = {a.uri: a for a in (LANDING_INBOX, LANDED_DATA, DRIFT_DETECTED, MONITOR_ALERT, DEPLOYED_MODEL)}
+# A canary or shadow rollout started: promote moved the `challenger` alias (the champion did not move); the
+# llmops_rollout DAG is scheduled on it (and on its cron). The event's extra names the rollout and the versions.
+CHALLENGER_DEPLOYED = Asset(name="llmops/challenger_deployed",
+                            uri=(REPO / "reports" / "rollout" / "challenger_deployed").as_uri())
+
+_BY_URI = {a.uri: a for a in (LANDING_INBOX, LANDED_DATA, DRIFT_DETECTED, MONITOR_ALERT, DEPLOYED_MODEL,
+                              CHALLENGER_DEPLOYED)}
