@@ -5,6 +5,7 @@ runs the same app as Ray Serve replicas):
 
 - `POST /v1/chat/completions`  chat completions, `stream=true` as OpenAI's SSE chunks + `[DONE]` (usage with
   `stream_options.include_usage`); RAG mode with model `<name>-rag` or `"rag": true` (answer carries `citations`)
+- `POST /v1/completions`: text completions (lm-eval's `local-completions`: token-id prompts, echo, logprobs)
 - `GET /v1/models`, `POST /v1/embeddings` (the platform's MiniLM; float or base64)
 - `GET /health` (no auth): served version per alias, prompt-template hashes; 503 while no champion is loaded
 - `GET /metrics` (no auth): Prometheus text
@@ -30,13 +31,13 @@ from pipelines.models.registry import RegistryConfig
 from pipelines.serving.auth import KeyStore
 from pipelines.serving.config import ServeConfig
 from pipelines.serving.errors import APIError
-from pipelines.serving.routes import admin, chat, embeddings, health, models
+from pipelines.serving.routes import admin, chat, completions, embeddings, health, models
 from pipelines.serving.routes.chat import _chunk
 from pipelines.serving.runtime import RAG_SUFFIX, Ctx, ResponseCache, Runtime, log
 
 __all__ = ["RAG_SUFFIX", "Ctx", "ResponseCache", "Runtime", "_chunk", "create_app"]
 
-ROUTERS = (health.router, admin.router, models.router, embeddings.router, chat.router)
+ROUTERS = (health.router, admin.router, models.router, embeddings.router, chat.router, completions.router)
 
 
 def create_app(cfg: ServeConfig, registry: RegistryConfig, *, root: Path | None = None,

@@ -51,7 +51,7 @@ class Done:
     completion_tokens: int
     text: str  # the whole completion
     logprobs: list[TokenLogprob] | None = None  # every generated token's (when asked)
-    prompt_logprobs: list[TokenLogprob | None] | None = None  # the prompt's (completions echo + logprobs)
+    prompt_logprobs: list[TokenLogprob] | None = None  # the prompt's (completions echo + logprobs)
     grammar_seconds: float = 0.0  # time spent in the grammar mask (constrained requests)
 
 
@@ -153,6 +153,8 @@ class Engine:
                      seed: int | None = None, params: SamplingParams | None = None) -> AsyncIterator[Delta | Done]:
         p = params if params is not None else SamplingParams(temperature=temperature, top_p=top_p, seed=seed)
         path, reason = self.path_for(p)
+        if max_new_tokens <= 0:  # scoring the prompt only (completions echo): no decode step to batch
+            path, reason = "single", "naive"
         if path == "batched":
             gen = self._stream_batched(ids, max_new_tokens)
         else:

@@ -32,7 +32,7 @@ class TopToken(NamedTuple):
 class TokenLogprob(NamedTuple):
     id: int
     text: str
-    logprob: float
+    logprob: float | None  # None: the first prompt token (nothing before it)
     top: list[TopToken]
     offset: int = 0  # character offset of the token's text in the decoded output
 
@@ -177,12 +177,12 @@ class Sampler:
     def finished_by_grammar(self) -> bool:
         return self.matcher is not None and self.matcher.terminated()
 
-    def prompt_logprobs(self, ids: list[int], logits) -> list[TokenLogprob | None]:
-        """Logprob of each prompt token given the ones before it (None for the first), with the top ones."""
+    def prompt_logprobs(self, ids: list[int], logits) -> list[TokenLogprob]:
+        """Logprob of each prompt token given the ones before it (the first has logprob None), with the top ones."""
         import torch
 
         lp = torch.log_softmax(logits[:-1].float(), dim=-1)
-        out: list[TokenLogprob | None] = [None]
+        out: list[TokenLogprob] = [TokenLogprob(ids[0], self.token_text(ids[0]), None, [])]  # type: ignore[arg-type]
         for pos in range(1, len(ids)):
             tid = ids[pos]
             row = lp[pos - 1]

@@ -18,7 +18,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from pipelines.security.guard import GuardBlocked
 from pipelines.serving.engine import Delta, Done, EngineDead
+from pipelines.serving.conformance import check_request
 from pipelines.serving.errors import APIError
+from pipelines.serving.openai_params import chat_logprobs, chat_plan, count_unbatched
 from pipelines.serving.prefetch import Ahead
 from pipelines.serving.reload import Served
 from pipelines.serving.runtime import Ctx, ResponseCache, Runtime, get_runtime, log
@@ -28,10 +30,11 @@ router = APIRouter()
 
 
 def _chunk(cid: str, created: int, model: str, fp: str, delta: dict | None, finish: str | None,
-           include_usage: bool, usage: dict | None = None, extra: dict | None = None) -> str:
+           include_usage: bool, usage: dict | None = None, extra: dict | None = None,
+           logprobs: dict | None = None) -> str:
     body: dict[str, Any] = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
                             "system_fingerprint": fp,
-                            "choices": [] if delta is None else [{"index": 0, "delta": delta, "logprobs": None,
+                            "choices": [] if delta is None else [{"index": 0, "delta": delta, "logprobs": logprobs,
                                                                   "finish_reason": finish}]}
     if include_usage:
         body["usage"] = usage
@@ -48,13 +51,18 @@ async def chat(request: Request, rt: Runtime = Depends(get_runtime)):
     admitted = False
     try:
         rt.authorize(request, ctx)
-        req = rt.parse(ChatRequest, await rt.read_json(request))
+        body = await rt.read_json(request)
+        check_request(body, "chat")  # refused / unknown OpenAI parameters: 400 naming them (conformance table)
+        req = rt.parse(ChatRequest, body)
         alias, rag = rt.route(req, ctx)
         served = rt.slots.acquire(alias)
         if served is None:
             raise APIError(503, rt.slots.errors.get(alias) or f"no model is loaded for '{alias}'",
                            "model_unavailable", headers={"Retry-After": "5"})
         ctx.alias, ctx.version = served.alias, served.version
+        # stop, penalties, logprobs, response_format, tools -> engine parameters (grammars compiled off the loop)
+        plan = (await asyncio.to_thread(chat_plan, req, served.engine)) if req.tools or req.response_format \
+            else chat_plan(req, served.engine)
         ids, max_new = (await asyncio.to_thread(rt.prepare, req, ctx, served, rag)) if rag else \
             rt.prepare(req, ctx, served, rag)
         rt.admit()
@@ -72,7 +80,8 @@ async def chat(request: Request, rt: Runtime = Depends(get_runtime)):
                             headers=ctx.headers())
 
     greedy = req.temperature == 0.0
-    cache_key = ResponseCache.key(served.version, ids, max_new) if greedy and cfg.cache.max_entries else None
+    cache_key = ResponseCache.key(served.version, [ids, plan.cache_part()], max_new) \
+        if greedy and cfg.cache.max_entries else None  # every parameter that changes the output is in the key
     cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     fp = rt.fingerprint(served)
     citations = [{"doc_id": c["doc_id"], "chunk_id": c["chunk_id"], "score": c["score"]}
@@ -105,15 +114,15 @@ async def chat(request: Request, rt: Runtime = Depends(get_runtime)):
         """Yields ('delta', text) ... then ('done', Done); the first delta marks the TTFT."""
         if cached is not None:
             if cached.text:
-                yield "delta", cached.text
+                yield "delta", Delta(cached.text, cached.logprobs)
             yield "done", cached
             return
-        gen = served.engine.stream(ids, max_new_tokens=max_new, temperature=req.temperature, top_p=req.top_p,
-                                   seed=req.seed)
+        count_unbatched(rt.metrics, served.engine, plan.params)
+        gen = served.engine.stream(ids, max_new_tokens=max_new, params=plan.params)
         try:
             async for item in gen:
                 if isinstance(item, Delta):
-                    yield "delta", item.text
+                    yield "delta", item
                 else:
                     if cache_key and item.finish_reason in ("stop", "length"):
                         rt.cache.put(cache_key, item)
@@ -203,11 +212,12 @@ async def chat(request: Request, rt: Runtime = Depends(get_runtime)):
                                                       fingerprint=fp, usage=usage_of(done)), headers=ctx.headers())
         text = gout.text if gout is not None else done.text  # PII redacted by the output policy
         rt.log_request(ctx, 200, text, done.completion_tokens, ttft)
+        message, finish = plan.message(text, done.finish_reason)
         return JSONResponse({
             "id": cid, "object": "chat.completion", "created": created, "model": ctx.model,
             "system_fingerprint": fp,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "logprobs": None, "finish_reason": done.finish_reason}],
+            "choices": [{"index": 0, "message": message, "logprobs": chat_logprobs(done.logprobs),
+                         "finish_reason": finish}],
             "usage": usage_of(done), **extra}, headers={**ctx.headers(), "x-llmops-cache": (
                 "hit" if cached is not None else "miss") if cache_key else "off"})
 
@@ -231,7 +241,10 @@ async def chat(request: Request, rt: Runtime = Depends(get_runtime)):
                         if kind == "delta":
                             if ttft is None:
                                 ttft = ctx.ms()
-                            yield _chunk(cid, created, ctx.model, fp, {"content": value}, None, include_usage)
+                            lps = chat_logprobs(value.logprobs) if value.logprobs else None
+                            for delta in plan.deltas(value.text) or ([{"content": ""}] if lps else []):
+                                yield _chunk(cid, created, ctx.model, fp, delta, None, include_usage, logprobs=lps)
+                                lps = None
                         else:
                             done = value
             except (TimeoutError, EngineDead, RuntimeError) as exc:
@@ -244,8 +257,11 @@ async def chat(request: Request, rt: Runtime = Depends(get_runtime)):
             # output policy on a stream: what was sent stays sent; a block ends it as content_filter
             gout = await asyncio.to_thread(rt.guard.screen_output, req.messages, done.text, ctx.key_id) \
                 if rt.guard else None
+            rest, finish = plan.final(done.finish_reason)
+            for delta in rest:
+                yield _chunk(cid, created, ctx.model, fp, delta, None, include_usage)
             yield _chunk(cid, created, ctx.model, fp, {}, "content_filter" if gout and gout.blocked else
-                         done.finish_reason, include_usage, extra={"guard": gout.body()} if gout and gout.checks
+                         finish, include_usage, extra={"guard": gout.body()} if gout and gout.checks
                          else None)
             if include_usage:
                 yield _chunk(cid, created, ctx.model, fp, None, None, True, usage_of(done))
