@@ -531,3 +531,58 @@ def test_http_refuses_to_serve_unauthenticated_off_loopback(demo):
     workspace = Workspace.load(demo["ws"])
     with pytest.raises(PlatformError, match="no API key is configured"):
         http_app(workspace, load_config(workspace), KeyStore([]), host="0.0.0.0")
+
+
+def test_ask_goes_through_the_served_api_and_its_guard(demo, base_model_dir, tmp_path_factory):
+    """`ask` against a real served champion (loopback uvicorn, the caller's key forwarded, the guard on)."""
+    import httpx
+    from mcp import MCPError
+
+    from pipelines.mcp_server.server import http_app, load_config
+    from pipelines.models.lm import make_smoke_adapter
+    from pipelines.platform_api import Workspace
+    from pipelines.serving.app import create_app
+    from pipelines.serving.auth import KeyStore
+    from pipelines.stages.registry import shared_config
+    from test_serve import Server, _promote, serve_config
+
+    adapter = tmp_path_factory.getbasetemp() / "smoke_candidate"
+    if not (adapter / "adapter_config.json").exists():
+        make_smoke_adapter(base_model_dir, adapter)
+    tmp = tmp_path_factory.mktemp("mcp_served")
+    registry = shared_config("registry", tracking_uri=f"sqlite:///{tmp}/served.db", artifact_root=str(tmp / "art"))
+    shutil.copytree(adapter, tmp / "cand")
+    assert _promote(tmp, registry, tmp / "cand", base_model_dir)["version"] == 1
+    log = tmp / "requests.jsonl"
+    cfg = serve_config(max_new_tokens=8, request_log=str(log), reload_poll_s=30.0,
+                       guard={"enabled": True, "models_dir": str(tmp / "no_detectors"), "require_detectors": False,
+                              "input": {"max_prompt_chars": 300}},  # the rule checks: a long prompt is refused
+                       rag={"index_dir": str(demo["ws"] / "data/embeddings"), "top_k": 2, "template": "rag_v1.j2",
+                            "max_context_tokens": 200})
+    keys = KeyStore.from_env({"LLMOPS_API_KEYS_FILE": str(demo["keys"])})
+    served = Server(create_app(cfg, registry, keys=keys))
+    ws = demo["ws"]
+    _set_mcp(ws, serve_url=served.url, ask_max_tokens=8)
+    workspace = Workspace.load(ws)
+    mcp_server = _Uvicorn(http_app(workspace, load_config(workspace), keys))
+    try:
+        async def agent(session):
+            out = {"plain": await _call(session, "ask", {"question": "What is the capital of France?"}),
+                   "rag": await _call(session, "ask", {"question": "Where is the Eiffel Tower?", "rag": True}),
+                   "long": await _call(session, "ask", {"question": "Tell me about rivers. " * 20})}
+            with pytest.raises(MCPError, match="ask needs a non-empty question"):
+                await session.call_tool("ask", {"question": "  "})
+            return out
+
+        out = anyio.run(_session_run, mcp_server.url, READER, agent)
+        health = httpx.get(served.url + "/health").json()
+    finally:
+        mcp_server.stop()
+        served.stop()
+    plain, rag, long = out["plain"], out["rag"], out["long"]
+    assert plain["model_version"] == health["version"] == "1" and plain["alias"] == "champion"
+    assert plain["answer"] and not plain["refused_by_guard"] and plain["usage"]["completion_tokens"] <= 8
+    assert rag["citations"] and rag["citations"][0]["doc_id"] == "d0"  # the Eiffel Tower document of the index
+    assert long["refused_by_guard"] and long["guard"]["reason"] == "prompt_too_long"
+    lines = {x["request_id"]: x for x in map(json.loads, log.read_text().splitlines())}
+    assert lines[plain["request_id"]]["key_id"] == "agent-reader"  # the caller's own key reached serving

@@ -78,7 +78,7 @@ def ask(ws: Workspace, question: str, rag: bool, api_key: str | None, max_tokens
             "request_id": r.headers.get("x-request-id"), "system_fingerprint": data.get("system_fingerprint"),
             "citations": data.get("citations"), "usage": data.get("usage"),
             "refused_by_guard": choice.get("finish_reason") == "content_filter",
-            "guard": {k: v for k, v in data.items() if k.startswith("guard")} or None, "served_by": serve_url(ws)}
+            "guard": data.get("guard"), "served_by": serve_url(ws)}
 
 
 # ---------------------------------------------------------------------------------------------------- airflow
