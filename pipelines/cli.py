@@ -108,13 +108,15 @@ def rollback(
 
 @app.command("api-key")
 def api_key(key_id: str = typer.Argument(..., help="the key's id (logged as key_id)"),
-            admin: bool = typer.Option(False, help="may call /admin/reload")) -> None:
+            admin: bool = typer.Option(False, help="may call /admin/reload"),
+            scope: Optional[list[str]] = typer.Option(None, "--scope", help="extra scope (repeatable), e.g. mcp: "
+                                                                            "may use `llmops mcp` over HTTP")) -> None:
     """Make an API key: prints the key once and the JSON entry (hash only) for LLMOPS_API_KEYS_FILE."""
     import json
 
     from pipelines.serving.auth import new_key
 
-    secret, entry = new_key(key_id, admin)
+    secret, entry = new_key(key_id, admin, tuple(scope or ()))
     typer.echo(f"key (shown once): {secret}")
     typer.echo(json.dumps(entry))
 

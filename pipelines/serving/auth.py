@@ -37,9 +37,9 @@ def sha256(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
 
-def new_key(key_id: str, admin: bool = False) -> tuple[str, dict]:
+def new_key(key_id: str, admin: bool = False, scopes: tuple[str, ...] = ()) -> tuple[str, dict]:
     secret = "sk-llmops-" + secrets.token_urlsafe(32)
-    return secret, {"id": key_id, "sha256": sha256(secret), "admin": admin}
+    return secret, {"id": key_id, "sha256": sha256(secret), "admin": admin, **({"scopes": list(scopes)} if scopes else {})}
 
 
 @dataclass(frozen=True)
