@@ -189,21 +189,30 @@ def end_to_end(ev: Evidence) -> Criterion:
     ], f"{len(produced)}/{len(LIFECYCLE)} stages measured")
 
 
+def _rollouts(ev: Evidence) -> dict:
+    """The rollout analysis' decision records (pipelines/maturity/rollout_evidence.py), read once."""
+    if getattr(ev, "_rollout_summary", None) is None:
+        from pipelines.maturity.rollout_evidence import summary
+
+        ev._rollout_summary = summary(ev.root, ev.section("rollout.decisions_dir"))
+    return ev._rollout_summary
+
+
 def realtime_evaluation(ev: Evidence) -> Criterion:
-    module = ev.exists("pipelines/monitoring/online_eval.py")
-    configured = ev.section("online_eval.thresholds") is not None and bool(ev.section("serve.request_log"))
-    in_dag = "online_eval" in ev.text("dags/llmops_monitor.py") or "online_eval" in ev.text(
-        "pipelines/orchestration/monitor_run.py")
-    latest = ev.metrics(ev.section("online_eval.metrics"))
-    figure = None
-    if latest:
-        figure = ", ".join(f"{k} {v}" for k, v in latest.items() if isinstance(v, (int, float)) and "rate" in k)[:120]
-    return Criterion("Level 2", "real-time evaluation", _status([module, configured, in_dag], latest is not None), [
-        f"online evaluation of the request log (pipelines/monitoring/online_eval.py): {'yes' if module else 'no'}",
-        f"thresholds and request log configured: {'yes' if configured else 'no'}",
-        f"run by the monitor DAG: {'yes' if in_dag else 'no'}",
-        f"latest window ({ev.section('online_eval.metrics')}): {'found' if latest else 'none yet'}",
-    ], figure)
+    """Scored only from a recorded rollout decision and its analysis: live per-arm metrics with intervals, and a
+    decision that moved traffic (advance, complete, rollback). Analyses that only held: partial."""
+    r = _rollouts(ev)
+    decided, live = r["latest_decided"], r["latest_live"]
+    from pipelines.maturity.rollout_evidence import describe
+
+    status = "pass" if decided else "partial" if live else "fail"
+    return Criterion("Level 2", "real-time evaluation", status, [
+        f"rollout analyses recorded ({ev.section('rollout.decisions_dir')}): {r['records']} looks at "
+        f"{r['rollouts']} rollout(s), {r['live']} on live traffic of both arms",
+        f"decisions on live evidence (advance / complete / rollback): {r['decided']}"
+        + (f"; latest: {describe(decided)}" if decided else ""),
+        *([f"latest look (no decision yet): {describe(live)}"] if live and not decided else []),
+    ], describe(decided or live, when=False) if (decided or live) else None)
 
 
 def auto_scaling(ev: Evidence) -> Criterion:
@@ -287,11 +296,7 @@ def challenges(ev: Evidence) -> list[Criterion]:
             ("request limits", ev.section("serve.limits") is not None),
             ("OpenAI-client compatibility tests", bool(ev.tests_mentioning(r"\bopenai\b"))),
         ], None if not ev.tests_mentioning(r"\bopenai\b") else "openai client tests present"),
-        _challenge(8, "A/B tests and feedback", [
-            ("champion/challenger traffic split", ev.section("serve.challenger.traffic_share") is not None),
-            ("per-request log with model version", bool(ev.section("serve.request_log"))),
-        ], (f"challenger share {ev.section('serve.challenger.traffic_share')}"
-            + (f", aliases {sorted(aliases)}" if aliases else "")) if aliases else None),
+        _ab_feedback(ev),
         _challenge(9, "privacy, PII and input validation", [
             ("PII redaction at ingest", bool(ev.section("ingest.pii_entities"))),
             ("PII rate gated after curation", ev.section("validate.max_pii_rate") is not None),
@@ -305,6 +310,21 @@ def challenges(ev: Evidence) -> list[Criterion]:
         ], _run_cost(ev)),
     ]
     return out
+
+
+def _ab_feedback(ev: Evidence) -> Criterion:
+    """Challenge 8 from a recorded canary decision (advance, complete or rollback) taken on user feedback of both
+    arms; a decision without ratings (or only holds): partial. No config key scores it."""
+    from pipelines.maturity.rollout_evidence import describe
+
+    r = _rollouts(ev)
+    fed, decided = r["latest_feedback_decision"], r["latest_decided"]
+    status = "pass" if fed else "partial" if (decided or r["live"]) else "fail"
+    return Criterion("Challenge 8", "A/B tests and feedback", status, [
+        f"canary decisions taken on user feedback of both arms: {'yes' if fed else 'no'}"
+        + (f" ({describe(fed, 'negative_feedback_rate')})" if fed else ""),
+        f"rollout decisions on live traffic: {r['decided']} (looks recorded: {r['records']})",
+    ], describe(fed, "negative_feedback_rate", when=False) if fed else None)
 
 
 def _run_cost(ev: Evidence) -> str | None:
