@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from datetime import timedelta
 from pathlib import Path
 
@@ -65,6 +66,8 @@ def test_rollout_decisions_not_config_keys_score_realtime_evaluation_and_ab_test
     assert analysis.run(cfg)["decision"] == "rollback"
     realtime, ab = _criteria(params)
     assert (realtime["status"], ab["status"]) == ("pass", "pass"), (realtime, ab)
-    assert realtime["figure"].startswith("rollback of v4 vs v3 (canary, step 1/")
-    assert "negative_feedback_rate champion 0 [0, " in ab["figure"] and "vs challenger 0.8 [" in ab["figure"]  # 12 of 15 disliked
-    assert "(n 15)" in ab["figure"]  # 3 + 12 rated requests per arm
+    assert realtime["figure"].startswith("rollback v4 vs v3: negative_feedback_rate 0.8 [")
+    # the challenger's rate and interval first (12 of 15 disliked), then the champion's; 3 + 12 ratings per arm
+    assert re.fullmatch(r"rollback v4 vs v3: negative_feedback_rate 0\.8 \[0\.\d+, 0\.\d+\] \(n 15\) vs "
+                        r"0 \[0, 0\.\d+\] \(n 15\)", ab["figure"]), ab["figure"]
+    assert "rollback of v4 vs v3 (canary, step 1/4, 20" in realtime["evidence"][1]

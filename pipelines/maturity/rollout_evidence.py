@@ -78,6 +78,19 @@ def describe(record: dict[str, Any], metric: str | None = None, when: bool = Tru
     return line
 
 
+def figure(record: dict[str, Any], metric: str | None = None) -> str:
+    """The short form for the scorecard's figure column: decision first, then one metric's intervals per arm."""
+    state = record.get("rollout") or {}
+    metrics = record.get("metrics") or {}
+    name = metric if metric in metrics else next((k for k in ("negative_feedback_rate", "error_rate") if k in metrics),
+                                                  None)
+    head = f"{record.get('decision')} v{state.get('challenger_version')} vs v{state.get('champion_version')}"
+    if not name:
+        return head
+    m = metrics[name]
+    return f"{head}: {name} {_interval(m, 'challenger')} vs {_interval(m, 'champion')}"
+
+
 def summary(root: Path, decisions_dir: str | None) -> dict[str, Any]:
     """What the two criteria read: the newest live decision, the newest one with feedback, counts."""
     records = load_records(root, decisions_dir)

@@ -203,7 +203,7 @@ def realtime_evaluation(ev: Evidence) -> Criterion:
     decision that moved traffic (advance, complete, rollback). Analyses that only held: partial."""
     r = _rollouts(ev)
     decided, live = r["latest_decided"], r["latest_live"]
-    from pipelines.maturity.rollout_evidence import describe
+    from pipelines.maturity.rollout_evidence import describe, figure
 
     status = "pass" if decided else "partial" if live else "fail"
     return Criterion("Level 2", "real-time evaluation", status, [
@@ -212,7 +212,7 @@ def realtime_evaluation(ev: Evidence) -> Criterion:
         f"decisions on live evidence (advance / complete / rollback): {r['decided']}"
         + (f"; latest: {describe(decided)}" if decided else ""),
         *([f"latest look (no decision yet): {describe(live)}"] if live and not decided else []),
-    ], describe(decided or live, when=False) if (decided or live) else None)
+    ], figure(decided or live) if (decided or live) else None)
 
 
 def auto_scaling(ev: Evidence) -> Criterion:
@@ -315,7 +315,7 @@ def challenges(ev: Evidence) -> list[Criterion]:
 def _ab_feedback(ev: Evidence) -> Criterion:
     """Challenge 8 from a recorded canary decision (advance, complete or rollback) taken on user feedback of both
     arms; a decision without ratings (or only holds): partial. No config key scores it."""
-    from pipelines.maturity.rollout_evidence import describe
+    from pipelines.maturity.rollout_evidence import describe, figure
 
     r = _rollouts(ev)
     fed, decided = r["latest_feedback_decision"], r["latest_decided"]
@@ -324,7 +324,7 @@ def _ab_feedback(ev: Evidence) -> Criterion:
         f"canary decisions taken on user feedback of both arms: {'yes' if fed else 'no'}"
         + (f" ({describe(fed, 'negative_feedback_rate')})" if fed else ""),
         f"rollout decisions on live traffic: {r['decided']} (looks recorded: {r['records']})",
-    ], describe(fed, "negative_feedback_rate", when=False) if fed else None)
+    ], figure(fed, "negative_feedback_rate") if fed else None)
 
 
 def _run_cost(ev: Evidence) -> str | None:
