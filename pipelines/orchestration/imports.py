@@ -15,7 +15,8 @@ Floors, bottom to top; a module may import from its own floor or below, never ab
    scorecard), `evaluation` (task families, Ray evaluation runner, bootstrap), `cost` (price table, stage resource
    meter, cost summaries) (acyclic between each other)
 3. `stages/`: wiring of domain code, one module per stage; a stage never imports another stage
-4. entry points: `cli`, `summary`
+4. entry points: `cli`, `summary`, `platform_api` (the platform's data as one facade, as the CLI sees it) and
+   `mcp_server` (its MCP wiring)
 5. Airflow: `dags/`, `plugins/`
 """
 from __future__ import annotations
@@ -38,7 +39,7 @@ FLOORS: dict[int, tuple[str, ...]] = {
         "pipelines.infra", "pipelines.maturity", "pipelines.security",
         "pipelines.evaluation", "pipelines.cost"),
     3: ("pipelines.stages",),
-    4: ("pipelines.cli", "pipelines.summary", "pipelines.monitor"),
+    4: ("pipelines.cli", "pipelines.summary", "pipelines.monitor", "pipelines.platform_api", "pipelines.mcp_server"),
 }
 AIRFLOW_FLOOR = 5
 FLOOR_NAMES = {0: "contracts", 1: "engines", 2: "domain", 3: "stages", 4: "entry points", 5: "airflow"}
