@@ -115,3 +115,39 @@ def test_version_is_attached_to_the_finetune_run(adapter, base_model_dir, tmp_pa
     v = client.get_model_version("m", str(rec["version"]))
     assert v.run_id == ft.info.run_id and v.tags["promote_run_id"] == rec["run_id"]
     assert v.tags["dataset.version"] == "data/splits:abc.dir" and v.tags["git_commit"] == "deadbeef"
+
+
+def test_canary_promote_moves_only_the_challenger_and_a_finished_rollout_moves_the_champion(
+        adapter, base_model_dir, tmp_path):
+    """rollout.strategy canary: the first version still becomes champion (nothing to compare with); the next one
+    gets the alias `challenger` and a running rollout; only completing it moves `champion`."""
+    from pipelines.models import registry
+    from pipelines.models.lm import dir_sha256
+    from pipelines.rollout import lifecycle
+    from pipelines.rollout.state import RolloutStore
+    from pipelines.stages import gate, promote
+    from pipelines.stages.registry import shared_config
+
+    cfg = registry_cfg(tmp_path)
+    rollout = shared_config("rollout", strategy="canary", state_path=str(tmp_path / "rollout.json"),
+                            decisions_dir=str(tmp_path / "decisions"))
+    client = registry.client(cfg.tracking_uri)
+    for name, expect in (("c1", "promoted"), ("c2", "rollout_started")):
+        cand = _candidate(adapter, tmp_path, name, name)
+        write_metrics(tmp_path, dir_sha256(cand), 4.0, 0.2, 0.3, cand)
+        gate.run(gate_cfg(tmp_path), cfg)
+        report = promote.run(promote_cfg(tmp_path, cand, base_model_dir), cfg, rollout)
+        rec = read_json(tmp_path / "promotion.json")
+        assert report["action"] == expect, rec
+    assert rec["strategy"] == "canary" and rec["strategy_chosen_by"] == "params" and rec["champion"] == 1
+    assert str(client.get_model_version_by_alias("m", "champion").version) == "1"
+    assert str(client.get_model_version_by_alias("m", "challenger").version) == "2"
+    state = RolloutStore(tmp_path / "rollout.json").load()
+    assert state.running and state.rollout_id == rec["rollout_id"] and state.challenger_share() == 0.05
+    # promote again (a rerun): the same rollout keeps running
+    again = promote.run(promote_cfg(tmp_path, cand, base_model_dir), cfg, rollout)
+    assert again["action"] == "rollout_running"
+    while RolloutStore(tmp_path / "rollout.json").load().running:
+        lifecycle.advance(rollout, cfg, by="test")
+    assert str(client.get_model_version_by_alias("m", "champion").version) == "2"
+    assert registry.get_alias_version(client, "m", "challenger") is None

@@ -68,7 +68,8 @@ def metric_alphas(a: AnalysisConfig, skip: frozenset[str] = frozenset()) -> tupl
 # --- vectorised verdicts: the analysis and bench/bench_rollout.py run exactly these ----------------------------
 def rate_verdicts(ch: dict[str, Any], cb: dict[str, Any], a: AnalysisConfig,
                   skip: frozenset[str] = frozenset()) -> dict[str, dict[str, Any]]:
-    """Per rate metric and role ("guardrail", "success"): (status, lo, hi) of challenger - champion. `ch` / `cb`
+    """Per rate metric and role ("guardrail", "success"): (status, lo, hi, log_e): the verdict, the normal-mixture
+    CS of challenger - champion and the universal-inference log e-value (pipelines/rollout/sequential.py). `ch` / `cb`
     map count fields to scalars or arrays (one entry per simulated rollout in the benchmark)."""
     a_guard, a_success = metric_alphas(a, skip)
     out: dict[str, dict[str, Any]] = {}
@@ -83,13 +84,13 @@ def rate_verdicts(ch: dict[str, Any], cb: dict[str, Any], a: AnalysisConfig,
              (np.asarray(cb["requests"]) >= a.min_requests)
         res: dict[str, Any] = {}
         if metric in a.guardrails:
-            st, lo, hi = sq.rate_guardrail(s1, n1, s0, n0, margin=a.guardrails[metric], alpha=a_guard,
-                                           tuned_n=a.tuned_n, floor=floor)
-            res["guardrail"] = (np.where(na, NOT_APPLICABLE, st), lo, hi)
+            st, lo, hi, log_e = sq.rate_guardrail(s1, n1, s0, n0, margin=a.guardrails[metric], alpha=a_guard,
+                                                  tuned_n=a.tuned_n, floor=floor)
+            res["guardrail"] = (np.where(na, NOT_APPLICABLE, st), lo, hi, log_e)
         if metric in a.success:
-            st, lo, hi = sq.rate_noninferior(s1, n1, s0, n0, margin=a.success[metric], alpha=a_success,
-                                             tuned_n=a.tuned_n, floor=floor)
-            res["success"] = (np.where(na, NOT_APPLICABLE, st), lo, hi)
+            st, lo, hi, log_e = sq.rate_noninferior(s1, n1, s0, n0, margin=a.success[metric], alpha=a_success,
+                                                    tuned_n=a.tuned_n, floor=floor)
+            res["success"] = (np.where(na, NOT_APPLICABLE, st), lo, hi, log_e)
         out[metric] = res
     return out
 
@@ -319,13 +320,16 @@ def decide(state: RolloutState, arms: dict[str, dict[str, Any]], extra: dict[str
     success_st: list = []
     for metric, roles in rate_verdicts(ch, cb, a, skip).items():
         metrics[metric] = {"kind": "rate", "roles": {}}
-        for role, (st, lo, hi) in roles.items():
+        for role, (st, lo, hi, log_e) in roles.items():
             st = int(np.asarray(st))
             (guard_st if role == "guardrail" else success_st).append(st)
             margin = (a.guardrails if role == "guardrail" else a.success)[metric]
             metrics[metric]["roles"][role] = {"status": STATUS_NAMES[st], "margin": margin,
                                               "alpha": a_guard if role == "guardrail" else a_success,
-                                              "diff_lo": _f(np.asarray(lo)), "diff_hi": _f(np.asarray(hi))}
+                                              "diff_lo": _f(np.asarray(lo)), "diff_hi": _f(np.asarray(hi)),
+                                              "log_e": _f(np.asarray(log_e)),
+                                              "e_threshold": round(math.log(2 / (a_guard if role == "guardrail"
+                                                                                 else a_success)), 4)}
     for metric, (field, q) in QUANTILE_SPECS.items():
         roles = [r for r, table in (("guardrail", a.guardrails), ("success", a.success)) if metric in table]
         if not roles or metric in skip:

@@ -8,7 +8,12 @@ On promote:
 2. a new version of `registry.model_name` whose source is that artifact directory, tagged with the adapter hash and
    the gate decision (`pipelines.models.promotion`);
 3. the alias `registry.alias` (champion) moves to it. The previous champion keeps its version number (rollback =
-   moving the alias back: `pipelines.models.registry.set_alias`).
+   moving the alias back: `pipelines.models.registry.set_alias`). That is the `direct` deploy strategy
+   (`rollout.strategy`, or the person's choice recorded by pipelines/rollout/choice.py with
+   `rollout.choose_strategy`). With `canary` or `shadow` (and a champion to compare with), only the alias
+   `challenger` moves and a rollout starts (pipelines/rollout/lifecycle.py): the champion moves when the rollout
+   completes on live evidence. The first version ever registered has nothing to be compared with: it becomes
+   champion directly, and the record says why.
 Idempotent per candidate: a version whose `adapter_sha256` tag equals the candidate's hash is reused (the alias
 is moved to it if needed), never duplicated.
 
@@ -29,6 +34,7 @@ from pipelines.models import model_card, promotion
 from pipelines.models import registry as mlflow_registry
 from pipelines.models.lm import dir_sha256
 from pipelines.models.registry import RegistryConfig
+from pipelines.rollout.config import RolloutConfig
 
 SECTION = "promote"
 
@@ -43,7 +49,7 @@ class Config(StageConfig):
     model_card: str  # Markdown card of the registered version (also its MLflow description and a run artifact)
 
 
-Action = Literal["recorded_rejection", "promoted", "already_champion"]
+Action = Literal["recorded_rejection", "promoted", "already_champion", "rollout_started", "rollout_running"]
 
 
 class PromotionRecord(TypedDict):
@@ -70,6 +76,10 @@ class PromotionRecord(TypedDict):
     created_version: NotRequired[bool]
     alias_moved: NotRequired[bool]
     source: NotRequired[str]
+    strategy: NotRequired[str]  # direct | canary | shadow: how the version reaches traffic
+    strategy_chosen_by: NotRequired[str]  # "params" or the recorded choice's author ("hitl:<user>")
+    strategy_note: NotRequired[str]  # why a configured canary/shadow fell back to direct
+    rollout_id: NotRequired[str]  # canary/shadow: the rollout started (or already running) for the version
 
 
 class PromoteReport(TypedDict):
@@ -81,8 +91,23 @@ class PromoteReport(TypedDict):
     record: str
 
 
-def run(cfg: Config, registry: RegistryConfig) -> PromoteReport:
+def _strategy(rollout: RolloutConfig, adapter_hash: str) -> tuple[str, str]:
+    """(strategy, chosen_by): the person's recorded choice for this candidate, else rollout.strategy."""
+    from pipelines.rollout.choice import choice_for
+
+    chosen = choice_for(rollout, adapter_hash)
+    if chosen is not None:
+        return str(chosen["strategy"]), str(chosen.get("by") or "choice")
+    return rollout.strategy, "params"
+
+
+def run(cfg: Config, registry: RegistryConfig, rollout: RolloutConfig | None = None) -> PromoteReport:
+    """`rollout`: the params' `rollout` section (run_stage passes it; None reads params.yaml's)."""
     started = time.perf_counter()
+    if rollout is None:
+        from pipelines.rollout.config import load_rollout_config
+
+        rollout = load_rollout_config()
     if not Path(cfg.decision).exists():
         raise FileNotFoundError(f"promote: gate decision not found: {cfg.decision} (run the gate stage)")
     decision = read_json(cfg.decision)
@@ -123,17 +148,42 @@ def run(cfg: Config, registry: RegistryConfig) -> PromoteReport:
         version, run_id, created = promotion.register_candidate(
             client, exp_id, registry.model_name, cfg, decision, adapter_hash, previous_champion)
         moved = previous is None or int(previous.version) != int(version.version)
-        if moved:
+        strategy, chosen_by = _strategy(rollout, adapter_hash)
+        deploy: dict = {"strategy": strategy, "strategy_chosen_by": chosen_by}
+        if strategy != "direct" and previous is None:
+            deploy.update(strategy="direct", strategy_note=f"{strategy} asked, but there is no champion to compare "
+                                                           "with: the first version becomes champion directly")
+        if deploy["strategy"] != "direct" and moved:
+            from pipelines.rollout import lifecycle
+            from pipelines.rollout.state import store_for
+
+            current = store_for(rollout.state_path, rollout.state_poll_s).load()
+            if current is not None and current.running and current.challenger_version == str(version.version):
+                rollout_action, rollout_id = "rollout_running", current.rollout_id
+            else:
+                state = lifecycle.start(rollout, registry, strategy=strategy, challenger_version=version.version,
+                                        champion_version=previous.version, chosen_by=chosen_by)
+                rollout_action, rollout_id = "rollout_started", state.rollout_id
+            deploy["rollout_id"] = rollout_id
+            moved = False
+        elif moved:
             client.set_registered_model_alias(registry.model_name, registry.alias, version.version)
-        card = model_card.render(model_name=registry.model_name, version=int(version.version), alias=registry.alias,
+            rollout_action = None
+        else:
+            rollout_action = None
+        from pipelines.rollout.lifecycle import challenger_alias
+
+        card = model_card.render(model_name=registry.model_name, version=int(version.version),
+                                 alias=challenger_alias() if rollout_action else registry.alias,
                                  run_id=run_id, adapter_sha256=adapter_hash, decision=decision,
                                  base_model=cfg.base_model_dir)
         write_text(cfg.model_card, card)
         client.update_model_version(registry.model_name, version.version, description=card)
         client.log_text(run_id, card, "model_card.md")
-        outcome = dict(action="promoted" if moved else "already_champion", run_id=run_id,
-                       version=int(version.version), champion=int(version.version),
-                       created_version=created, alias_moved=moved, source=version.source)
+        outcome = dict(action=rollout_action or ("promoted" if moved else "already_champion"), run_id=run_id,
+                       version=int(version.version),
+                       champion=previous_champion if rollout_action else int(version.version),
+                       created_version=created, alias_moved=moved, source=version.source, **deploy)
     record: PromotionRecord = {**common, **outcome,  # type: ignore[typeddict-item]
                                "seconds": round(time.perf_counter() - started, 2)}
     write_json(cfg.record, record)

@@ -25,6 +25,7 @@ from pipelines.data.near_duplicates import NearDuplicate
 from pipelines.engines.config import EnginesConfig
 from pipelines.io import read_json, write_json
 from pipelines.models.registry import RegistryConfig
+from pipelines.rollout.config import RolloutConfig
 from pipelines.security.guard import GuardConfig
 from pipelines.validation.context import GxConfig
 
@@ -59,6 +60,8 @@ SHARED_SECTIONS: dict[str, tuple[str, type[BaseModel]]] = {
     "guard": ("serve.guard", GuardConfig),
     # the price table: run_stage prices every stage's resources with it (evaluate.cost and serve.cost alias it)
     "cost": (COST_SECTION, PriceTable),
+    # how a promoted version reaches traffic (direct, canary, shadow): promote starts the rollout
+    "rollout": ("rollout", RolloutConfig),
 }
 
 
