@@ -132,7 +132,8 @@ def _build_workspace(ws: Path, repo_root: Path) -> dict:
         write_json(folder / "prompt_drift.json", {"drifted": False, "status": "insufficient_data",
                                                   "reason": "12 < min_window 50"})
         write_json(folder / "online_eval.json", {"status": "ok", "alerts": []})
-        time.sleep(0.02)  # runs are ordered by modification time
+    for i, run in enumerate(("scheduled__2026-12-07T09", "asset_triggered__2026-12-07T10")):  # runs sort by mtime
+        os.utime(ws / "reports" / "monitor" / run, (1_800_000_000 + i, 1_800_000_000 + i))
     write_json(ws / "metrics" / "drift.json", {"drifted": True, "status": "ok", "result": {"alpha": 0.02},
                                               "summary": {"triggered": ["oov"], "n_current": 160}})
     write_json(ws / "metrics" / "ingest.json", {"rows": 10, "resources": {
