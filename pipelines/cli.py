@@ -477,6 +477,149 @@ def demo_loop(
         raise typer.Exit(code=2 if outcome.get("error") else 1)
 
 
+rollout_app = typer.Typer(add_completion=False, no_args_is_help=True,
+                          help="Canary / shadow rollouts (pipelines/rollout/): status, one analysis, by-hand moves.")
+app.add_typer(rollout_app, name="rollout")
+
+
+def _rollout_cfgs(params: Optional[Path]):
+    from pipelines.config import load_params, parse_section
+    from pipelines.models.registry import RegistryConfig
+    from pipelines.rollout.config import RolloutConfig
+
+    loaded = load_params(params)
+    return parse_section(loaded, "rollout", RolloutConfig), parse_section(loaded, "registry", RegistryConfig)
+
+
+def _rollout_fail(what: str, exc: Exception):
+    typer.secho(f"rollout {what}: {exc}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+def _echo_state(state: Optional[dict]) -> None:
+    if not state:
+        typer.echo("no rollout (serving: champion only)")
+        return
+    steps = " -> ".join(f"{s['share']:.0%}" for s in state["steps"])
+    typer.echo(f"rollout {state['rollout_id']}: {state['strategy']} {state['status']}, v{state['challenger_version']} "
+               f"vs champion v{state['champion_version']}, step {state['step_index'] + 1}/{len(state['steps'])} "
+               f"({steps}), since {state['step_started_at']}, chosen by {state['chosen_by']}")
+
+
+def _echo_decision(report: Optional[dict]) -> None:
+    if not report:
+        return
+    typer.echo(f"decision: {report['decision']} ({report.get('at')})" +
+               (" -- needs approval" if report.get("approval_required") else ""))
+    for reason in report.get("reasons") or []:
+        typer.echo(f"  - {reason}")
+    for metric, m in (report.get("metrics") or {}).items():
+        for role, r in m["roles"].items():
+            ch, cb = m.get("challenger") or {}, m.get("champion") or {}
+            typer.echo(f"  {metric:<24} {role:<9} champion {cb.get('value')} (n {cb.get('n')})  challenger "
+                       f"{ch.get('value')} (n {ch.get('n')})  diff [{r['diff_lo']}, {r['diff_hi']}]  margin "
+                       f"{r['margin']}  {r['status']}")
+
+
+@rollout_app.command("status")
+def rollout_status(params: Optional[Path] = typer.Option(None, "--params", "-p"),
+                   as_json: bool = typer.Option(False, "--json", help="the state and latest decision as JSON")) -> None:
+    """The running (or last) rollout: strategy, step, share, and the latest decision with its per-arm table."""
+    import json
+
+    from pipelines.rollout import lifecycle
+
+    try:
+        cfg, _ = _rollout_cfgs(params)
+        out = lifecycle.status(cfg)
+    except (ConfigError, ValueError) as exc:
+        _rollout_fail("status", exc)
+    if as_json:
+        typer.echo(json.dumps(out, indent=2, default=str))
+        return
+    _echo_state(out["state"])
+    _echo_decision(out["latest_decision"])
+
+
+@rollout_app.command("analyze")
+def rollout_analyze(params: Optional[Path] = typer.Option(None, "--params", "-p"),
+                    apply: bool = typer.Option(False, "--apply", help="apply the decision (as the DAG does); a "
+                                               "decision that needs approval is applied only with --approve"),
+                    approve: bool = typer.Option(False, "--approve", help="approve a move to 100% / completion"),
+                    by: str = typer.Option("cli", help="recorded as who acted")) -> None:
+    """One look: per-arm metrics and the decision (recorded under rollout.decisions_dir); --apply acts on it."""
+    from pipelines.rollout import analysis, lifecycle
+
+    try:
+        from pipelines.config import load_params, parse_section
+        from pipelines.monitoring.online_eval import OnlineEvalConfig
+
+        cfg, registry = _rollout_cfgs(params)
+        report = analysis.run(cfg, online_eval=parse_section(load_params(params), "online_eval", OnlineEvalConfig))
+        _echo_decision(report)
+        if apply:
+            applied = lifecycle.apply(cfg, registry, report, by=by, approved=True if approve else None)
+            typer.echo(f"applied: {applied['action']}")
+            _echo_state(applied.get("state"))
+    except (ConfigError, ValueError) as exc:
+        _rollout_fail("analyze", exc)
+
+
+@rollout_app.command("advance")
+def rollout_advance(params: Optional[Path] = typer.Option(None, "--params", "-p"),
+                    reason: str = typer.Option("advanced by hand", help="recorded in the rollout's history"),
+                    by: str = typer.Option("cli", help="recorded as who acted")) -> None:
+    """By hand, without statistics: the next step, or complete (champion moves) on the last step."""
+    from pipelines.rollout import lifecycle
+
+    try:
+        cfg, registry = _rollout_cfgs(params)
+        out = lifecycle.advance(cfg, registry, by=by, reason=reason)
+    except (ConfigError, ValueError) as exc:
+        _rollout_fail("advance", exc)
+    typer.echo(f"{out['action']}" + (f": champion -> v{out['champion_moved']['version']}"
+                                     if out.get("champion_moved") else ""))
+    _echo_state(out["state"])
+
+
+@rollout_app.command("abort")
+def rollout_abort(params: Optional[Path] = typer.Option(None, "--params", "-p"),
+                  reason: str = typer.Option(..., help="why (recorded in the rollout's history)"),
+                  by: str = typer.Option("cli", help="recorded as who acted")) -> None:
+    """Stop the rollout: everyone back on the champion, alias `challenger` removed, champion untouched."""
+    from pipelines.rollout import lifecycle
+
+    try:
+        cfg, registry = _rollout_cfgs(params)
+        out = lifecycle.abort(cfg, registry, by=by, reason=reason)
+    except (ConfigError, ValueError) as exc:
+        _rollout_fail("abort", exc)
+    _echo_state(out["state"])
+
+
+@rollout_app.command("start")
+def rollout_start(version: int = typer.Argument(..., help="registered version to roll out (alias challenger)"),
+                  strategy: str = typer.Option("canary", help="canary | shadow"),
+                  params: Optional[Path] = typer.Option(None, "--params", "-p"),
+                  by: str = typer.Option("cli", help="recorded as who chose the strategy")) -> None:
+    """Start a canary or shadow rollout of a registered version against the current champion, by hand."""
+    from pipelines.models.registry import find_champion
+    from pipelines.rollout import lifecycle
+
+    try:
+        cfg, registry = _rollout_cfgs(params)
+        champion = find_champion(registry).info
+        if champion is None:
+            raise ValueError("no champion to compare with: promote the first version directly")
+        state = lifecycle.start(cfg, registry, strategy=strategy, challenger_version=version,
+                                champion_version=champion["version"], chosen_by=by)
+    except (ConfigError, ValueError) as exc:
+        _rollout_fail("start", exc)
+    except Exception as exc:  # an unknown version: MlflowException
+        _rollout_fail("start", exc)
+    _echo_state(state.to_dict())
+
+
 @app.command("maturity")
 def maturity(
     root: Optional[Path] = typer.Option(None, help="repository root"),

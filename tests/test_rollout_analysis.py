@@ -212,3 +212,38 @@ def test_lifecycle_moves_aliases(tmp_path, repo_root):
     assert out["state"]["status"] == "aborted" and out["challenger_alias_removed"]
     assert str(get_alias_version(c, "m", "champion").version) == "2"
     assert get_alias_version(c, "m", "challenger") is None
+
+
+def test_cli_start_status_advance_abort(tmp_path, repo_root):
+    import yaml
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+    from pipelines.models.registry import get_alias_version
+
+    reg, c = _registry(tmp_path)
+    params = load_params(repo_root / "params.yaml")
+    params["registry"].update(tracking_uri=reg.tracking_uri, model_name="m")
+    params["rollout"].update(state_path=str(tmp_path / "rollout.json"), decisions_dir=str(tmp_path / "decisions"))
+    params["rollout"]["analysis"].update(request_log=str(tmp_path / "requests"), feedback_log=str(tmp_path / "fb"))
+    pfile = tmp_path / "params.yaml"
+    pfile.write_text(yaml.safe_dump(params))
+    run = CliRunner().invoke
+    out = run(app, ["rollout", "status", "-p", str(pfile)])
+    assert out.exit_code == 0 and "no rollout" in out.output
+    out = run(app, ["rollout", "start", "2", "--strategy", "canary", "-p", str(pfile)])
+    assert out.exit_code == 0, out.output
+    assert "canary running, v2 vs champion v1, step 1/4" in out.output
+    out = run(app, ["rollout", "analyze", "-p", str(pfile)])
+    assert out.exit_code == 0 and "decision: hold" in out.output and "insufficient_data" in out.output
+    out = run(app, ["rollout", "advance", "-p", str(pfile), "--by", "ops"])
+    assert out.exit_code == 0 and "step 2/4" in out.output
+    status = json.loads(run(app, ["rollout", "status", "--json", "-p", str(pfile)]).output)
+    assert status["share"] == 0.25 and status["latest_decision"]["decision"] == "hold"
+    assert status["state"]["history"][-1]["by"] == "ops"
+    out = run(app, ["rollout", "abort", "--reason", "bad vibes", "-p", str(pfile)])
+    assert out.exit_code == 0 and "aborted" in out.output
+    assert get_alias_version(c, "m", "challenger") is None
+    assert str(get_alias_version(c, "m", "champion").version) == "1"
+    out = run(app, ["rollout", "abort", "--reason", "again", "-p", str(pfile)])
+    assert out.exit_code == 2 and "no rollout running" in out.output
