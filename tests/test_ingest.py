@@ -445,15 +445,26 @@ def test_ner_on_spark_corpus_pass_gives_the_same_tables_and_runs_each_sentence_o
     ]
     entities = list(load_params()["ingest"]["pii_entities"]) + list(pii.NER_ENTITIES)
     tables, reports = {}, {}
-    for corpus_pass in (True, False):
-        out = tmp_path / f"out_{corpus_pass}"
+    # broadcast (the default size limit), a Spark join (a limit below the corpus's distinct sentences), no pass
+    for mode, corpus_pass, limit in (("broadcast", True, None), ("join", True, 5), ("none", False, None)):
+        out = tmp_path / f"out_{mode}"
+        ner = {**load_params()["ingest"]["pii_ner"], "corpus_pass": corpus_pass}
+        if limit is not None:
+            ner["broadcast_max_segments"] = limit
         cfg = _ingest_config(sources=sources, input_dir=str(raw), output_dir=str(out / "ingested"),
                              rejects_dir=str(out / "rejects"), metrics=str(out / "metrics.json"),
-                             pii_entities=entities, pii_ner={**load_params()["ingest"]["pii_ner"],
-                                                             "corpus_pass": corpus_pass})
-        reports[corpus_pass] = ingest.run(cfg, spark=spark)
-        tables[corpus_pass] = ds.dataset(cfg.output_dir, format="parquet").to_table().sort_by("doc_id")
-    assert tables[True].equals(tables[False]) and reports[True]["total"] == reports[False]["total"]
+                             pii_entities=entities, pii_ner=ner)
+        reports[mode] = ingest.run(cfg, spark=spark)
+        tables[mode] = ds.dataset(cfg.output_dir, format="parquet").to_table().sort_by("doc_id")
+    assert reports["broadcast"]["ner_corpus_pass"] == {"mode": "broadcast", "distinct_sentences": 10}
+    assert reports["join"]["ner_corpus_pass"] == {"mode": "join", "distinct_sentences": 10}  # 10 > 5: switched
+    assert reports["none"]["ner_corpus_pass"] is None
+    for mode in ("join", "none"):
+        assert tables[mode].equals(tables["broadcast"]), mode
+        assert reports[mode]["total"] == reports["broadcast"]["total"] and reports[mode]["sources"] == reports[
+            "broadcast"]["sources"], mode
+    tables[True] = tables["broadcast"]
+    reports[True] = reports["broadcast"]
     texts = dict(zip(tables[True].column("source").to_pylist(), tables[True].column("text").to_pylist()))
     assert "Maria Lopez" not in texts["docs"] and "<PERSON>" in texts["docs"] and "<LOCATION>" in texts["docs"]
     assert texts["kept"] == "John Smith lives in Paris."
@@ -461,16 +472,29 @@ def test_ner_on_spark_corpus_pass_gives_the_same_tables_and_runs_each_sentence_o
 
     cfg = _ingest_config(sources=sources, pii_entities=entities)
     parsed = spark.createDataFrame(
-        [("qa", None, f"Read this: {passage}", "Maria Lopez.", None, None),
-         ("docs", None, None, None, passage, None), ("docs", "parse", None, None, "Never scanned.", None),
-         ("kept", None, None, None, "John Smith lives in Paris.", None)],
-        "source string, _reason string, prompt string, response string, text string, title string")
+        [("qa", "a", 1, None, f"Read this: {passage}", "Maria Lopez.", None, None),
+         ("docs", "b", 1, None, None, None, passage, None), ("docs", "b", 2, "parse", None, None, "Never scanned.", None),
+         ("kept", "c", 1, None, None, None, "John Smith lives in Paris.", None)],
+        "source string, _file string, _pos long, _reason string, prompt string, response string, text string, "
+        "title string")
+    ner_opts = cfg.pii_ner.model_dump(exclude={"corpus_pass", "broadcast_max_segments"})
     table = clean_spark.precompute_ner(spark, parsed, cfg.sources, normalize=Normalize(**cfg.normalize.model_dump()),
-                                       pii_entities=entities, pii_ner=cfg.pii_ner.model_dump(exclude={"corpus_pass"}))
+                                       pii_entities=entities, pii_ner=ner_opts)
     try:
-        (segments,) = table.value.values()  # one detector entity list: one table
+        assert table.mode == "broadcast" and table.segments == 4
+        (segments,) = table.broadcast.value.values()  # one detector entity list: one table
         # "Read this: Maria ... 2019. ", "She joined ... there.", "Maria Lopez moved ... 2019. ", "Maria Lopez."
         assert len(segments) == 4
         assert all(len(d) == 16 for d in segments) and any(segments.values())
+        joined = clean_spark.precompute_ner(spark, parsed, cfg.sources, normalize=Normalize(**cfg.normalize.model_dump()),
+                                            pii_entities=entities, pii_ner=ner_opts, broadcast_max_segments=3)
+        try:  # the join gives each record its own sentences' results: together, the broadcast table
+            assert joined.mode == "join" and joined.segments == 4 and joined.broadcast is None
+            rows = {(r.source, r._file, r._pos): r._ner for r in joined.per_record.collect()}
+            assert set(rows) == {("qa", "a", 1), ("docs", "b", 1)}  # rejected and kept-policy records: none
+            assert len(rows[("qa", "a", 1)]) == 3 and len(rows[("docs", "b", 1)]) == 2  # the passage: shared
+            assert clean_spark._batch_tables(list(rows.values()) + [None], joined.keys) == table.broadcast.value
+        finally:
+            joined.destroy()
     finally:
         table.destroy()

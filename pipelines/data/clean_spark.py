@@ -5,7 +5,10 @@ Each source gets its own cleaner (its kind, PII policy and skipped rules). The o
 `_changed` (normalization altered the record) for ingest's counts.
 
 `precompute_ner` runs first when a source's policy needs NER: every distinct sentence of the corpus through the
-model once, its results broadcast to the cleaning UDF, which then runs the model only on what it does not find.
+model once, its results handed to the cleaning UDF, which then runs the model only on what it does not find. Up
+to `ingest.pii_ner.broadcast_max_segments` distinct sentences the results are broadcast (every worker holds the
+whole table); above it they are joined onto the records instead (each record carries its own sentences' results,
+so no process ever holds the whole table: it scales past driver and worker memory, for one more shuffle).
 NER (pipelines.data.pii_ner) runs per Arrow batch through `nlp.pipe`; the analyzer and its spaCy model are cached
 at module level in the executor's Python worker, so with Spark's worker reuse (the default,
 `spark.python.worker.reuse`) each worker loads the model once. `engines.spark` sizes it: the master's cores are
@@ -13,7 +16,8 @@ the workers (one model each, ~150 MB), `spark.sql.execution.arrow.maxRecordsPerB
 """
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Sequence
 
 from pipelines.data.clean import (Language, Normalize, QualityRules, cleaner_options, detector_entities,
                                   scanned_fields)
@@ -36,8 +40,11 @@ def clean_on_spark(df, sources: Sequence[Source], *, normalize: Normalize, langu
     started from this virtualenv run the project interpreter (PYSPARK_PYTHON) with the package installed, so that
     works as is; a remote cluster needs the package shipped too (an installed wheel, or `spark.submit.pyFiles`).
 
-    `precomputed`: the broadcast from `precompute_ner` (or None): sentences in it skip the model.
+    `precomputed`: `precompute_ner`'s result (or None): sentences in it skip the model. In join mode `df` must be
+    `precomputed.attach(df)` (the records with their `_ner` column).
     """
+    broadcast = precomputed.broadcast if precomputed is not None else None
+    join_keys = precomputed.keys if precomputed is not None and precomputed.mode == "join" else None
     per_source = {s.name: (s.kind, s.pii, cleaner_options(normalize, language, quality, pii_entities, s.skip_rules,
                                                           pii_ner))
                   for s in sources}
@@ -49,12 +56,14 @@ def clean_on_spark(df, sources: Sequence[Source], *, normalize: Normalize, langu
 
         from pipelines.data.clean import make_cleaner
 
-        cleaners: dict = {}
-        if precomputed is not None:
-            from pipelines.data import pii_ner as ner_module
+        from pipelines.data import pii_ner as ner_module
 
-            ner_module.use_precomputed(precomputed.value)  # loaded once per worker, then Spark's cached copy
+        cleaners: dict = {}
+        if broadcast is not None:
+            ner_module.use_precomputed(broadcast.value)  # loaded once per worker, then Spark's cached copy
         for pdf in batches:
+            if join_keys is not None:  # this batch's sentences, joined onto its records
+                ner_module.use_precomputed(_batch_tables(pdf["_ner"], join_keys))
             recs = [{k: (None if isinstance(v, float) and v != v else v) for k, v in rec.items()}  # NaN -> None
                     for rec in pdf.to_dict("records")]
             by_source: dict[str, list[int]] = {}
@@ -80,13 +89,55 @@ def clean_on_spark(df, sources: Sequence[Source], *, normalize: Normalize, langu
 
 
 _SEGMENT_DDL = "g int, seg string"
+_RECORD_SEGMENT_DDL = "source string, _file string, _pos long, g int, seg string"
 _FOUND_DDL = "g int, digest binary, found string"
+RECORD_KEY = ("source", "_file", "_pos")  # one parsed record (the readers' file and position, per source)
+
+
+def _batch_tables(column, keys: dict[int, tuple]) -> dict[tuple, dict[bytes, list]]:
+    """{cache key: {digest: candidates}} from a batch's `_ner` column (a list of (g, digest, found) per record)."""
+    import json
+
+    tables: dict[tuple, dict[bytes, list]] = {key: {} for key in keys.values()}
+    for entries in column:
+        if entries is None or (isinstance(entries, float) and entries != entries):  # no sentence (NaN: None)
+            continue
+        for e in entries:
+            tables[keys[int(e["g"])]][bytes(e["digest"])] = [tuple(c) for c in json.loads(e["found"])]
+    return tables
+
+
+@dataclass
+class PrecomputedNer:
+    """`precompute_ner`'s result: the model's candidates of every distinct sentence, broadcast or per record."""
+    mode: Literal["broadcast", "join"]
+    segments: int                 # distinct (entity list, sentence) pairs run through the model
+    keys: dict[int, tuple]        # group number -> pii_ner cache key (the detector's entity list and options)
+    broadcast: Any = None         # broadcast mode: Broadcast of {cache key: {segment_digest: candidates}}
+    per_record: Any = None        # join mode: DataFrame RECORD_KEY + `_ner` array<struct<g, digest, found>>
+    found: Any = None             # join mode: the cached (g, digest, found) table behind `per_record`
+
+    def attach(self, df):
+        """`df` with the `_ner` column `clean_on_spark` reads in join mode (unchanged in broadcast mode)."""
+        if self.mode != "join":
+            return df
+        return df.join(self.per_record, list(RECORD_KEY), "left")
+
+    def destroy(self) -> None:
+        if self.broadcast is not None:
+            self.broadcast.destroy()
+        if self.found is not None:
+            self.found.unpersist()
+
+    def report(self) -> dict[str, Any]:
+        return {"mode": self.mode, "distinct_sentences": self.segments}
 
 
 def precompute_ner(spark, df, sources: Sequence[Source], *, normalize: Normalize, pii_entities: Sequence[str],
-                   pii_ner: dict | None = None):
-    """The NER model's results for every distinct sentence of the corpus, run once each across the executors, as
-    a broadcast for `clean_on_spark` (None when no source's policy needs NER).
+                   pii_ner: dict | None = None, broadcast_max_segments: int | None = None) -> PrecomputedNer | None:
+    """The NER model's results for every distinct sentence of the corpus, run once each across the executors, for
+    `clean_on_spark` (None when no source's policy needs NER): a broadcast when there are at most
+    `broadcast_max_segments` distinct sentences (None: no limit), else a join onto the records (`attach`).
 
     Why: corpora repeat passages across records and files (t0 quotes the same paragraph in many templates), and
     a per-worker cache only catches the repeats one worker happens to see: on t0 the two workers of local[2] gave
@@ -96,8 +147,9 @@ def precompute_ner(spark, df, sources: Sequence[Source], *, normalize: Normalize
     `mapInPandas`; the driver collects 16-byte digests and the model's candidates (no text) and broadcasts them.
     Records later rejected by the quality or language rules are scanned here too (wasted work, never a wrong
     span: the cleaner runs the model on any sentence it does not find). The broadcast holds ~50 bytes per
-    distinct sentence plus its candidates, so for a corpus of hundreds of millions of sentences switch it off
-    (`ingest.pii_ner.corpus_pass: false`) and rely on the per-worker cache.
+    distinct sentence plus its candidates, in the driver and in every worker: above `broadcast_max_segments`
+    the results are joined onto the records instead (the model still runs once per distinct sentence; the
+    sentences are exploded a second time with their record's key, a Python pass without the model).
     """
     import json
 
@@ -117,23 +169,44 @@ def precompute_ner(spark, df, sources: Sequence[Source], *, normalize: Normalize
     keys = {g: ner_module.model_segments([], w, opts)[0] for g, w in wanted.items()}
     norm = normalize.model_dump()
 
+    def record_texts(rec, cfg) -> tuple[int, list[str]] | None:
+        from pipelines.data.clean import normalize as normalized
+
+        reason = rec["_reason"]
+        if (reason is None or reason != reason) and rec["source"] in per_source:  # NaN: pandas' None
+            g, fields = per_source[rec["source"]]
+            return g, [normalized(v, cfg) for v in (rec[k] for k in fields) if isinstance(v, str)]
+        return None
+
     def explode(batches):
         import pandas as pd
 
         from pipelines.data import pii_ner as P
-        from pipelines.data.clean import Normalize as Norm, normalize as normalized
+        from pipelines.data.clean import Normalize as Norm
 
         cfg, o = Norm(**norm), P.NerOptions(**ner_opts)
         for pdf in batches:
             texts: dict[int, list] = {}
             for rec in pdf.to_dict("records"):
-                reason = rec["_reason"]
-                if (reason is None or reason != reason) and rec["source"] in per_source:  # NaN: pandas' None
-                    g, fields = per_source[rec["source"]]
-                    texts.setdefault(g, []).extend(
-                        normalized(v, cfg) for v in (rec[k] for k in fields) if isinstance(v, str))
+                if (got := record_texts(rec, cfg)) is not None:
+                    texts.setdefault(got[0], []).extend(got[1])
             rows = [(g, seg) for g, ts in texts.items() for seg in P.model_segments(ts, wanted[g], o)[1]]
             yield pd.DataFrame(rows, columns=["g", "seg"])
+
+    def explode_per_record(batches):
+        import pandas as pd
+
+        from pipelines.data import pii_ner as P
+        from pipelines.data.clean import Normalize as Norm
+
+        cfg, o = Norm(**norm), P.NerOptions(**ner_opts)
+        for pdf in batches:
+            rows = []
+            for rec in pdf.to_dict("records"):
+                if (got := record_texts(rec, cfg)) is not None:
+                    key = (rec["source"], rec["_file"], int(rec["_pos"]))
+                    rows += [(*key, got[0], seg) for seg in P.model_segments(got[1], wanted[got[0]], o)[1]]
+            yield pd.DataFrame(rows, columns=["source", "_file", "_pos", "g", "seg"])
 
     def run(batches):
         import pandas as pd
@@ -149,9 +222,31 @@ def precompute_ner(spark, df, sources: Sequence[Source], *, normalize: Normalize
                 rows += [(int(g), P.segment_digest(seg), json.dumps(f)) for seg, f in zip(segs, found)]
             yield pd.DataFrame(rows, columns=["g", "digest", "found"])
 
+    from pyspark.sql import functions as F
+
     cols = ["source", "_reason", "prompt", "response", "text", "title"]
     segments = df.select(*cols).mapInPandas(explode, _SEGMENT_DDL).distinct()
-    tables: dict[tuple, dict[bytes, list]] = {key: {} for key in keys.values()}
-    for row in segments.mapInPandas(run, _FOUND_DDL).collect():  # toLocalIterator would run one partition at a time
-        tables[keys[row.g]][bytes(row.digest)] = [tuple(c) for c in json.loads(row.found)]
-    return spark.sparkContext.broadcast(tables)
+    found = segments.mapInPandas(run, _FOUND_DDL).persist()  # the model runs here, once per distinct sentence
+    n = found.count()
+    group_keys = {g: keys[g] for g in wanted}
+    if broadcast_max_segments is None or n <= broadcast_max_segments:
+        tables: dict[tuple, dict[bytes, list]] = {key: {} for key in keys.values()}
+        for row in found.collect():  # toLocalIterator would run one partition at a time
+            tables[keys[row.g]][bytes(row.digest)] = [tuple(c) for c in json.loads(row.found)]
+        found.unpersist()
+        return PrecomputedNer("broadcast", n, group_keys, broadcast=spark.sparkContext.broadcast(tables))
+
+    def digest_of(batches):
+        from pipelines.data import pii_ner as P
+
+        for pdf in batches:
+            pdf["digest"] = [P.segment_digest(seg) for seg in pdf["seg"]]
+            yield pdf.drop(columns=["seg"])
+
+    per_segment = (df.select(*RECORD_KEY, *cols[1:]).mapInPandas(explode_per_record, _RECORD_SEGMENT_DDL)
+                   .distinct()
+                   .mapInPandas(digest_of, "source string, _file string, _pos long, g int, digest binary"))
+    per_record = (per_segment.join(found, ["g", "digest"])
+                  .groupBy(*RECORD_KEY)
+                  .agg(F.collect_list(F.struct("g", "digest", "found")).alias("_ner")))
+    return PrecomputedNer("join", n, group_keys, per_record=per_record, found=found)

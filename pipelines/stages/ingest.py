@@ -58,6 +58,8 @@ class PiiNer(StageConfig):
     # Each distinct sentence of the corpus through the model once, on Spark, before cleaning
     # (pipelines.data.clean_spark.precompute_ner); false: once per executor Python worker only.
     corpus_pass: bool
+    # The corpus pass's results are broadcast up to this many distinct sentences, joined onto the records above.
+    broadcast_max_segments: int = Field(ge=0)
 
 
 class Config(StageConfig):
@@ -111,6 +113,7 @@ class IngestReport(TypedDict):
     sources: dict[str, SourceReport]
     total: TotalReport
     notes: list[str]
+    ner_corpus_pass: dict | None  # {mode: broadcast | join, distinct_sentences}; None: no corpus pass ran
     output_dir: str
     rejects_dir: str
 
@@ -130,15 +133,17 @@ def run(cfg: Config, engines: EnginesConfig | None = None, *, spark=None) -> Ing
         parsed = frames[0]
         for df in frames[1:]:
             parsed = parsed.unionByName(df)
-        ner_opts = cfg.pii_ner.model_dump(exclude={"corpus_pass"})
+        ner_opts = cfg.pii_ner.model_dump(exclude={"corpus_pass", "broadcast_max_segments"})
         precomputed = None
         if cfg.pii_ner.corpus_pass:
             parsed = parsed.cache()  # read twice: the sentences for the model, then the cleaning
             precomputed = precompute_ner(spark, parsed, cfg.sources, normalize=cfg.normalize,
-                                         pii_entities=cfg.pii_entities, pii_ner=ner_opts)
+                                         pii_entities=cfg.pii_entities, pii_ner=ner_opts,
+                                         broadcast_max_segments=cfg.pii_ner.broadcast_max_segments)
             if precomputed is None:  # no source needs NER: nothing was read yet
                 parsed.unpersist()
-        cleaned = clean_on_spark(parsed, cfg.sources, normalize=cfg.normalize, language=cfg.language,
+        records = precomputed.attach(parsed) if precomputed is not None else parsed  # join mode: + `_ner`
+        cleaned = clean_on_spark(records, cfg.sources, normalize=cfg.normalize, language=cfg.language,
                                  quality=cfg.quality, pii_entities=cfg.pii_entities, pii_ner=ner_opts,
                                  precomputed=precomputed)
         # The UDF runs once: good rows, rejects and every count below read this cache.
@@ -165,6 +170,7 @@ def run(cfg: Config, engines: EnginesConfig | None = None, *, spark=None) -> Ing
         "sources": sources,
         "total": total_report(sources),
         "notes": notes + empty_source_notes(sources),
+        "ner_corpus_pass": precomputed.report() if precomputed is not None else None,
         "output_dir": cfg.output_dir,
         "rejects_dir": cfg.rejects_dir,
     }
