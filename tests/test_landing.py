@@ -24,7 +24,7 @@ MANIFEST = {"kind": "instruction", "format": "jsonl", "licence": "MIT", "pii": "
 def _cfg(tmp_path, **overrides) -> landing.LandingConfig:
     values = {"inbox": str(tmp_path / "inbox"), "s3_inbox": None, "flag_file": "_READY", "poke_interval_s": 1,
               "landed_dir": str(tmp_path / "landed"), "rejects_dir": str(tmp_path / "rejects"),
-              "pii_scan_rows": 100, "max_bad_line_fraction": 0.5, **overrides}
+              "pii_scan_rows": 100, "max_bad_line_fraction": 0.5, "dvc_track": True, **overrides}
     return landing.LandingConfig(**values)
 
 

@@ -371,3 +371,99 @@ def test_make_s3_local_starts_moto_with_a_bucket_and_stops_it(tmp_path, monkeypa
     finally:
         local_s3.stop()
     assert not (tmp_path / ".dvc" / "tmp" / "s3-local.pid").exists()
+
+
+# -- approved landing batches travel with push/pull ---------------------------------------------------------------
+
+INGEST_LANDED = '''
+import json, sys
+from pathlib import Path
+from pipelines.data.landing import landed_sources
+rows = []
+for src in landed_sources("data/landed"):
+    for f in sorted(Path(".").glob(src.path)):
+        rows += [dict(json.loads(line), source=src.name) for line in f.read_text().splitlines() if line.strip()]
+Path("data/interim").mkdir(parents=True, exist_ok=True)
+Path("data/interim/corpus.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\\n" for r in rows))
+Path("metrics").mkdir(exist_ok=True)
+Path("metrics/ingest.json").write_text(json.dumps({"rows": len(rows)}))
+'''
+
+INGEST_DVC_YAML = '''
+stages:
+  ingest:
+    cmd: python ingest.py
+    deps: [ingest.py, data/landed]
+    outs: [data/interim/corpus.jsonl]
+    metrics:
+      - metrics/ingest.json: {cache: false}
+'''
+
+
+def test_landed_batches_are_dvc_tracked_so_a_fresh_clone_pulls_them_and_reproduces(tmp_path, s3_server, s3_bucket,
+                                                                                  monkeypatch):
+    """A batch approved at landing (the real `landing.accept`) is `dvc add`-ed with its approval record; pushed to
+    S3 (moto_server), a fresh clone of the commit pulls it back, and the stage that reads landed data (ingest's
+    shape) is up to date there and, forced, reproduces the same output."""
+    import json
+
+    import yaml
+
+    from pipelines.data import landing
+
+    bucket, client = s3_bucket
+    env = s3_env(s3_server, bucket)
+    repo = tmp_path / "origin"
+    (repo / "data" / "landed").mkdir(parents=True)
+    sh(["git", "init", "-q"], repo)
+    sh([DVC, "init", "-q"], repo)
+    shutil.copy(REPO / ".dvc" / "config", repo / ".dvc" / "config")
+    shutil.copy(REPO / ".dvc" / ".gitignore", repo / ".dvc" / ".gitignore")
+    shutil.copy(REPO / ".gitignore", repo / ".gitignore")  # the project's rules: landed data itself not in git
+    (repo / "data" / "landed" / ".gitkeep").write_text("")
+    (repo / "ingest.py").write_text(INGEST_LANDED)
+    (repo / "dvc.yaml").write_text(INGEST_DVC_YAML)
+    pythonpath = {"PYTHONPATH": str(REPO)}
+    sh([DVC, "repro", "-q"], repo, **pythonpath)
+    _git_commit(repo, "nothing landed yet")
+
+    cfg = landing.LandingConfig(inbox=str(repo / "data" / "landing"), s3_inbox=None, flag_file="_READY",
+                                poke_interval_s=1, landed_dir=str(repo / "data" / "landed"),
+                                rejects_dir=str(repo / "data" / "rejects"), pii_scan_rows=10,
+                                max_bad_line_fraction=0.5, dvc_track=True)
+    rows = [{"instruction": f"Question {i}?", "input": "", "response": f"Answer {i}."} for i in range(5)]
+    folder = repo / "data" / "landing" / "faq"
+    folder.mkdir(parents=True)
+    (folder / "source.yaml").write_text(yaml.safe_dump({"kind": "instruction", "format": "jsonl", "licence": "MIT",
+                                                        "pii": "redact", "fields": {"prompt": "instruction",
+                                                                                    "response": "response"}}))
+    (folder / "b.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = landing.accept(cfg, landing.scan_inbox(cfg), run_id="r1", approved_by="alice", approved_sources=["faq"])
+    assert report["dvc_tracked"] == ["data/landed/faq.dvc", "data/landed/approvals.json.dvc"]
+    landed_before = snapshot(repo, "data/landed")
+    assert "data/landed/faq/r1__b.jsonl" in landed_before
+    sh([DVC, "repro", "-q"], repo, **pythonpath)  # the retrain's ingest reads the landed batch
+    assert json.loads((repo / "metrics" / "ingest.json").read_text()) == {"rows": 5}
+    _git_commit(repo, "retrain on the landed batch")
+    tracked = sh(["git", "ls-files", "data/landed"], repo).stdout.split()
+    assert sorted(tracked) == ["data/landed/.gitignore", "data/landed/.gitkeep", "data/landed/approvals.json.dvc",
+                               "data/landed/faq.dvc"]  # the data itself is not in git (DVC's .gitignore)
+
+    assert llmops(["data", "remote", "--root", str(repo)], monkeypatch, env).exit_code == 0
+    pushed = llmops(["data", "push", "-r", "s3", "--root", str(repo)], monkeypatch, env)
+    assert pushed.exit_code == 0, pushed.output
+    batch_md5 = hashlib.md5((repo / "data" / "landed" / "faq" / "r1__b.jsonl").read_bytes()).hexdigest()
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]]
+    assert f"llmops/dvc/files/md5/{batch_md5[:2]}/{batch_md5[2:]}" in keys  # the batch itself went to S3
+
+    clone = tmp_path / "clone"
+    sh(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
+    assert not (clone / "data" / "landed" / "faq").exists()
+    assert llmops(["data", "remote", "--root", str(clone)], monkeypatch, env).exit_code == 0
+    pulled = llmops(["data", "pull", "-r", "s3", "--root", str(clone)], monkeypatch, env)
+    assert pulled.exit_code == 0, pulled.output
+    assert snapshot(clone, "data/landed") == landed_before
+    status = sh([DVC, "status"], clone, **env, **pythonpath)
+    assert "up to date" in status.stdout.lower(), status.stdout  # the retrain's inputs are all there
+    sh([DVC, "repro", "-q", "-f", "ingest"], clone, **pythonpath)
+    assert snapshot(clone, "data/interim") == snapshot(repo, "data/interim")

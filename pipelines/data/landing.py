@@ -14,6 +14,11 @@ corrupt file, a source without a manifest or a licence. The rest is a batch; a s
 summary. `accept` moves approved batches into `<landed_dir>/<source>/` (atomic renames) and records the approval
 in `<landed_dir>/approvals.json`; refused files go to `<rejects_dir>/<stamp>/` with a `reason.json`.
 
+Landed data is DVC-tracked (`dvc_track`): `accept` runs `dvc add` on each landed source folder and on
+approvals.json when the landed folder is inside a DVC repository, so `llmops data push` / `make data-push` carry
+the data a retrain was trained on, and a clone of the commit (with its `<landed_dir>/*.dvc` files) pulls it back
+and reproduces the retrain. Commit those `.dvc` files with the dvc.lock of the retrain (DVC stages them in git).
+
 No Airflow here: the ingest DAG wires these functions; the CLI and tests call them directly.
 """
 from __future__ import annotations
@@ -51,6 +56,7 @@ class LandingConfig(StageConfig):
     rejects_dir: str  # refused files, with a reason.json each
     pii_scan_rows: int  # rows per source scanned for the approval's PII summary
     max_bad_line_fraction: float  # a JSONL file with more unparsable lines than this is refused as corrupt
+    dvc_track: bool  # `dvc add` each landed source folder and approvals.json (when inside a DVC repository)
 
 
 class RefusedFile(TypedDict):
@@ -84,6 +90,7 @@ class AcceptReport(TypedDict):
     accepted: list[dict[str, Any]]  # {source, files (landed paths), rows}
     rows: int
     refused: list[RefusedFile]
+    dvc_tracked: list[str]  # the .dvc files written (repository-relative); empty when not in a DVC repository
 
 
 def root_path(path: str | Path) -> Path:
@@ -300,10 +307,48 @@ def accept(cfg: LandingConfig, scan: InboxScan, *, run_id: str, approved_by: str
                                           "approved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                           "run_id": run_id, "pii_summary": batch["pii_summary"]}
         accepted.append({"source": batch["source"], "files": moved, "rows": batch["rows"]})
+    tracked: list[str] = []
     if accepted:
         write_json(landed / APPROVALS, approvals)
+        if cfg.dvc_track:
+            tracked = track_landed(landed, [a["source"] for a in accepted])
     refused = reject(cfg, scan["refused"], run_id)
-    return AcceptReport(accepted=accepted, rows=sum(a["rows"] for a in accepted), refused=refused)
+    return AcceptReport(accepted=accepted, rows=sum(a["rows"] for a in accepted), refused=refused,
+                        dvc_tracked=tracked)
+
+
+def dvc_root(path: Path) -> Path | None:
+    """The DVC repository `path` is in (the nearest folder above it with a `.dvc/` directory), or None."""
+    for folder in (path.resolve(), *path.resolve().parents):
+        if (folder / ".dvc").is_dir():
+            return folder
+    return None
+
+
+def track_landed(landed: Path, sources: list[str], *, attempts: int = 30) -> list[str]:
+    """`dvc add` the landed folders of `sources` and approvals.json: their content goes into the DVC cache (and
+    with `llmops data push`, the remote), and `<landed_dir>/<source>.dvc` records it for git. Nothing happens
+    outside a DVC repository. Retries while another DVC command (a `dvc repro`) holds the repository lock."""
+    root = dvc_root(landed)
+    if root is None:
+        return []
+    from dvc.lock import LockError
+    from dvc.repo import Repo
+
+    landed = landed.resolve()
+    paths = [landed / name for name in sources if (landed / name).is_dir()]
+    if (landed / APPROVALS).exists():
+        paths.append(landed / APPROVALS)
+    for attempt in range(attempts):
+        try:
+            with Repo(str(root)) as repo:
+                repo.add([str(p) for p in paths])  # absolute: DVC resolves relative targets against the cwd
+            break
+        except LockError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(2)
+    return [f"{p.relative_to(root)}.dvc" for p in paths]
 
 
 # --- what ingest and validation read ------------------------------------------------------------------------
