@@ -412,17 +412,24 @@ def test_stdio_read_side_and_refusals(demo, airflow):
 
 
 class _Uvicorn:
-    def __init__(self, app):
+    """`make_app(base_url)` on uvicorn in a thread, on a loopback socket bound first (port 0: a free one)."""
+
+    def __init__(self, make_app):
+        import socket
+
         import uvicorn
 
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        self.server = uvicorn.Server(uvicorn.Config(make_app(self.base), log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
         self.thread.start()
         deadline = time.time() + 60
         while not self.server.started:
             assert time.time() < deadline and self.thread.is_alive(), "server did not start"
             time.sleep(0.05)
-        self.url = f"http://127.0.0.1:{self.server.servers[0].sockets[0].getsockname()[1]}/mcp"
+        self.url = self.base + "/mcp"
 
     def stop(self):
         self.server.should_exit = True
@@ -458,8 +465,9 @@ def test_http_auth_scopes_and_acting_tools(demo, airflow):
     keys = KeyStore.from_env({"LLMOPS_API_KEYS_FILE": str(demo["keys"])})
     workspace = Workspace.load(ws)
     cfg = load_config(workspace)
-    enabled = _Uvicorn(http_app(workspace, cfg.model_copy(update={"acting_tools": True}), keys))
-    disabled = _Uvicorn(http_app(workspace, cfg, keys))
+    enabled = _Uvicorn(lambda base: http_app(workspace, cfg.model_copy(update={"acting_tools": True}), keys,
+                                             base_url=base))
+    disabled = _Uvicorn(lambda base: http_app(workspace, cfg, keys, base_url=base))
     try:
         init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}}
         assert httpx.post(enabled.url, json=init).status_code == 401  # no key
@@ -565,7 +573,7 @@ def test_ask_goes_through_the_served_api_and_its_guard(demo, base_model_dir, tmp
     ws = demo["ws"]
     _set_mcp(ws, serve_url=served.url, ask_max_tokens=8)
     workspace = Workspace.load(ws)
-    mcp_server = _Uvicorn(http_app(workspace, load_config(workspace), keys))
+    mcp_server = _Uvicorn(lambda base: http_app(workspace, load_config(workspace), keys, base_url=base))
     try:
         async def agent(session):
             out = {"plain": await _call(session, "ask", {"question": "What is the capital of France?"}),
@@ -577,6 +585,10 @@ def test_ask_goes_through_the_served_api_and_its_guard(demo, base_model_dir, tmp
 
         out = anyio.run(_session_run, mcp_server.url, READER, agent)
         health = httpx.get(served.url + "/health").json()
+        # A2A: the agent card is public; the endpoint needs a key with the mcp scope, and answers through serving
+        card = httpx.get(mcp_server.base + "/.well-known/agent-card.json").json()
+        denied = httpx.post(mcp_server.base + "/a2a", json={"jsonrpc": "2.0", "id": 1, "method": "SendMessage"})
+        a2a_answer = anyio.run(_a2a_ask, mcp_server.base, READER, "Where is the Eiffel Tower?")
     finally:
         mcp_server.stop()
         served.stop()
@@ -587,3 +599,24 @@ def test_ask_goes_through_the_served_api_and_its_guard(demo, base_model_dir, tmp
     assert long["refused_by_guard"] and long["guard"]["reason"] == "prompt_too_long"
     lines = {x["request_id"]: x for x in map(json.loads, log.read_text().splitlines())}
     assert lines[plain["request_id"]]["key_id"] == "agent-reader"  # the caller's own key reached serving
+    assert card["name"] == "llmops-candidate RAG assistant" and card["version"] == "2"  # the workspace's champion
+    assert card["supportedInterfaces"][0]["url"] == mcp_server.base + "/a2a"
+    assert card["skills"][0]["id"] == "rag_answer" and "bearer" in card["securitySchemes"]
+    assert denied.status_code == 401
+    assert "Sources: [1] d0" in a2a_answer and "(answered by version 1)" in a2a_answer
+    assert sum(1 for x in lines.values() if x["key_id"] == "agent-reader") == 4  # plain, rag, refused, A2A
+
+
+async def _a2a_ask(base: str, key: str, question: str) -> str:
+    """The official A2A client: resolve the card, send one message, read the agent's text."""
+    import httpx
+    from a2a.client import ClientConfig, create_client
+    from a2a.helpers.proto_helpers import get_message_text, new_text_message
+    from a2a.types.a2a_pb2 import Role, SendMessageRequest
+
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=120) as http:
+        client = await create_client(base, client_config=ClientConfig(streaming=False, httpx_client=http))
+        request = SendMessageRequest(message=new_text_message(question, role=Role.ROLE_USER))
+        async for response in client.send_message(request):
+            return get_message_text(response.message)
+    raise AssertionError("no A2A response")

@@ -6,6 +6,8 @@ Transports:
 - streamable HTTP (`--transport http`): every request carries `Authorization: Bearer <key>`, checked against the
   platform's API keys (pipelines/serving/auth.py); a key needs the scope `mcp` (or to be an admin key). With no key
   configured, `serve.auth.no_keys` decides as it does for serving: open on a loopback address, refused elsewhere.
+  The same app publishes the served RAG assistant as an A2A agent (pipelines/platform_api/a2a.py): its card at
+  /.well-known/agent-card.json (public) and its JSON-RPC endpoint at /a2a (same keys).
 
 Acting tools (`trigger_retrain`, `rollback`, `abort_rollout`) run only when `mcp.acting_tools` is true, over HTTP,
 for an admin key; every call, allowed or refused, is a line of `mcp.audit_log` with its caller. Approvals are never
@@ -265,6 +267,9 @@ def build_server(ws: Workspace, cfg: McpConfig, transport: Literal["stdio", "htt
 # ------------------------------------------------------------------------------------------------- transports
 
 
+PUBLIC_PATHS = ("/.well-known/agent-card.json",)  # A2A discovery: the card is public, the endpoint is not
+
+
 class KeyAuth:
     """ASGI wrapper: every HTTP request needs a key with the `mcp` scope (or an admin key); 401/403 otherwise.
     With no keys configured the app is open (the caller made sure it is bound to loopback)."""
@@ -273,7 +278,8 @@ class KeyAuth:
         self.app, self.keys = app, keys
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or self.keys.empty:
+        if scope["type"] != "http" or self.keys.empty or (
+                scope.get("path") in PUBLIC_PATHS and scope.get("method") in ("GET", "HEAD")):
             return await self.app(scope, receive, send)
         from pipelines.serving.errors import APIError
 
@@ -292,8 +298,11 @@ def load_config(ws: Workspace) -> McpConfig:
     return parse_section(ws.params, "mcp", McpConfig)
 
 
-def http_app(ws: Workspace, cfg: McpConfig, keys=None, host: str | None = None):
-    """The streamable HTTP app behind key auth; refuses a non-loopback bind without keys (serve.auth.no_keys)."""
+def http_app(ws: Workspace, cfg: McpConfig, keys=None, host: str | None = None, base_url: str | None = None):
+    """The streamable HTTP app behind key auth; refuses a non-loopback bind without keys (serve.auth.no_keys).
+    Beside `cfg.path` it serves the A2A agent card of the served RAG assistant (public, at
+    /.well-known/agent-card.json) and its JSON-RPC endpoint (/a2a, same keys); `base_url` is the address clients
+    reach this server at (default: http://host:port)."""
     from pipelines.serving.auth import KeyStore, is_loopback
 
     keys = keys if keys is not None else KeyStore.from_env()
@@ -306,6 +315,10 @@ def http_app(ws: Workspace, cfg: McpConfig, keys=None, host: str | None = None):
                                 "to serve the platform unauthenticated")
     server = build_server(ws, cfg, "http", keys)
     app = server.streamable_http_app(streamable_http_path=cfg.path, host=host)
+    from pipelines.platform_api import a2a
+
+    app.router.routes.extend(a2a.routes(ws, base_url or f"http://{host}:{cfg.port}", not keys.empty,
+                                        cfg.ask_max_tokens))
     return KeyAuth(app, keys)
 
 
@@ -319,11 +332,13 @@ def serve(ws: Workspace, cfg: McpConfig, transport: str, host: str | None = None
 
     host = host or cfg.host
     port = cfg.port if port is None else port
-    app = http_app(ws, cfg, host=host)
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     bound = sock.getsockname()[1]
-    print(f"llmops mcp: streamable HTTP on http://{host}:{bound}{cfg.path}", flush=True)
+    base = f"http://{'[' + host + ']' if ':' in host else host}:{bound}"
+    app = http_app(ws, cfg, host=host, base_url=base)
+    print(f"llmops mcp: streamable HTTP on {base}{cfg.path}; A2A agent card at {base}/.well-known/agent-card.json",
+          flush=True)
     config = uvicorn.Config(app, log_level="warning", lifespan="on")
     uvicorn.Server(config).run(sockets=[sock])
