@@ -62,7 +62,7 @@ docs-serve: install
 	$(BIN)/mkdocs serve -a 127.0.0.1:8001
 
 test: install browser
-	$(BIN)/python -m pytest -ra --durations=30
+	$(BIN)/python -m pytest -ra --durations=30 --junitxml=reports/tests.xml  # the recorded run `llmops maturity` reads
 
 # Debian's Chromium for the Airflow UI test (Playwright drives it; `playwright install` would need a download).
 browser:
