@@ -68,6 +68,8 @@ def simulate(cfg, a, champion: dict, challenger: dict, *, rollouts: int, batch: 
     min_rated = np.array([s.min_rated for s in steps])
     R = rollouts
     cum = {arm: {f: np.zeros(R) for f in FIELDS} for arm in ("champion", "challenger")}
+    for arm in cum:
+        cum[arm]["errors_by_step"] = np.zeros((R, len(steps)))
     step_idx = np.zeros(R, dtype=int)
     step_age = np.zeros(R)
     step_req = np.zeros(R)
@@ -78,6 +80,7 @@ def simulate(cfg, a, champion: dict, challenger: dict, *, rollouts: int, batch: 
     at_ch_rated = np.full(R, np.nan)
     active = np.ones(R, dtype=bool)
     rates = {"champion": champion, "challenger": challenger}
+    established = {m: np.zeros(R, dtype=bool) for m in a.success}
     for _ in range(max_looks):
         idx = np.nonzero(active)[0]
         if idx.size == 0:
@@ -95,15 +98,20 @@ def simulate(cfg, a, champion: dict, challenger: dict, *, rollouts: int, batch: 
                    "rag_scored": rag, "ungrounded": rng.binomial(rag, r["ungrounded_rate"])}
             for f, v in add.items():
                 cum[arm][f][idx] += v
+            cum[arm]["errors_by_step"][idx, step_idx[idx]] += err
             if arm == "challenger":
                 step_req[idx] += n
                 step_rated[idx] += rated
         step_age[idx] += look_s
         ch = {f: v[idx] for f, v in cum["challenger"].items()}
         cb = {f: v[idx] for f, v in cum["champion"].items()}
-        verdicts = analysis.rate_verdicts(ch, cb, a)  # the production code path
+        verdicts = analysis.rate_verdicts(ch, cb, a, shares=share)  # the production code path
         guard = [res["guardrail"][0] for res in verdicts.values() if "guardrail" in res]
-        success = [res["success"][0] for res in verdicts.values() if "success" in res]
+        success = []
+        for m, res in verdicts.items():
+            if "success" in res:
+                st, established[m][idx] = analysis.latch(res["success"][0], established[m][idx])
+                success.append(st)
         s = step_idx[idx]
         step_ok = (step_age[idx] >= min_dur[s]) & (step_req[idx] >= min_req[s]) & (step_rated[idx] >= min_rated[s])
         code = analysis.combine(guard, success, step_ok)

@@ -54,6 +54,8 @@ QUANTILE_SPECS: dict[str, tuple[str, float]] = {
     "latency_p95_ms": ("latency_ms", 0.95), "ttft_p95_ms": ("ttft_ms", 0.95), "cost_per_1k_tokens": ("cost_per_1k", 0.5),
 }
 FEEDBACK_METRICS = frozenset({"negative_feedback_rate"})
+# per-request guardrails whose exact test in a canary is the design-based conditional one (events per step)
+CONDITIONAL_METRICS = frozenset({"error_rate"})
 assert set(RATE_SPECS) == set(RATE_METRICS) and set(QUANTILE_SPECS) == set(QUANTILE_METRICS)
 
 
@@ -67,9 +69,11 @@ def metric_alphas(a: AnalysisConfig, skip: frozenset[str] = frozenset()) -> tupl
 
 # --- vectorised verdicts: the analysis and bench/bench_rollout.py run exactly these ----------------------------
 def rate_verdicts(ch: dict[str, Any], cb: dict[str, Any], a: AnalysisConfig,
-                  skip: frozenset[str] = frozenset()) -> dict[str, dict[str, Any]]:
+                  skip: frozenset[str] = frozenset(), shares=None) -> dict[str, dict[str, Any]]:
     """Per rate metric and role ("guardrail", "success"): (status, lo, hi, log_e): the verdict, the normal-mixture
-    CS of challenger - champion and the universal-inference log e-value (pipelines/rollout/sequential.py). `ch` / `cb`
+    CS of challenger - champion and the exact test's log e-value (pipelines/rollout/sequential.py). `shares`
+    (a canary's step shares) with `<events>_by_step` counts in ch/cb switch the CONDITIONAL_METRICS guardrails to
+    the design-based conditional test. `ch` / `cb`
     map count fields to scalars or arrays (one entry per simulated rollout in the benchmark)."""
     a_guard, a_success = metric_alphas(a, skip)
     out: dict[str, dict[str, Any]] = {}
@@ -84,8 +88,10 @@ def rate_verdicts(ch: dict[str, Any], cb: dict[str, Any], a: AnalysisConfig,
              (np.asarray(cb["requests"]) >= a.min_requests)
         res: dict[str, Any] = {}
         if metric in a.guardrails:
+            by_step = (ch[f"{num}_by_step"], cb[f"{num}_by_step"], shares) \
+                if shares is not None and metric in CONDITIONAL_METRICS else None
             st, lo, hi, log_e = sq.rate_guardrail(s1, n1, s0, n0, margin=a.guardrails[metric], alpha=a_guard,
-                                                  tuned_n=a.tuned_n, floor=floor)
+                                                  tuned_n=a.tuned_n, floor=floor, by_step=by_step)
             res["guardrail"] = (np.where(na, NOT_APPLICABLE, st), lo, hi, log_e)
         if metric in a.success:
             st, lo, hi, log_e = sq.rate_noninferior(s1, n1, s0, n0, margin=a.success[metric], alpha=a_success,
@@ -103,6 +109,21 @@ def quantile_verdict(v1, v0, q: float, margin: float, alpha: float, floor: int, 
     if role == "guardrail":
         return (sq.WORSE if lo > margin else sq.UNDECIDED), lo, hi
     return (sq.NON_INFERIOR if hi < margin else sq.UNDECIDED), lo, hi
+
+
+def latch(status, established):
+    """A success metric shown non-inferior once in this rollout stays so: the confidence sequences hold at every
+    look at once, so stopping a test at its first rejection keeps its error bound (this is what lets the 100%
+    step, where the champion gets no more traffic, complete). Returns (status, established) updated."""
+    status = np.asarray(status)
+    established = np.asarray(established, dtype=bool)
+    status = np.where(established, sq.NON_INFERIOR, status)
+    return status, established | (status == sq.NON_INFERIOR)
+
+
+def established_metrics(state: RolloutState) -> set[str]:
+    """The success metrics a previous look of this rollout showed non-inferior (recorded in its history)."""
+    return {m for h in state.history for m in (h.get("established") or [])}
 
 
 def combine(guard_statuses: list, success_statuses: list, step_ok) -> np.ndarray:
@@ -154,8 +175,9 @@ def _sampled(request_id: str, rate: float) -> bool:
     return int.from_bytes(hashlib.sha256(str(request_id).encode()).digest()[:8], "big") / 2.0 ** 64 < rate
 
 
-def _empty_arm() -> dict[str, Any]:
-    return {"requests": 0, "errors": 0, "guarded": 0, "blocked": 0, "rated": 0, "negative": 0, "scored": 0,
+def _empty_arm(steps: int) -> dict[str, Any]:
+    return {"requests": 0, "errors": 0, "errors_by_step": np.zeros(steps), "guarded": 0, "blocked": 0, "rated": 0,
+            "negative": 0, "scored": 0,
             "toxic": 0, "pii_leak": 0, "rag_scored": 0, "ungrounded": 0, "latency_ms": [], "ttft_ms": [],
             "cost_per_1k": [], "cost_usd": 0.0, "tokens": 0, "step_requests": 0, "step_rated": 0,
             "versions": set()}
@@ -181,6 +203,21 @@ class _Scorer:
         return {"toxic": toxic, "pii_leak": bool(leaked), "groundedness": g}
 
 
+def _step_index_at(state: RolloutState):
+    """ts -> the index of the step the rollout was on at that time (from its start/advance history)."""
+    import bisect
+
+    marks = sorted((parse_iso(h["ts"]), int(h["to_step"])) for h in state.history
+                   if h.get("event") in ("start", "advance") and h.get("to_step") is not None)
+    times = [t for t, _ in marks]
+
+    def at(ts: datetime) -> int:
+        i = bisect.bisect_right(times, ts) - 1
+        return marks[i][1] if i >= 0 else 0
+
+    return at
+
+
 def arm_stats(requests: list[dict[str, Any]], feedback: list[dict[str, Any]], state: RolloutState,
               a: AnalysisConfig, online_eval) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """({"champion": stats, "challenger": stats}, extra) for the rollout's lines; in a shadow rollout the
@@ -190,7 +227,8 @@ def arm_stats(requests: list[dict[str, Any]], feedback: list[dict[str, Any]], st
     shadow = state.strategy == "shadow"
     other = "shadow" if shadow else "challenger"
     step_start = parse_iso(state.step_started_at)
-    arms = {"champion": _empty_arm(), "challenger": _empty_arm()}
+    arms = {"champion": _empty_arm(len(state.steps)), "challenger": _empty_arm(len(state.steps))}
+    step_of = _step_index_at(state)
     extra = {"other_rollout_lines": 0, "unknown_arm_lines": 0, "agreement_pairs": 0, "agreements": 0,
              "feedback_lines": len(feedback), "feedback_unmatched": 0, "feedback_duplicates": 0}
     by_id: dict[str, tuple[str, dict[str, Any]]] = {}
@@ -215,6 +253,7 @@ def arm_stats(requests: list[dict[str, Any]], feedback: list[dict[str, Any]], st
         st["step_requests"] += in_step
         if status >= 500:
             st["errors"] += 1
+            st["errors_by_step"][step_of(ts)] += 1
         blocked = _blocked(rec.get("guard"))
         if blocked is not None:
             st["guarded"] += 1
@@ -318,9 +357,13 @@ def decide(state: RolloutState, arms: dict[str, dict[str, Any]], extra: dict[str
     metrics: dict[str, Any] = {}
     guard_st: list = []
     success_st: list = []
-    for metric, roles in rate_verdicts(ch, cb, a, skip).items():
+    shares = [s.share for s in state.steps] if state.strategy == "canary" else None
+    before = established_metrics(state)
+    for metric, roles in rate_verdicts(ch, cb, a, skip, shares).items():
         metrics[metric] = {"kind": "rate", "roles": {}}
         for role, (st, lo, hi, log_e) in roles.items():
+            if role == "success":
+                st = latch(st, metric in before)[0]
             st = int(np.asarray(st))
             (guard_st if role == "guardrail" else success_st).append(st)
             margin = (a.guardrails if role == "guardrail" else a.success)[metric]
@@ -342,6 +385,8 @@ def decide(state: RolloutState, arms: dict[str, dict[str, Any]], extra: dict[str
             if not ch[field] and not cb[field] and ch["requests"] >= a.min_requests and \
                     cb["requests"] >= a.min_requests:
                 st = NOT_APPLICABLE
+            if role == "success":
+                st = int(latch(st, metric in before)[0])
             (guard_st if role == "guardrail" else success_st).append(st)
             metrics[metric]["roles"][role] = {"status": STATUS_NAMES[st], "margin": margin, "alpha": alpha,
                                               "diff_lo": _f(lo), "diff_hi": _f(hi)}
@@ -360,6 +405,7 @@ def decide(state: RolloutState, arms: dict[str, dict[str, Any]], extra: dict[str
         if a.min_shadow_agreement is not None:
             st = sq.INSUFFICIENT if pairs < a.min_requests else (
                 sq.NON_INFERIOR if float(lo) >= a.min_shadow_agreement else sq.UNDECIDED)
+            st = int(latch(st, "shadow_agreement" in before)[0])
             agreement["status"] = STATUS_NAMES[st]
             success_st.append(st)
     step = step_check(state, ch, now)
@@ -397,8 +443,12 @@ def decide(state: RolloutState, arms: dict[str, dict[str, Any]], extra: dict[str
     if cfg.final_approval and decision in ("advance", "complete"):
         nxt = state.steps[state.step_index + 1].share if decision == "advance" else None
         approval = (nxt is not None and nxt >= 1.0) or (decision == "complete" and state.step.share < 1.0)
+    established = sorted({mn for mn, m in metrics.items() if (m["roles"].get("success") or {}).get("status")
+                          == "non_inferior"} | ({"shadow_agreement"} if agreement and agreement.get("status")
+                                                == "non_inferior" else set()))
     return {"decision": decision, "reasons": reasons, "approval_required": approval, "step": step,
-            "metrics": metrics, "agreement": agreement}
+            "metrics": metrics, "agreement": agreement, "established": established,
+            "established_before": sorted(before)}
 
 
 def _arm_summary(st: dict[str, Any]) -> dict[str, Any]:

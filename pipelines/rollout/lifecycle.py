@@ -96,7 +96,7 @@ def apply(cfg: RolloutConfig, registry: RegistryConfig, report: dict[str, Any], 
     if analysed.get("rollout_id") != state.rollout_id or analysed.get("step_index") != state.step_index:
         return {"action": "stale", "state": state.to_dict(),
                 "reason": "the state changed since this analysis (another look or a person acted first)"}
-    ref = {"decision_record": report.get("record")}
+    ref = {"decision_record": report.get("record"), "established": report.get("established") or []}
     reason = "; ".join(report.get("reasons") or [])
     if decision in ("advance", "complete") and report.get("approval_required"):
         if approved is None:

@@ -23,12 +23,15 @@ formula; both were checked. What follows is small, numpy/scipy only, and each pi
    of A/B tests", Oper. Res.). The variance is plugged in with Agresti-Caffo's +1/+1 adjustment so a zero count
    does not give a zero variance. rho is chosen so the boundary is tightest near `tuned_n` observations per arm
    (Howard et al. 2021, eq. (15)).
-3. `ui_log_e` -- an exact two-sample test for the same difference: sequential universal inference (Wasserman,
+3. `ui_log_e` and `conditional_log_e` -- an exact two-sample test for the same difference: sequential universal inference (Wasserman,
    Ramdas & Balakrishnan 2020, "Universal inference", PNAS): the product of the arms' Beta mixtures of (1) over the
    binomial likelihood maximised under the null is an e-process for any interleaving of the arms. A rate metric's
    verdict uses (2) and (3) each at alpha/2 and is sure when either is: (3) decides rare-event guardrails (5%
    errors against ~0.1%) within a few events, where (2)'s plug-in variance is poor; (2) is a little tighter for
-   balanced arms at moderate rates (negative feedback 0.1 vs 0.2).
+   balanced arms at moderate rates (negative feedback 0.1 vs 0.2). For a canary's per-request guardrail (error
+   rate, margin 0) the exact test is the design-based `conditional_log_e` instead: given each request's assignment
+   probability (the step's share), the arms of the error events alone test "the challenger raises the rate",
+   without estimating the champion's rate (its regret was what made (3) need ~7 errors in 200 requests).
 4. `quantile_cs` -- CS for a quantile (p95 latency): the count of observations at or below the true q-quantile is
    Binomial(n, q), so the exact CS of (1) for that count brackets the quantile between two order statistics at
    every n at once (Howard & Ramdas 2022, "Sequential estimation of quantiles with applications to A/B-testing
@@ -185,18 +188,52 @@ def quantile_cs(values, q: float, alpha: float) -> tuple[float, float]:
     return lo, hi
 
 
+# conditional test: the grid of relative risks theta > 1 mixed over (equal weights, uniform in log theta)
+THETA_GRID = np.exp(np.linspace(np.log(1.05), np.log(1000.0), 96))
+
+
+def conditional_log_e(k1, k0, shares):
+    """log e-value of a design-based test that the challenger raises a per-request event rate (errors): under
+    H0 ("the arm does not raise the chance of an event") an event's request went to the challenger with at most
+    the probability it was assigned with, the step's share pi, whatever the (unknown, possibly drifting) event
+    rate. Each event multiplies the likelihood ratio of relative risk theta by theta / (pi theta + 1 - pi) (challenger)
+    or 1 / (pi theta + 1 - pi) (champion); the mixture over theta in THETA_GRID is a non-negative supermartingale
+    under H0, so Ville's inequality makes "log e >= log(1/alpha)" a valid test at every look (the conditional
+    binomial / MaxSPRT idea of Kulldorff, Davis, Kolczak et al. 2011, "A maximized sequential probability ratio test
+    for drug and vaccine safety surveillance", Sequential Analysis, with a mixture in place of the maximum so
+    that Ville applies). The champion's rate is never estimated, so a rare-event guardrail (5% errors against
+    ~0.1%) decides within a handful of challenger errors. `k1`, `k0`: events on each arm per step (shape
+    (..., steps)); `shares`: the challenger share of each step."""
+    k1 = np.asarray(k1, dtype=float)
+    k0 = np.asarray(k0, dtype=float)
+    pi = np.asarray(shares, dtype=float)
+    theta = THETA_GRID
+    # (..., steps, grid)
+    denom = np.log(pi[..., None] * theta + 1.0 - pi[..., None])
+    log_lr = (k1.sum(axis=-1)[..., None] * np.log(theta)
+              - ((k1 + k0)[..., None] * denom).sum(axis=-2))
+    m = log_lr.max(axis=-1)
+    log_e = m + np.log(np.exp(log_lr - m[..., None]).mean(axis=-1))
+    return np.maximum(log_e, 0.0)
+
+
 # --- verdicts (vectorised; the analysis and the benchmark both use these) -------------------------------------
 INSUFFICIENT, UNDECIDED, WORSE, NON_INFERIOR = 0, 1, 2, 3
 STATUS_NAMES = {INSUFFICIENT: "insufficient_data", UNDECIDED: "undecided", WORSE: "worse",
                 NON_INFERIOR: "non_inferior"}
 
 
-def rate_guardrail(s1, n1, s0, n0, *, margin: float, alpha: float, tuned_n: float, floor: int):
+def rate_guardrail(s1, n1, s0, n0, *, margin: float, alpha: float, tuned_n: float, floor: int, by_step=None):
     """WORSE where challenger - champion is surely above `margin`: the normal-mixture CS (alpha/2) lies above it,
-    or the universal-inference test (alpha/2) rejects "difference <= margin"; INSUFFICIENT where an arm has fewer
-    than `floor` observations; else UNDECIDED. Returns (status, lo, hi, log_e): the CS and the e-value."""
+    or an exact test (alpha/2) rejects "difference <= margin"; INSUFFICIENT where an arm has fewer than `floor`
+    observations; else UNDECIDED. The exact test is the design-based `conditional_log_e` when `by_step` =
+    (events1_per_step, events0_per_step, shares) is given (a canary's per-request metric with margin 0), else the
+    universal-inference `ui_log_e`. Returns (status, lo, hi, log_e): the CS and the e-value."""
     lo, hi = normal_mixture_diff_cs(s1, n1, s0, n0, alpha / 2, tuned_n)
-    log_e = ui_log_e(s1, n1, s0, n0, margin, "above")
+    if by_step is not None and margin == 0:
+        log_e = conditional_log_e(*by_step)
+    else:
+        log_e = ui_log_e(s1, n1, s0, n0, margin, "above")
     sure = (lo > margin) | (log_e >= np.log(2.0 / alpha))
     enough = (np.asarray(n1) >= floor) & (np.asarray(n0) >= floor)
     status = np.where(~enough, INSUFFICIENT, np.where(sure, WORSE, UNDECIDED))
