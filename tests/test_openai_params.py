@@ -205,14 +205,14 @@ def test_response_format(srv):
                                                "population": {"type": "integer"}},
               "required": ["city", "population"], "additionalProperties": False}
     rf = {"type": "json_schema", "json_schema": {"name": "place", "schema": schema, "strict": True}}
-    res = three(srv, max_tokens=40, response_format=rf,
+    res = three(srv, max_tokens=48, response_format=rf,
                 messages=[{"role": "user", "content": "Name the capital of France and its population as JSON."}])
     same(res, "text")
     for r in res:
         jsonschema.validate(json.loads(r["text"]), schema)
         assert r["finish"] == "stop"
-    obj = three(srv, max_tokens=40, response_format={"type": "json_object"},
-                messages=[{"role": "user", "content": "Describe Paris as a JSON object."}])
+    ask = "Give a JSON object with the keys name and country for Paris."
+    obj = three(srv, max_tokens=48, response_format={"type": "json_object"}, messages=[{"role": "user", "content": ask}])
     for r in obj:
         assert isinstance(json.loads(r["text"]), dict) and r["finish"] == "stop"
     msg = bad(srv, 400, "invalid_schema", "response_format.json_schema.schema",

@@ -73,8 +73,8 @@ CHAT: tuple[Param, ...] = (
           "definitions over 8192 bytes of JSON are 413 `tools_too_large`; " + _ONE_AT_A_TIME, "test_tools",
           SINGLE),
     Param("tool_choice", IMPLEMENTED, "`none`, `auto`, `required`, a named function", "test_tools", SINGLE),
-    Param("parallel_tool_calls", IMPLEMENTED, "true (default): `required` may make several calls, `auto` several; "
-          "false: at most one", "test_tools", SINGLE),
+    Param("parallel_tool_calls", IMPLEMENTED, "true (default): `auto` may make several calls; false: at most one. "
+          "`required` and a named function make exactly one", "test_tools", SINGLE),
     Param("n", IMPLEMENTED, "1 only: n > 1 is 400 `unsupported_value`", "test_basic_chat", BATCHED),
     Param("user", IMPLEMENTED, "the sticky key of arm routing when the request has no API key", "test_basic_chat",
           BATCHED),

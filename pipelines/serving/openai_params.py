@@ -17,6 +17,7 @@ from typing import Any
 from pipelines.serving.errors import APIError
 from pipelines.serving.sampling import (MAX_COMPLETION_LOGPROBS, MAX_TOP_LOGPROBS, SamplingParams, TokenLogprob)
 from pipelines.serving.stops import MAX_STOP_CHARS, MAX_STOPS
+from pipelines.serving.structured import TOOL_BEGIN, TOOL_END
 from pipelines.serving.tools import ToolSpec, ToolStream, parse_output, parse_tools, system_text
 
 _COUNTERS: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
@@ -102,9 +103,20 @@ class ChatPlan:
     response_format: str = "text"
     _stream: ToolStream | None = field(default=None, repr=False)
 
+    _forced: list[str] = field(default_factory=list, repr=False)
+
     @property
     def calls_tools(self) -> bool:
         return self.tools is not None and self.tools.mode != "none"
+
+    @property
+    def forced_call(self) -> bool:
+        """required / named: the whole answer is one bare JSON call (pipelines.serving.structured.tool_calls)."""
+        return self.tools is not None and self.tools.mode in ("required", "named")
+
+    @staticmethod
+    def _as_tagged(text: str) -> str:
+        return f"{TOOL_BEGIN}{text}{TOOL_END}"
 
     def cache_part(self) -> str:
         return json.dumps([self.params.cache_key_part(), self.response_format,
@@ -113,7 +125,7 @@ class ChatPlan:
     def message(self, text: str, finish_reason: str) -> tuple[dict, str]:
         """The answer's `message` and finish_reason (tool_calls when the answer is calls)."""
         if self.calls_tools:
-            content, calls = parse_output(text)
+            content, calls = parse_output(self._as_tagged(text) if self.forced_call else text)
             if calls:
                 return {"role": "assistant", "content": content, "tool_calls": calls}, "tool_calls"
         return {"role": "assistant", "content": text}, finish_reason
@@ -122,12 +134,20 @@ class ChatPlan:
         """Streaming: the chunk deltas for the next piece of text."""
         if not self.calls_tools:
             return [{"content": text}] if text else []
+        if self.forced_call:  # one JSON call: sent whole at the end (header delta + arguments delta)
+            self._forced.append(text)
+            return []
         if self._stream is None:
             self._stream = ToolStream()
         return self._stream.feed(text)
 
     def final(self, finish_reason: str) -> tuple[list[dict], str]:
         """Streaming: deltas left at the end, and the finish_reason."""
+        if self.forced_call:
+            self._stream = ToolStream()
+            out = self._stream.feed(self._as_tagged("".join(self._forced)))
+            out += self._stream.flush()
+            return out, "tool_calls" if self._stream.called else finish_reason
         if not self.calls_tools or self._stream is None:
             return [], finish_reason
         rest = self._stream.flush()

@@ -9,7 +9,8 @@ transformers integration does not import with transformers 5 (it checks for a re
 canonical JSON of what was asked (an LRU). A `Constraint` hands out one `Matcher` per request: `mask(scores)` sets
 the logits of tokens that cannot continue the grammar to -inf, `accept(token)` advances it, `terminated()` says the
 grammar is complete and a stop token was taken. The output is compact JSON (no free whitespace): a small model given
-free whitespace can emit newlines until max_tokens.
+free whitespace can emit newlines until max_tokens; for the same reason an integer without bounds is compiled with
+the range JSON holds exactly (`bound_integers`).
 
 Errors are the API's: a schema that is not a valid JSON Schema, or that xgrammar cannot compile, is a 400
 `invalid_schema` naming the problem.
@@ -39,6 +40,24 @@ def check_schema(schema: Any, where: str) -> None:
         path = "/".join(str(p) for p in exc.absolute_path) or "(root)"
         raise APIError(400, f"Invalid schema for {where}: at {path}: {exc.message}", "invalid_schema",
                        where) from None
+
+
+JSON_SAFE_INT = 2**53 - 1
+
+
+def bound_integers(schema: Any) -> Any:
+    """A copy of `schema` where an integer with no bounds gets the range JSON numbers hold exactly (+-(2**53-1)):
+    the answer still validates against the original, and a small model cannot emit digits until max_tokens."""
+    if isinstance(schema, list):
+        return [bound_integers(x) for x in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: bound_integers(v) for k, v in schema.items()}
+    kind = out.get("type")
+    if (kind == "integer" or (isinstance(kind, list) and "integer" in kind)) and not (
+            {"minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"} & set(out)):
+        out.update(minimum=-JSON_SAFE_INT, maximum=JSON_SAFE_INT)
+    return out
 
 
 class Matcher:
@@ -114,25 +133,28 @@ class Grammars:
         check_schema(schema, "response_format.json_schema.schema")
         key = "schema:" + json.dumps([schema, strict], sort_keys=True)
         return self._get(key, "json_schema", lambda: self.compiler.compile_json_schema(
-            json.dumps(schema), any_whitespace=False, strict_mode=True), "response_format.json_schema.schema")
+            json.dumps(bound_integers(schema)), any_whitespace=False, strict_mode=True),
+            "response_format.json_schema.schema")
 
     def tool_calls(self, functions: list[dict], mode: str, parallel: bool) -> Constraint:
-        """Tool calls as `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`, arguments constrained by the
-        function's parameter schema. mode "auto": free text, a call may start at `<tool_call>`; "required": the
-        answer is one call (or several with parallel) of any of `functions`, nothing else."""
-        from xgrammar.structural_tag import (JSONSchemaFormat, OrFormat, StructuralTag, TagFormat,
-                                             TagsWithSeparatorFormat, TriggeredTagsFormat)
+        """Tool calls. mode "auto": free text in which a call may start at `<tool_call>`, then it is
+        `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` with the arguments constrained by the function's
+        parameter schema (several calls with `parallel`); "required": the whole answer is ONE compact call
+        `{"name": ..., "arguments": {...}}` of any of `functions` (no tags, no free whitespace: fewer tokens)."""
+        from xgrammar.structural_tag import JSONSchemaFormat, StructuralTag, TagFormat, TriggeredTagsFormat
 
-        tags = [TagFormat(begin=f'{TOOL_BEGIN}{{"name": {json.dumps(f["name"])}, "arguments": ',
-                          content=JSONSchemaFormat(json_schema=f["parameters"]), end=f"}}{TOOL_END}")
-                for f in functions]
-        if mode == "auto":
-            fmt: Any = TriggeredTagsFormat(triggers=[TOOL_BEGIN], tags=tags, at_least_one=False,
-                                           stop_after_first=not parallel)
-        elif parallel:
-            fmt = TagsWithSeparatorFormat(tags=tags, separator="\n", at_least_one=True)
-        else:
-            fmt = tags[0] if len(tags) == 1 else OrFormat(elements=tags)
         key = "tools:" + json.dumps([functions, mode, parallel], sort_keys=True)
+        if mode == "required":
+            calls = [{"type": "object", "properties": {"name": {"const": f["name"]},
+                                                       "arguments": bound_integers(f["parameters"])},
+                      "required": ["name", "arguments"], "additionalProperties": False} for f in functions]
+            schema = calls[0] if len(calls) == 1 else {"anyOf": calls}
+            return self._get(key, "tools", lambda: self.compiler.compile_json_schema(
+                json.dumps(schema), any_whitespace=False, strict_mode=True), "tools")
+        tags = [TagFormat(begin=f'{TOOL_BEGIN}{{"name": {json.dumps(f["name"])}, "arguments": ',
+                          content=JSONSchemaFormat(json_schema=bound_integers(f["parameters"])),
+                          end=f"}}{TOOL_END}")
+                for f in functions]
+        fmt = TriggeredTagsFormat(triggers=[TOOL_BEGIN], tags=tags, at_least_one=False, stop_after_first=not parallel)
         return self._get(key, "tools", lambda: self.compiler.compile_structural_tag(StructuralTag(format=fmt)),
                          "tools")

@@ -5,8 +5,9 @@ the model answers a call as `<tool_call>{"name": ..., "arguments": {...}}</tool_
 
 - `tool_choice` "none": the tools are not shown and nothing is constrained (plain text);
 - "auto" (the default with tools): free text, and a call may start at `<tool_call>` (then it is constrained);
-- "required": the answer is one call (several with `parallel_tool_calls`) of any function, nothing else;
+- "required": the answer is one call of any function, nothing else (a bare compact JSON call, fewer tokens);
 - a named function `{"type": "function", "function": {"name": ...}}`: one call of that function.
+`parallel_tool_calls` false allows at most one call under "auto" (several otherwise).
 
 Earlier turns of the client's tool loop are rendered the same way: an assistant message's `tool_calls` become its
 `<tool_call>` text, a `tool` message's content is wrapped in `<tool_response>`. The answer's calls come back as

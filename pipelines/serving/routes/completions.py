@@ -137,12 +137,11 @@ async def completions(request: Request, rt: Runtime = Depends(get_runtime)):
             return v.text, done.finish_reason
         return done.text, done.finish_reason
 
-    def choice_logprobs(done: Done, prefix: str) -> dict | None:
+    def choice_logprobs(done: Done) -> dict | None:
         if k is None:
             return None
         entries = (done.prompt_logprobs or []) if req.echo else []
-        start = 0 if req.echo else len(prefix)
-        return completion_logprobs(entries + (done.logprobs or []), start)
+        return completion_logprobs(entries + (done.logprobs or []), 0)  # offsets into the returned text
 
     def usage(dones: list[Done]) -> dict:
         out = sum(d.completion_tokens for d in dones)
@@ -184,7 +183,7 @@ async def completions(request: Request, rt: Runtime = Depends(get_runtime)):
         for i, ((ids, ptext), done) in enumerate(zip(prompts, dones)):
             text, finish = screened(done, ptext)
             choices.append({"text": (ptext if req.echo else "") + text, "index": i,
-                            "logprobs": choice_logprobs(done, ptext), "finish_reason": finish})
+                            "logprobs": choice_logprobs(done), "finish_reason": finish})
         finish_metrics(dones)
         rt.log_request(ctx, 200)
         return JSONResponse({"id": cid, "object": "text_completion", "created": created, "model": model,
