@@ -736,12 +736,15 @@ def mcp(
     root: Optional[Path] = typer.Option(None, help="repository root (default: LLMOPS_ROOT or the current one)"),
 ) -> None:
     """The platform as an MCP server (registry, gates, lineage, drift, the served model) over stdio or HTTP."""
+    import os
+
     from pipelines.config import project_root
     from pipelines.mcp_server.server import load_config, serve as serve_mcp
     from pipelines.platform_api import PlatformError, Workspace
 
     try:
         ws = Workspace.load((root or project_root()).resolve())
+        os.environ["LLMOPS_ROOT"] = str(ws.root)  # code that asks project_root() sees the same workspace
         cfg = load_config(ws)
         chosen = transport or cfg.transport
         if chosen not in ("stdio", "http"):
