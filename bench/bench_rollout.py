@@ -217,7 +217,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--look-s", type=float, default=60.0, help="step time a look stands for (min_duration_s)")
     ap.add_argument("--rated-share", type=float, default=0.3)
     ap.add_argument("--rag-share", type=float, default=0.3)
-    ap.add_argument("--max-looks", type=int, default=600)
+    ap.add_argument("--max-looks", type=int, default=1200)
     ap.add_argument("--seed", type=int, default=20261207)
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args(argv)
