@@ -256,7 +256,7 @@ class LoopOptions:
     keep: bool = False  # leave Airflow and the server running at the end
     batch: str = SAMPLE_BATCH  # JSONL of T0-shaped rows (prompt, completion)
     source: str = SAMPLE_SOURCE  # the landing folder (= source name)
-    step_timeout_s: float = 900.0  # the longest any one step may take (the retrain is one step)
+    step_timeout_s: float = 900.0  # the longest any one step (or one stage of the retrain) may take
     events: str = EVENTS
 
 
@@ -466,7 +466,10 @@ class DemoLoop:
         approved: set[str] = set()
         while True:
             tis = api.task_instances("llmops_lifecycle", run_id)
-            for event in tracker.update(tis):
+            events = tracker.update(tis)
+            if events:  # progress: the timeout bounds one stage, not the whole retrain
+                deadline = time.monotonic() + self.opts.step_timeout_s
+            for event in events:
                 if event["task"] == "retrain_policy" and event["state"] in TERMINAL:
                     allowed = api.xcom("llmops_lifecycle", run_id, "retrain_policy")
                     self.emit("policy", allowed=bool(allowed) and event["state"] == "success")
@@ -488,7 +491,7 @@ class DemoLoop:
                         self.emit(**event)
                 return {"run_id": run_id, "state": state, "deploy": api.xcom("llmops_lifecycle", run_id, "deploy")}
             if time.monotonic() > deadline:
-                raise LoopError(f"the lifecycle run {run_id} did not finish within {self.opts.step_timeout_s:.0f} s")
+                raise LoopError(f"the lifecycle run {run_id} made no progress for {self.opts.step_timeout_s:.0f} s")
             time.sleep(3)
 
     def gate(self) -> None:
