@@ -406,3 +406,80 @@ def test_conformance_table_and_server_agree(srv):
         bad(srv, 400, "unsupported_parameter", "frobnicate", path, frobnicate=1)  # in no row: refused too
     page = REPO / "docs" / "serving" / "conformance.md"
     assert page.read_text() == conf.markdown(), "regenerate: python -m pipelines.serving.conformance > " + str(page)
+
+
+# ------------------------------------------------------------------------------------------------ real clients
+
+MC_ITEMS = 6  # the first records of the project's multiple-choice set
+
+
+def test_lm_eval_local_completions_matches_in_process_evaluate(srv, monkeypatch, tmp_path):
+    """lm-evaluation-harness `local-completions` (echo + logprobs on /v1/completions) scores the same items as the
+    in-process evaluate's multiple_choice family; the accuracies agree within 0.02."""
+    for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_EVALUATE_OFFLINE"):
+        monkeypatch.setenv(var, "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_datasets"))
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    import lm_eval
+    import numpy as np
+    from lm_eval.tasks import TaskManager
+
+    from pipelines.evaluation.runner import ModelContext
+    from pipelines.evaluation.tasks import FAMILIES, TaskSpec, load_examples
+    from pipelines.models import lm
+
+    spec = TaskSpec(name="mc", type="multiple_choice", path=str(REPO / "data/sample/eval/mc_harmless.jsonl"),
+                    max_examples=MC_ITEMS, max_new_tokens=0, enabled=True)
+    records = load_examples(spec)
+    engine = srv["engine"]
+    tok = engine.tok
+    family = FAMILIES["multiple_choice"]
+    ctx = ModelContext(engine.model, tok, batch_size=4, max_prompt_tokens=400, max_length=512, on_gpu=False)
+    with engine._lock:  # the in-process evaluate on the served model object (the server is idle here)
+        outputs = family.infer(ctx, records, spec)
+    in_process = float(np.mean(family.columns(records, outputs, None)["acc"]))
+
+    # the same items as lm-eval sees them: the chat-formatted prompt, each choice closed by the end-of-turn token
+    eot = tok.convert_ids_to_tokens(lm.end_of_turn_id(tok))
+    data = tmp_path / "mc.jsonl"
+    data.write_text("".join(json.dumps({"context": tok.apply_chat_template(
+        [{"role": "user", "content": r["question"]}], add_generation_prompt=True, tokenize=False),
+        "conts": [c + eot for c in r["choices"]], "answer": r["answer"]}) + "\n" for r in records))
+    (tmp_path / "llmops_mc.yaml").write_text(
+        "task: llmops_mc\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: " + str(data) + "\n"
+        "test_split: test\noutput_type: multiple_choice\ndoc_to_text: context\ndoc_to_choice: conts\n"
+        "doc_to_target: answer\ntarget_delimiter: \"\"\nmetric_list:\n  - metric: acc\n")
+    out = lm_eval.simple_evaluate(
+        model="local-completions", tasks=["llmops_mc"], task_manager=TaskManager(include_path=str(tmp_path)),
+        model_args={"model": "m", "base_url": srv["url"] + "/v1/completions", "tokenizer": str(srv["base"]),
+                    "tokenizer_backend": "huggingface", "tokenized_requests": True, "max_retries": 1,
+                    "num_concurrent": 1}, batch_size=1)
+    served = out["results"]["llmops_mc"]["acc,none"]
+    print(f"lm-eval local-completions acc {served:.3f}, in-process evaluate acc {in_process:.3f} ({len(records)} items)")
+    assert abs(served - in_process) <= 0.02, (served, in_process)
+
+
+def test_langchain_chat_openai_stop_and_structured_output(srv):
+    from langchain_openai import ChatOpenAI
+    from pydantic import BaseModel, Field
+
+    llm = ChatOpenAI(model="m", base_url=srv["url"] + "/v1", api_key=KEY, temperature=0, max_tokens=10,
+                     max_retries=0, timeout=180)
+    plain = llm.invoke(Q).content
+    cut = llm.invoke(Q, stop=["Paris"]).content
+    assert "Paris" in plain and cut == plain[:plain.index("Paris")]
+    streamed = "".join(c.content for c in llm.stream(Q, stop=["Paris"]))
+    assert streamed == cut
+
+    class City(BaseModel):
+        name: str = Field(max_length=24)
+        country: str = Field(max_length=24)
+
+    structured = ChatOpenAI(model="m", base_url=srv["url"] + "/v1", api_key=KEY, temperature=0, max_tokens=48,
+                            max_retries=0, timeout=180).with_structured_output(City, method="json_schema",
+                                                                               strict=True)
+    city = structured.invoke("Which city is the capital of France? Answer with its name and country.")
+    assert isinstance(city, City) and city.name and city.country
+    tooled = ChatOpenAI(model="m", base_url=srv["url"] + "/v1", api_key=KEY, temperature=0, max_tokens=48,
+                        max_retries=0, timeout=180).with_structured_output(City, method="function_calling")
+    assert isinstance(tooled.invoke("Which city is the capital of France?"), City)
