@@ -466,7 +466,7 @@ def demo_loop(
     interactive: bool = typer.Option(False, "--interactive", help="approve in Airflow's Required actions page "
                                                                      "yourself (the URL is printed)"),
     keep: bool = typer.Option(False, "--keep", help="leave Airflow and the server running at the end"),
-    step_timeout: float = typer.Option(900.0, help="seconds any one step (or one retrain stage) may take"),
+    step_timeout: float = typer.Option(1800.0, help="seconds any one step (or one retrain stage) may take"),
 ) -> None:
     """Drift -> retrain -> gate -> promotion -> the server on the new version, on real Airflow, step by step."""
     from pipelines.orchestration.demo_loop import LoopOptions, run_loop

@@ -256,7 +256,7 @@ class LoopOptions:
     keep: bool = False  # leave Airflow and the server running at the end
     batch: str = SAMPLE_BATCH  # JSONL of T0-shaped rows (prompt, completion)
     source: str = SAMPLE_SOURCE  # the landing folder (= source name)
-    step_timeout_s: float = 900.0  # the longest any one step (or one stage of the retrain) may take
+    step_timeout_s: float = 1800.0  # the longest any one step (or one stage of the retrain) may take
     events: str = EVENTS
 
 
