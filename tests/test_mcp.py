@@ -245,6 +245,7 @@ async def _exercise(session, demo, transport: str) -> dict:
     seen["explain2"] = await _call(session, "explain_gate", {"version": 2})
     seen["explain_latest"] = await _call(session, "explain_gate", {})
     seen["lineage"] = await _call(session, "lineage", {"version": 2})
+    seen["lineage1"] = await _call(session, "lineage", {"version": 1})
     seen["drift"] = await _call(session, "drift_history")
     seen["search"] = await _call(session, "search_corpus", {"query": "Where is the Eiffel Tower?", "k": 2})
     seen["approvals"] = await _call(session, "pending_approvals")
@@ -329,6 +330,8 @@ def _check_read_side(seen: dict, demo: dict, airflow_url: str) -> None:
     assert lin["lock_describes_version"] and lin["adapter_sha256"] == demo["shas"][2]
     assert {(s["name"], s["licence"]) for s in lin["raw_sources"]} == {("gpteacher_roleplay", "MIT"),
                                                                        ("xquad_en", "CC-BY-SA-4.0")}
+    assert not seen["lineage1"]["lock_describes_version"] and "describes the latest promotion (v2)" in \
+        seen["lineage1"]["note"]
     jobs = {j["job"]: j for j in lin["openlineage"]["jobs"]}
     assert set(jobs) == {"llmops_lifecycle.ingest", "llmops_lifecycle.finetune"}
     assert jobs["llmops_lifecycle.ingest"]["state"] == "COMPLETE"
@@ -620,3 +623,18 @@ async def _a2a_ask(base: str, key: str, question: str) -> str:
         async for response in client.send_message(request):
             return get_message_text(response.message)
     raise AssertionError("no A2A response")
+
+
+def test_no_rollout_recorded_is_an_answer_and_aborting_nothing_is_refused(demo, tmp_path):
+    import copy
+
+    from pipelines.platform_api import PlatformError, Workspace, act, read
+
+    workspace = Workspace.load(demo["ws"])
+    params = copy.deepcopy(workspace.params)
+    params["rollout"]["state_path"] = str(tmp_path / "none.json")
+    empty = Workspace(workspace.root, params)
+    status = read.rollout_status(empty)
+    assert status["rollout"] is None and status["message"].startswith("no rollout recorded")
+    with pytest.raises(PlatformError, match="no rollout recorded: nothing to abort"):
+        act.abort_rollout(empty, "x", "tester")
