@@ -94,6 +94,7 @@ def served(base_model_dir, tmp_path_factory):
     # the guard (serve.guard, tests/test_guard.py) is off here: these tests pin the API's own behaviour, and the
     # trained detectors' verdicts on test prompts would depend on whether models/guard was built
     cfg = serve_config(max_new_tokens=12, reload_poll_s=1.0, request_log=str(tmp / "logs" / "requests.jsonl"),
+                       feedback_log=str(tmp / "logs" / "feedback.jsonl"), rollout_state=str(tmp / "rollout.json"),
                        guard={"enabled": False},
                        rag={"index_dir": str(tiny_index(tmp / "index")), "top_k": 2, "template": "rag_v1.j2",
                             "max_context_tokens": 200},

@@ -114,8 +114,11 @@ def _server_pii(rec: dict[str, Any]) -> int | None:
 def evaluate_window(cfg: OnlineEvalConfig) -> OnlineEvalReport:
     started = time.perf_counter()
     log = read_request_log(cfg.request_log, cfg.since, cfg.until)
-    errors = sum(1 for r in log.records if isinstance(r.get("status"), int) and r["status"] >= 400)
-    eligible = [r for r in log.records if not (isinstance(r.get("status"), int) and r["status"] >= 400)
+    # shadow copies (arm "shadow", pipelines/serving/shadow.py) were never returned to a user: the rollout analysis
+    # scores them per arm; this report is about what users received
+    served = [r for r in log.records if r.get("arm") != "shadow"]
+    errors = sum(1 for r in served if isinstance(r.get("status"), int) and r["status"] >= 400)
+    eligible = [r for r in served if not (isinstance(r.get("status"), int) and r["status"] >= 400)
                 and isinstance(r.get("response"), str)]
     base: dict[str, Any] = {
         "request_log": cfg.request_log, "since": cfg.since, "until": cfg.until, "log": log.accounting(),
@@ -180,7 +183,7 @@ def evaluate_window(cfg: OnlineEvalConfig) -> OnlineEvalReport:
     def rate(num: int, den: int) -> float | None:
         return round(num / den, 4) if den else None
 
-    total_logged = len(log.records)
+    total_logged = len(served)
     rates = {
         "toxic_response_rate": rate(counts["toxic_response"], n),
         "toxic_prompt_rate": rate(counts["toxic_prompt"], n),

@@ -243,13 +243,14 @@ def read_request_log(path: str | Path | None, since: str | datetime | None = Non
 
 
 def request_log_window(log: RequestLog, name: str | None = None, ok_only: bool = True) -> TextWindow:
-    """The logged prompts as a window (requests that failed with a status >= 400 are skipped when `ok_only`)."""
+    """The logged prompts as a window (requests that failed with a status >= 400 are skipped when `ok_only`; shadow
+    copies, `arm` "shadow", repeat a user's prompt and are always skipped)."""
     win = TextWindow(name=name or log.path, texts=[], kind="request_log", rejected=list(log.rejected),
                      records_read=len(log.records) + len(log.rejected))
     for rec in log.records:
         prompt = rec.get("prompt")
         status = rec.get("status")
-        if ok_only and isinstance(status, int) and status >= 400:
+        if (ok_only and isinstance(status, int) and status >= 400) or rec.get("arm") == "shadow":
             win.skipped_no_text += 1
         elif isinstance(prompt, str) and prompt.strip():
             win.texts.append(prompt)

@@ -9,6 +9,7 @@ runs the same app as Ray Serve replicas):
 - `GET /v1/models`, `POST /v1/embeddings` (the platform's MiniLM; float or base64)
 - `GET /health` (no auth): served version per alias, prompt-template hashes; 503 while no champion is loaded
 - `GET /metrics` (no auth): Prometheus text
+- `POST /v1/feedback`: a rating (thumbs or 1-5) of an answer by its `x-request-id` (pipelines.serving.feedback)
 - `POST /admin/reload` (admin key): re-resolve the aliases now (the poller does it every `serve.reload_poll_s`)
 
 The routes live in pipelines.serving.routes (one router per endpoint family); the shared request handling (auth,
@@ -31,24 +32,28 @@ from pipelines.models.registry import RegistryConfig
 from pipelines.serving.auth import KeyStore
 from pipelines.serving.config import ServeConfig
 from pipelines.serving.errors import APIError
-from pipelines.serving.routes import admin, chat, completions, embeddings, health, models
+from pipelines.serving.routes import admin, chat, completions, embeddings, feedback, health, models
 from pipelines.serving.routes.chat import _chunk
 from pipelines.serving.runtime import RAG_SUFFIX, Ctx, ResponseCache, Runtime, log
+from pipelines.serving.shadow import Shadow
 
 __all__ = ["RAG_SUFFIX", "Ctx", "ResponseCache", "Runtime", "_chunk", "create_app"]
 
-ROUTERS = (health.router, admin.router, models.router, embeddings.router, chat.router, completions.router)
+ROUTERS = (health.router, admin.router, models.router, embeddings.router, chat.router, completions.router,
+           feedback.router)
 
 
 def create_app(cfg: ServeConfig, registry: RegistryConfig, *, root: Path | None = None,
                keys: KeyStore | None = None, manage_lifecycle: bool = True) -> FastAPI:
     rt = Runtime(cfg, registry, root=root, keys=keys)
+    rt.shadow = Shadow(rt)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         if manage_lifecycle:
             await asyncio.to_thread(rt.start)
         yield
+        await rt.shadow.close()
         if manage_lifecycle:
             await asyncio.to_thread(rt.stop)
 

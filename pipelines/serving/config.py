@@ -30,6 +30,8 @@ class LimitsConfig(StageConfig):
     max_concurrent: int = Field(ge=1)  # requests in flight at once; 503 with Retry-After above
     rate_limit_rps: float = Field(gt=0)  # per API key token bucket: refill rate (requests per second)
     rate_limit_burst: int = Field(ge=1)  # bucket size; 429 with Retry-After when empty
+    feedback_rate_limit_rps: float = Field(gt=0)  # POST /v1/feedback: its own per-key bucket (refill, per second)
+    feedback_rate_limit_burst: int = Field(ge=1)  # ... and size; 429 with Retry-After when empty
 
 
 class AuthConfig(StageConfig):
@@ -42,6 +44,13 @@ class AuthConfig(StageConfig):
 class ChallengerConfig(StageConfig):
     alias: str  # the registry alias of the challenger (served when a version has it)
     traffic_share: float = Field(ge=0.0, le=1.0)  # share of API keys (sticky per key) routed to it
+
+
+class ShadowConfig(StageConfig):
+    # a shadow rollout (rollout state, pipelines/rollout/state.py): the challenger answers a copy of each chat
+    # request after the champion's answer is sent, off the request path; never returned, logged with arm "shadow"
+    queue_size: int = Field(ge=1)  # copies waiting for the challenger; a full queue drops the copy (counted)
+    concurrency: int = Field(ge=1)  # shadow generations at once (they never take a serve.limits.max_concurrent slot)
 
 
 class RagConfig(StageConfig):
@@ -75,6 +84,12 @@ class ServeConfig(StageConfig):
     reload_poll_s: float = Field(ge=0)  # how often the registry aliases are polled (0: only POST /admin/reload)
     request_log: str  # JSONL, one line per request (monitoring reads it); relative to the project root
     request_log_max_bytes: int = Field(ge=0)  # rotate to <path>.<n> above this size; 0: never
+    feedback_log: str  # JSONL, one line per accepted POST /v1/feedback (pipelines.serving.feedback); rotated likewise
+    feedback_lookup_files: int = Field(ge=1)  # newest request/feedback log files searched for a request another
+    #                                           replica served (or an earlier duplicate)
+    rollout_state: str  # the rollout state file (rollout.state_path) read per request: arm routing and shadow
+    rollout_state_poll_s: float = Field(gt=0)  # s3:// state: re-checked at most this often (rollout.state_poll_s)
+    shadow: ShadowConfig
     batching: BatchingConfig
     cache: CacheConfig
     limits: LimitsConfig

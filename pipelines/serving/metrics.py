@@ -48,6 +48,18 @@ class Metrics:
         self.cost_per_1k = Gauge("llmops_cost_per_1k_tokens_usd", "cost per 1000 tokens (in + out) so far",
                                  registry=r)
         self.inflight = Gauge("llmops_requests_in_flight", "requests being served", registry=r)
+        self.arm_requests = Counter("llmops_arm_requests", "chat requests by rollout arm (champion, challenger, "
+                                    "shadow) and status", ["arm", "rollout_id", "model_version", "status"],
+                                    registry=r)
+        self.feedback = Counter("llmops_feedback", "accepted feedback by the rated answer's model version and arm",
+                                ["model_version", "alias", "arm", "polarity"], registry=r)
+        self.feedback_duplicates = Counter("llmops_feedback_duplicates", "feedback repeated for a rated request "
+                                           "(idempotent: not counted again)", registry=r)
+        self.shadow = Counter("llmops_shadow_requests", "shadow copies: enqueued, completed, failed, dropped (queue "
+                              "full) or skipped (no challenger loaded)", ["result"], registry=r)
+        self.shadow_queue = Gauge("llmops_shadow_queue_depth", "shadow copies waiting for the challenger", registry=r)
+        self.rollout_share = Gauge("llmops_rollout_challenger_share", "the running rollout's challenger share "
+                                   "(canary step; 0 otherwise)", registry=r)
         self.price_cpu_s = price_per_cpu_hour / 3600.0
         self.price_gpu_s = price_per_gpu_hour / 3600.0
         self._hits = self._lookups = 0

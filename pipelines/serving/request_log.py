@@ -5,7 +5,11 @@ prompt (last user message, redacted by pipelines.data.pii), prompt_sha256 (of th
 (redacted; null on errors), prompt_tokens, completion_tokens, latency_ms, ttft_ms, cpu_s (the request's share of
 the process CPU-seconds while it generated, pipelines.serving.metrics; null when no generation ran), cost_usd (cpu_s
 at the `cost` price table), pii_found {prompt, response},
-guard (null until the guard fills it), contexts ([{doc_id, chunk_id, text}] in RAG mode, else null).
+guard (null until the guard fills it), contexts ([{doc_id, chunk_id, text}] in RAG mode, else null),
+arm ("champion" | "challenger" | "shadow": who answered), rollout_id (the rollout that routed the request, null when
+none did: no rollout running, or an explicit `<model>:<alias>`), replica ("hostname:pid" of the server process),
+shadow_of (shadow lines only: the user-facing request_id whose copy the challenger answered; a shadow line has its
+own request_id, is never returned to a user and cannot be rated).
 Rotation: a line that would take the file above `max_bytes` first renames it to `<stem>.<n>.jsonl` (n = 000001,
 000002, ... zero-padded, so name order is time order and every rotated file still ends in `.jsonl`) and starts a new
 one. Readers (pipelines.monitoring.windows.read_request_log) given the log's path read its rotated files first, then
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import re
 import threading
@@ -25,7 +30,7 @@ from typing import Any
 
 FIELDS = ("ts", "request_id", "key_id", "model", "model_version", "alias", "mode", "status", "prompt",
           "prompt_sha256", "response", "prompt_tokens", "completion_tokens", "latency_ms", "ttft_ms", "cpu_s",
-          "cost_usd", "pii_found", "guard", "contexts")
+          "cost_usd", "pii_found", "guard", "contexts", "arm", "rollout_id", "replica", "shadow_of")
 
 
 def utc_ts() -> str:
@@ -64,7 +69,9 @@ def log_files(path: str | Path) -> list[Path]:
     return rotated_files(path) + ([path] if path.exists() else [])
 
 
-class RequestLog:
+class JsonlLog:
+    """An append-only JSONL file rotated at `max_bytes` (the request log's and the feedback log's writer)."""
+
     def __init__(self, path: str | Path, max_bytes: int):
         self.path = Path(path)
         self.max_bytes = max_bytes
@@ -89,11 +96,30 @@ class RequestLog:
             os.unlink(self.path)
             return
 
+    def append(self, line: dict) -> dict:
+        data = (json.dumps(line, ensure_ascii=False) + "\n").encode("utf-8")
+        with self._lock:
+            if self.max_bytes and (size := self.path.stat().st_size if self.path.exists() else 0) and \
+                    size + len(data) > self.max_bytes:
+                self._rotate()
+                self.rotations += 1
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, data)  # one write per line on an O_APPEND fd: lines never interleave
+            finally:
+                os.close(fd)
+            self.written += 1
+        return line
+
+
+class RequestLog(JsonlLog):
     def record(self, *, request_id: str, key_id: str | None, model: str | None, model_version: str | None,
                alias: str | None, mode: str, status: int, prompt: str | None, response: str | None,
                prompt_tokens: int | None, completion_tokens: int | None, latency_ms: float,
                ttft_ms: float | None, contexts: list[dict[str, Any]] | None = None,
-               guard: dict | None = None, cpu_s: float | None = None, cost_usd: float | None = None) -> dict:
+               guard: dict | None = None, cpu_s: float | None = None, cost_usd: float | None = None,
+               arm: str | None = None, rollout_id: str | None = None, replica: str | None = None,
+               shadow_of: str | None = None) -> dict:
         red_prompt, pii_prompt = redact(prompt)
         red_response, pii_response = redact(response) if status < 400 else (None, {})
         line = {
@@ -108,20 +134,36 @@ class RequestLog:
             "pii_found": {"prompt": pii_prompt, "response": pii_response}, "guard": guard,
             "contexts": [{"doc_id": c["doc_id"], "chunk_id": c["chunk_id"], "text": redact(c["text"])[0]}
                          for c in contexts] if contexts is not None else None,
+            "arm": arm, "rollout_id": rollout_id, "replica": replica, "shadow_of": shadow_of,
         }
-        data = (json.dumps(line, ensure_ascii=False) + "\n").encode("utf-8")
-        with self._lock:
-            if self.max_bytes and (size := self.path.stat().st_size if self.path.exists() else 0) and \
-                    size + len(data) > self.max_bytes:
-                self._rotate()
-                self.rotations += 1
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                os.write(fd, data)  # one write per line on an O_APPEND fd: lines never interleave
-            finally:
-                os.close(fd)
-            self.written += 1
-        return line
+        return self.append(line)
+
+
+def find_line(path: str | Path, field: str, value: str, max_files: int) -> dict | None:
+    """The last line of the log at `path` (its `max_files` newest files: the live one, then the rotated ones, newest
+    first) whose `field` is the string `value`; None when there is none. Each file is searched as bytes through an
+    mmap for the serialised `"field": "value"` (how JsonlLog writes it), so a miss costs one memory scan, no parse."""
+    needle = f"{json.dumps(field)}: {json.dumps(value, ensure_ascii=False)}".encode("utf-8")
+    for file in reversed(log_files(path)[-max_files:] if max_files > 0 else []):
+        try:
+            with open(file, "rb") as fh:
+                if os.fstat(fh.fileno()).st_size == 0:
+                    continue
+                with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+                    at = mm.rfind(needle)
+                    while at >= 0:
+                        start = mm.rfind(b"\n", 0, at) + 1
+                        end = mm.find(b"\n", at)
+                        try:
+                            line = json.loads(mm[start:end if end >= 0 else len(mm)])
+                        except (json.JSONDecodeError, UnicodeDecodeError):
+                            line = None
+                        if isinstance(line, dict) and line.get(field) == value:
+                            return line
+                        at = mm.rfind(needle, 0, start)
+        except (FileNotFoundError, ValueError):  # rotated away meanwhile / emptied: look at the next file
+            continue
+    return None
 
 
 def usage_summary(path: str | Path, price_per_cpu_hour: float) -> dict | None:

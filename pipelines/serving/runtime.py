@@ -1,16 +1,28 @@
 """What one API process holds and the request handling every endpoint shares.
 
 `Runtime`: served versions (pipelines.serving.reload.Slots), keys and rate limits, the response cache, metrics,
-the request log, the guard, RAG; and the shared plumbing of a request: `authorize` (key + rate limit), `read_json`
-and `parse` (body limits, OpenAI-style 400/413/422), `admit`/`leave` (the concurrency bound), `route` (model name
--> alias, i.e. the arm), `log_request` (Prometheus + request log line). `Ctx` is one request's context. The routes
-(pipelines.serving.routes) reach the runtime through `request.app.state.runtime` (`get_runtime`).
+the request log, the feedback log, the guard, RAG, the rollout state and the shadow queue; and the shared plumbing
+of a request: `authorize` (key + rate limit), `read_json` and `parse` (body limits, OpenAI-style 400/413/422),
+`admit`/`leave` (the concurrency bound), `route` (model name -> alias and rollout arm), `log_request` (Prometheus +
+request log line). `Ctx` is one request's context. The routes (pipelines.serving.routes) reach the runtime through
+`request.app.state.runtime` (`get_runtime`).
+
+Arms: with a running rollout in the state file (`serve.rollout_state`, pipelines.rollout.state, re-read when it
+changes, so a step or a rollback applies without a restart), a request for the plain model name goes to the
+challenger when `assign_challenger(key id or `user`, rollout_id, share)` says so (sticky per key and rollout, the
+same after a restart and on every replica), else to the champion; a shadow rollout serves everyone the champion and
+queues a copy for the challenger (pipelines.serving.shadow). Only requests routed by a live rollout carry its
+`rollout_id` (not `<model>:<alias>` requests, nor any while the challenger loaded is not the rollout's version).
+Without a running rollout, `serve.challenger.traffic_share` is the manual share, as before.
 """
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
+import os
+import socket
 import threading
 import time
 import uuid
@@ -23,15 +35,17 @@ from fastapi import Request
 from pydantic import ValidationError
 
 from pipelines.models.registry import RegistryConfig, prompt_templates_sha256
+from pipelines.rollout.state import RolloutState, RolloutStore, assign_challenger
 from pipelines.security.guard import Guard
 from pipelines.serving.auth import KeyStore, RateLimiter, is_loopback
 from pipelines.serving.config import ServeConfig
 from pipelines.serving.engine import Done, Engine
 from pipelines.serving.errors import APIError
+from pipelines.serving.feedback import FeedbackLog, RecentRequests
 from pipelines.serving.metrics import Metrics
 from pipelines.serving.rag import Rag
 from pipelines.serving.reload import Served, Slots
-from pipelines.serving.request_log import RequestLog
+from pipelines.serving.request_log import RequestLog, find_line
 from pipelines.serving.schemas import ChatRequest
 
 log = logging.getLogger("llmops.serve")
@@ -42,6 +56,15 @@ RAG_SUFFIX = "-rag"
 def _root_path(root: Path, p: str) -> Path:
     path = Path(p)
     return path if path.is_absolute() else root / path
+
+
+_instances = itertools.count(1)
+
+
+def replica_name(n: int) -> str:
+    """`hostname:pid`; a second app in the same process (tests, benchmarks) gets `#n` appended."""
+    base = f"{socket.gethostname()}:{os.getpid()}"
+    return base if n == 1 else f"{base}#{n}"
 
 
 @dataclass
@@ -60,6 +83,11 @@ class Ctx:
     cpu_s: float | None = None  # the request's CPU-seconds (Metrics.cpu_share), set when its generation ends
     cost_usd: float | None = None
     pending_input: Any = None  # the guard's input detectors, left to run beside the prefill (parallel_input)
+    arm: str | None = None  # "champion" | "challenger" | "shadow" (chat)
+    rollout_id: str | None = None  # the running rollout that routed this request
+    shadow_of: str | None = None  # shadow copies: the user-facing request id
+    shadow: bool = False  # a shadow rollout runs: copy this request to the challenger once it is answered
+    status: int | None = None  # the status logged for it (log_request)
 
     def ms(self) -> float:
         return (time.perf_counter() - self.t0) * 1000.0
@@ -119,8 +147,17 @@ class Runtime:
         if self.keys.empty:
             log.warning("no API keys configured: serving WITHOUT authentication on %s (loopback only)", cfg.host)
         self.limiter = RateLimiter(cfg.limits.rate_limit_rps, cfg.limits.rate_limit_burst)
+        self.feedback_limiter = RateLimiter(cfg.limits.feedback_rate_limit_rps, cfg.limits.feedback_rate_limit_burst)
+        self.replica = replica_name(next(_instances))
         self.cache = ResponseCache(cfg.cache.max_entries)
         self.request_log = RequestLog(_root_path(self.root, cfg.request_log), cfg.request_log_max_bytes)
+        self.feedback_log = FeedbackLog(_root_path(self.root, cfg.feedback_log), cfg.request_log_max_bytes,
+                                        cfg.feedback_lookup_files)
+        self.recent = RecentRequests()
+        state_uri = cfg.rollout_state
+        self.rollout = RolloutStore(state_uri if state_uri.startswith(("s3://", "s3a://")) else
+                                    _root_path(self.root, state_uri), poll_s=cfg.rollout_state_poll_s)
+        self._rollout_error: str | None = None
         b = cfg.batching
         aliases = [registry.alias] + ([cfg.challenger.alias] if cfg.challenger.alias != registry.alias else [])
         self.slots = Slots(registry, aliases, lambda loaded: Engine(loaded, b.mode, b.num_blocks,
@@ -136,6 +173,7 @@ class Runtime:
         self.inflight = 0
         self._inflight_lock = threading.Lock()
         self.started = False
+        self.shadow: Any = None  # pipelines.serving.shadow.Shadow, set by create_app
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -161,11 +199,11 @@ class Runtime:
         self.metrics.set_models(self.registry.model_name, {a: s.version for a, s in self.slots.served.items()})
 
     # ------------------------------------------------------------ request plumbing
-    def authorize(self, request: Request, ctx: Ctx, admin: bool = False) -> None:
+    def authorize(self, request: Request, ctx: Ctx, admin: bool = False, limiter: RateLimiter | None = None) -> None:
         key = self.keys.check(request.headers.get("authorization"), admin=admin)
         ctx.key_id = key.id if key else None
         bucket = key.id if key else f"ip:{request.client.host if request.client else '-'}"
-        self.limiter.take(bucket)
+        (limiter or self.limiter).take(bucket)
 
     async def read_json(self, request: Request) -> Any:
         limit = self.cfg.limits.max_body_bytes
@@ -214,8 +252,25 @@ class Runtime:
             self.inflight -= 1
         self.metrics.inflight.dec()
 
+    def rollout_state(self) -> RolloutState | None:
+        """The running rollout, or None (no state file, not running, or unreadable: then the champion serves and the
+        error is logged once per distinct message)."""
+        try:
+            state = self.rollout.load()
+        except Exception as exc:  # a broken state file must not fail requests
+            msg = f"{type(exc).__name__}: {exc}"
+            if msg != self._rollout_error:
+                log.error("rollout state %s unreadable, serving the champion only: %s", self.rollout.uri, msg)
+                self._rollout_error = msg
+            self.metrics.rollout_share.set(0.0)
+            return None
+        self._rollout_error = None
+        running = state if state is not None and state.running else None
+        self.metrics.rollout_share.set(running.challenger_share() if running else 0.0)
+        return running
+
     def route(self, req: ChatRequest, ctx: Ctx) -> tuple[str, bool]:
-        """(alias, rag) for the requested model name."""
+        """(alias, rag) for the requested model name; sets the request's arm (and rollout) on `ctx`."""
         name = self.registry.model_name
         model = req.model or name
         rag = bool(req.rag)
@@ -225,13 +280,25 @@ class Runtime:
         if base != name or (alias and alias not in self.slots.aliases):
             raise APIError(404, f"The model '{req.model}' does not exist; see GET /v1/models", "model_not_found",
                            "model")
+        challenger = self.cfg.challenger.alias
         if not alias:
             alias = self.registry.alias
-            share = self.cfg.challenger.traffic_share
-            if share > 0 and self.cfg.challenger.alias in self.slots.served:
-                sticky = ctx.key_id or req.user or "anonymous"
-                if int(hashlib.sha256(sticky.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < share:
-                    alias = self.cfg.challenger.alias
+            sticky = ctx.key_id or req.user or "anonymous"
+            state = self.rollout_state()
+            if state is not None:
+                loaded = self.slots.served.get(challenger)
+                if loaded is not None and loaded.version == state.challenger_version:  # else: not live yet
+                    ctx.rollout_id = state.rollout_id
+                    if state.shadowing():
+                        ctx.shadow = True
+                    elif assign_challenger(sticky, state.rollout_id, state.challenger_share()):
+                        alias = challenger
+            else:
+                share = self.cfg.challenger.traffic_share
+                if share > 0 and challenger in self.slots.served:
+                    if int(hashlib.sha256(sticky.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < share:
+                        alias = challenger
+        ctx.arm = "challenger" if alias == challenger and alias != self.registry.alias else "champion"
         ctx.model = name + (RAG_SUFFIX if rag else "")
         ctx.mode = "rag" if rag else "chat"
         return alias, rag
@@ -239,19 +306,37 @@ class Runtime:
     def log_request(self, ctx: Ctx, status: int, response: str | None = None, completion_tokens: int | None = None,
                     ttft_ms: float | None = None) -> None:
         latency_ms = ctx.ms()
+        ctx.status = status
         self.metrics.requests.labels(ctx.endpoint, str(status), ctx.alias or "", ctx.version or "").inc()
         self.metrics.latency.labels(ctx.endpoint, ctx.mode).observe(latency_ms / 1000)
-        if ctx.endpoint != "chat":
+        if ctx.endpoint not in ("chat", "shadow"):
             return
+        self.metrics.arm_requests.labels(ctx.arm or "", ctx.rollout_id or "", ctx.version or "", str(status)).inc()
+        if ctx.endpoint == "chat":
+            self.recent.add(ctx.request_id, {"key_id": ctx.key_id, "model_version": ctx.version, "alias": ctx.alias,
+                                             "arm": ctx.arm, "rollout_id": ctx.rollout_id, "status": status})
         try:
             self.request_log.record(
                 request_id=ctx.request_id, key_id=ctx.key_id, model=ctx.model or self.registry.model_name,
                 model_version=ctx.version, alias=ctx.alias, mode=ctx.mode, status=status, prompt=ctx.prompt,
                 response=response if status < 400 else None, prompt_tokens=ctx.prompt_tokens,
                 completion_tokens=completion_tokens, latency_ms=latency_ms, ttft_ms=ttft_ms, contexts=ctx.contexts,
-                cpu_s=ctx.cpu_s, cost_usd=ctx.cost_usd)
+                cpu_s=ctx.cpu_s, cost_usd=ctx.cost_usd, arm=ctx.arm, rollout_id=ctx.rollout_id,
+                replica=self.replica, shadow_of=ctx.shadow_of)
         except Exception:  # the log must never fail a request
             log.exception("request log write failed")
+
+    def find_request(self, request_id: str) -> dict | None:
+        """What feedback needs of a chat request (key_id, model_version, alias, arm, rollout_id, status): from this
+        process's memory, else from the shared request log (another replica served it; rotated files included, the
+        `serve.feedback_lookup_files` newest). Blocking (file scan): call it in a worker thread."""
+        meta = self.recent.get(request_id)
+        if meta is not None:
+            return meta
+        line = find_line(self.request_log.path, "request_id", request_id, self.cfg.feedback_lookup_files)
+        if line is None:
+            return None
+        return {k: line.get(k) for k in ("key_id", "model_version", "alias", "arm", "rollout_id", "status")}
 
     def embedder(self):
         with self._embed_lock:

@@ -5,6 +5,7 @@
 - `models`: `GET /v1/models`
 - `embeddings`: `POST /v1/embeddings`
 - `chat`: `POST /v1/chat/completions`
+- `feedback`: `POST /v1/feedback`
 
 Shared request handling (auth, limits, admission, routing to an arm, request logging) lives in
 pipelines.serving.runtime; a route gets the process's `Runtime` with `Depends(get_runtime)`.

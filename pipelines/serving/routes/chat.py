@@ -167,6 +167,9 @@ async def chat(request: Request, rt: Runtime = Depends(get_runtime)):
         return JSONResponse(rt.guard.refusal_body(verdict, cid=cid, created=created, model=ctx.model,
                                                   fingerprint=fp), headers=ctx.headers())
 
+    # shadow rollout: the challenger's copy, queued only after the answer above was sent (pipelines.serving.shadow)
+    shadow_copy = rt.shadow.after(req, ctx, rag, ids, max_new, served, plan.params)
+
     usage_of = lambda d: {"prompt_tokens": ctx.prompt_tokens, "completion_tokens": d.completion_tokens,  # noqa
                           "total_tokens": (ctx.prompt_tokens or 0) + d.completion_tokens}
 
@@ -209,7 +212,8 @@ async def chat(request: Request, rt: Runtime = Depends(get_runtime)):
         if gout is not None and gout.blocked:  # output policy: the answer is replaced by a refusal
             rt.log_request(ctx, 200, rt.guard.refusal_text(gout), done.completion_tokens, ttft)
             return JSONResponse(rt.guard.refusal_body(gout, cid=cid, created=created, model=ctx.model,
-                                                      fingerprint=fp, usage=usage_of(done)), headers=ctx.headers())
+                                                      fingerprint=fp, usage=usage_of(done)), headers=ctx.headers(),
+                                background=shadow_copy)
         text = gout.text if gout is not None else done.text  # PII redacted by the output policy
         rt.log_request(ctx, 200, text, done.completion_tokens, ttft)
         message, finish = plan.message(text, done.finish_reason)
@@ -219,7 +223,7 @@ async def chat(request: Request, rt: Runtime = Depends(get_runtime)):
             "choices": [{"index": 0, "message": message, "logprobs": chat_logprobs(done.logprobs),
                          "finish_reason": finish}],
             "usage": usage_of(done), **extra}, headers={**ctx.headers(), "x-llmops-cache": (
-                "hit" if cached is not None else "miss") if cache_key else "off"})
+                "hit" if cached is not None else "miss") if cache_key else "off"}, background=shadow_copy)
 
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     ahead = Ahead(generate()) if verdict_task is not None else None
@@ -277,4 +281,4 @@ async def chat(request: Request, rt: Runtime = Depends(get_runtime)):
                            ttft)
 
     return StreamingResponse(sse(), media_type="text/event-stream",
-                             headers={**ctx.headers(), "Cache-Control": "no-cache"})
+                             headers={**ctx.headers(), "Cache-Control": "no-cache"}, background=shadow_copy)

@@ -21,13 +21,26 @@ def health(rt: Runtime = Depends(get_runtime)):
                             "prompt_templates_sha256": s.prompt_sha256, "loaded_at": s.loaded_at}
                         for a, s in served.items()},
             "errors": dict(rt.slots.errors), "reloads": rt.slots.reloads,
-            "challenger_traffic_share": cfg.challenger.traffic_share, "auth": not rt.keys.empty}
+            "challenger_traffic_share": cfg.challenger.traffic_share, "auth": not rt.keys.empty,
+            "replica": rt.replica, "rollout": _rollout(rt), "shadow": rt.shadow.stats()}
     if champ is None or not champ.engine.alive():
         return JSONResponse(status_code=503, content={**body, "status": "unavailable", "version": None,
                                                       "error": rt.slots.errors.get(registry.alias)})
     return {**body, "status": "ok", "version": champ.version, "run_id": champ.run_id,
             "base_model": champ.base_model, "adapter_sha256": champ.adapter_sha256,
             "system_fingerprint": rt.fingerprint(champ)}
+
+
+def _rollout(rt: Runtime) -> dict | None:
+    """The running rollout as this replica applies it (None: none running, champion only)."""
+    state = rt.rollout_state()
+    if state is None:
+        return None
+    loaded = rt.slots.served.get(rt.cfg.challenger.alias)
+    return {"rollout_id": state.rollout_id, "strategy": state.strategy, "step_index": state.step_index,
+            "challenger_share": state.challenger_share(), "shadowing": state.shadowing(),
+            "challenger_version": state.challenger_version,
+            "live": loaded is not None and loaded.version == state.challenger_version}
 
 
 @router.get("/metrics")
