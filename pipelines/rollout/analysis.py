@@ -197,8 +197,10 @@ class _Scorer:
         from pipelines.monitoring.online_eval import _server_pii, groundedness
 
         toxic = self.tox.score_one(rec.get("response")) >= self.cfg.toxicity_threshold
+        # the server's own count of PII in the answer (taken before it redacted the logged copy); the redactor on
+        # the logged text only for lines that carry no count (older writers)
         server = _server_pii(rec)
-        leaked = server if server else sum(pii_counts(rec.get("response"), self.cfg.pii_entities).values())
+        leaked = server if server is not None else sum(pii_counts(rec.get("response"), self.cfg.pii_entities).values())
         g = groundedness(rec.get("response"), rec.get("contexts")) if rec.get("mode") == "rag" else None
         return {"toxic": toxic, "pii_leak": bool(leaked), "groundedness": g}
 
