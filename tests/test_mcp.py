@@ -30,11 +30,10 @@ TASKS = {  # task.metric -> (better, v1 value, v2 value); the gate's versus_refe
 
 def _evaluate(sha: str, cand_dir: Path, version: int, reference: dict) -> dict:
     """evaluate.json as the stage writes it: per-task metrics of candidate and reference, paired intervals."""
-    ref_index = 1 if reference["kind"] == "base" else version - 1
     cand, base, comparisons = {}, {}, {}
     for name, (better, v1, v2) in TASKS.items():
-        c = (v1, v2)[version - 1]
-        r = (v1 * (1.1 if better == "lower" else 0.9)) if ref_index == 1 and reference["kind"] == "base" else v1
+        c = v1 if version == 1 else v2  # a later version scores as v2 does
+        r = v1 * (1.1 if better == "lower" else 0.9) if reference["kind"] == "base" else (v1 if version == 2 else v2)
         cand[name], base[name] = c, round(r, 6)
         d = round(c - r, 6)
         comparisons[name] = {"better": better, "candidate": c, "reference": round(r, 6), "diff": d,
@@ -72,14 +71,35 @@ DVC_LOCK = {"schema": "2.0", "stages": {
 }}
 
 
+def _gate_and_promote(ws: Path, params: dict, registry, cand: Path, version: int, base_model_dir="models/base"):
+    """evaluate/audit metrics of `cand` (against the base, or champion version - 1), then the real gate and promote
+    stages; returns the adapter hash."""
+    from pipelines.models.lm import dir_sha256
+    from pipelines.stages import gate, promote
+    from pipelines.stages.registry import stage_config
+
+    sha = dir_sha256(cand)
+    ref = {"kind": "base", "version": None} if version == 1 else {"kind": "champion", "version": version - 1}
+    write_json(ws / "metrics" / "evaluate.json", _evaluate(sha, cand, version, ref))
+    write_json(ws / "metrics" / "audit.json", _audit(sha))
+    gate.run(stage_config("gate", params, evaluate_metrics=str(ws / "metrics/evaluate.json"),
+                          audit_metrics=str(ws / "metrics/audit.json"),
+                          decision=str(ws / "reports/gate_decision.json")), registry)
+    report = promote.run(stage_config("promote", params, decision=str(ws / "reports/gate_decision.json"),
+                                      evaluate_metrics=str(ws / "metrics/evaluate.json"),
+                                      audit_metrics=str(ws / "metrics/audit.json"), candidate_dir=str(cand),
+                                      base_model_dir=str(base_model_dir), record=str(ws / "reports/promotion.json"),
+                                      model_card=str(ws / "reports/model_card.md")), registry)
+    assert report["action"] == "promoted" and report["version"] == version, report
+    return sha
+
+
 def _build_workspace(ws: Path, repo_root: Path) -> dict:
     """params.yaml (the repository's, registry and Airflow home inside `ws`), two candidates gated and promoted by
     the real stages (v1 against the base, v2 against champion v1), drift reports of two monitor runs, a dvc.lock,
     OpenLineage events, cost figures, a tiny RAG index and a running canary rollout."""
-    from pipelines.models.lm import dir_sha256
     from pipelines.rollout.state import RolloutStore, Step, new_rollout
-    from pipelines.stages import gate, promote
-    from pipelines.stages.registry import shared_config, stage_config
+    from pipelines.stages.registry import shared_config
 
     params = yaml.safe_load((repo_root / "params.yaml").read_text())
     params["registry"].update(tracking_uri="sqlite:///mlruns.db", artifact_root="mlartifacts")
@@ -96,19 +116,7 @@ def _build_workspace(ws: Path, repo_root: Path) -> dict:
         cand.mkdir(parents=True)
         (cand / "adapter_config.json").write_text(json.dumps({"r": 8, "peft_type": "LORA"}))
         (cand / "training_meta.json").write_text(json.dumps({"steps": version, "lr": 5e-4}))
-        sha = shas[version] = dir_sha256(cand)
-        ref = {"kind": "base", "version": None} if version == 1 else {"kind": "champion", "version": 1}
-        write_json(ws / "metrics" / "evaluate.json", _evaluate(sha, cand, version, ref))
-        write_json(ws / "metrics" / "audit.json", _audit(sha))
-        gate.run(stage_config("gate", params, evaluate_metrics=str(ws / "metrics/evaluate.json"),
-                              audit_metrics=str(ws / "metrics/audit.json"),
-                              decision=str(ws / "reports/gate_decision.json")), registry)
-        report = promote.run(stage_config("promote", params, decision=str(ws / "reports/gate_decision.json"),
-                                          evaluate_metrics=str(ws / "metrics/evaluate.json"),
-                                          audit_metrics=str(ws / "metrics/audit.json"), candidate_dir=str(cand),
-                                          base_model_dir="models/base", record=str(ws / "reports/promotion.json"),
-                                          model_card=str(ws / "reports/model_card.md")), registry)
-        assert report["action"] == "promoted" and report["version"] == version
+        shas[version] = _gate_and_promote(ws, params, registry, cand, version)
     (ws / "dvc.lock").write_text(yaml.safe_dump(DVC_LOCK, sort_keys=False))
     events = ws / ".airflow" / "openlineage" / "events.jsonl"
     events.parent.mkdir(parents=True)
@@ -555,16 +563,17 @@ def test_ask_goes_through_the_served_api_and_its_guard(demo, base_model_dir, tmp
     from pipelines.platform_api import Workspace
     from pipelines.serving.app import create_app
     from pipelines.serving.auth import KeyStore
-    from pipelines.stages.registry import shared_config
-    from test_serve import Server, _promote, serve_config
+    from test_serve import Server, serve_config
 
     adapter = tmp_path_factory.getbasetemp() / "smoke_candidate"
     if not (adapter / "adapter_config.json").exists():
         make_smoke_adapter(base_model_dir, adapter)
+    ws, registry = demo["ws"], demo["registry"]
+    shutil.copytree(adapter, ws / "models" / "candidate3")  # a real adapter: version 3 becomes the champion
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LLMOPS_ROOT", str(ws))
+        _gate_and_promote(ws, demo["params"], registry, ws / "models" / "candidate3", 3, base_model_dir)
     tmp = tmp_path_factory.mktemp("mcp_served")
-    registry = shared_config("registry", tracking_uri=f"sqlite:///{tmp}/served.db", artifact_root=str(tmp / "art"))
-    shutil.copytree(adapter, tmp / "cand")
-    assert _promote(tmp, registry, tmp / "cand", base_model_dir)["version"] == 1
     log = tmp / "requests.jsonl"
     cfg = serve_config(max_new_tokens=8, request_log=str(log), reload_poll_s=30.0,
                        guard={"enabled": True, "models_dir": str(tmp / "no_detectors"), "require_detectors": False,
@@ -573,13 +582,13 @@ def test_ask_goes_through_the_served_api_and_its_guard(demo, base_model_dir, tmp
                             "max_context_tokens": 200})
     keys = KeyStore.from_env({"LLMOPS_API_KEYS_FILE": str(demo["keys"])})
     served = Server(create_app(cfg, registry, keys=keys))
-    ws = demo["ws"]
     _set_mcp(ws, serve_url=served.url, ask_max_tokens=8)
     workspace = Workspace.load(ws)
     mcp_server = _Uvicorn(lambda base: http_app(workspace, load_config(workspace), keys, base_url=base))
     try:
         async def agent(session):
-            out = {"plain": await _call(session, "ask", {"question": "What is the capital of France?"}),
+            out = {"status": await _call(session, "status"),
+                   "plain": await _call(session, "ask", {"question": "What is the capital of France?"}),
                    "rag": await _call(session, "ask", {"question": "Where is the Eiffel Tower?", "rag": True}),
                    "long": await _call(session, "ask", {"question": "Tell me about rivers. " * 20})}
             with pytest.raises(MCPError, match="ask needs a non-empty question"):
@@ -596,17 +605,18 @@ def test_ask_goes_through_the_served_api_and_its_guard(demo, base_model_dir, tmp
         mcp_server.stop()
         served.stop()
     plain, rag, long = out["plain"], out["rag"], out["long"]
-    assert plain["model_version"] == health["version"] == "1" and plain["alias"] == "champion"
+    assert plain["model_version"] == health["version"] == str(out["status"]["champion"]) == "3"
+    assert plain["alias"] == "champion"
     assert plain["answer"] and not plain["refused_by_guard"] and plain["usage"]["completion_tokens"] <= 8
     assert rag["citations"] and rag["citations"][0]["doc_id"] == "d0"  # the Eiffel Tower document of the index
     assert long["refused_by_guard"] and long["guard"]["reason"] == "prompt_too_long"
     lines = {x["request_id"]: x for x in map(json.loads, log.read_text().splitlines())}
     assert lines[plain["request_id"]]["key_id"] == "agent-reader"  # the caller's own key reached serving
-    assert card["name"] == "llmops-candidate RAG assistant" and card["version"] == "2"  # the workspace's champion
+    assert card["name"] == "llmops-candidate RAG assistant" and card["version"] == "3"  # the served champion
     assert card["supportedInterfaces"][0]["url"] == mcp_server.base + "/a2a"
     assert card["skills"][0]["id"] == "rag_answer" and "bearer" in card["securitySchemes"]
     assert denied.status_code == 401
-    assert "Sources: [1] d0" in a2a_answer and "(answered by version 1)" in a2a_answer
+    assert "Sources: [1] d0" in a2a_answer and "(answered by version 3)" in a2a_answer
     assert sum(1 for x in lines.values() if x["key_id"] == "agent-reader") == 4  # plain, rag, refused, A2A
 
 
