@@ -82,7 +82,8 @@ def _write_per_replica(folder: Path, lines: list[dict]) -> None:
 
 
 def _start(cfg, strategy="canary", steps=None, now=T0):
-    state = new_rollout(strategy, 3, 4, steps or cfg.steps_for(strategy), "test", now=now)
+    state = new_rollout(strategy, 3, 4, steps or cfg.steps_for(strategy), "test", now=now,
+                        rollout_id=f"ro-test-{strategy}")  # fixed: the assignment (and so the data) is seeded
     RolloutStore(cfg.state_path).save(state)
     return state
 
@@ -174,56 +175,69 @@ def test_hour_partitions_in_s3_only_the_window_is_read(tmp_path, repo_root, s3_b
     assert report["arms"]["challenger"]["rated"] > 0
 
 
-def _registry(tmp_path):
+@pytest.fixture(scope="module")
+def registry_factory(tmp_path_factory):
+    """One MLflow sqlite store for the module (creating its tables is the slow part); each call registers a fresh
+    model with two versions, champion on version 1, and returns (RegistryConfig, client)."""
+    import uuid
+
     from mlflow.tracking import MlflowClient
 
     from pipelines.models.registry import RegistryConfig
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    reg = RegistryConfig(tracking_uri=uri, experiment_name="t", artifact_root=str(tmp_path / "art"),
-                         model_name="m", alias="champion")
+    root = tmp_path_factory.mktemp("rollout_registry")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
     c = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    c.create_registered_model("m")
-    for _ in range(2):
-        c.create_model_version("m", source=str(tmp_path))
-    c.set_registered_model_alias("m", "champion", "1")
-    return reg, c
+
+    def make():
+        name = f"m-{uuid.uuid4().hex[:8]}"
+        reg = RegistryConfig(tracking_uri=uri, experiment_name="t", artifact_root=str(root / "art"),
+                             model_name=name, alias="champion")
+        c.create_registered_model(name)
+        for _ in range(2):
+            c.create_model_version(name, source=str(root))
+        c.set_registered_model_alias(name, "champion", "1")
+        return reg, c
+
+    return make
 
 
-def test_lifecycle_moves_aliases(tmp_path, repo_root):
+def test_lifecycle_moves_aliases(tmp_path, repo_root, registry_factory):
     from pipelines.models.registry import get_alias_version
 
-    reg, c = _registry(tmp_path)
+    reg, c = registry_factory()
+    m = reg.model_name
     cfg = _cfg(tmp_path, repo_root)
     state = lifecycle.start(cfg, reg, strategy="canary", challenger_version=2, champion_version=1, chosen_by="test")
-    assert str(get_alias_version(c, "m", "challenger").version) == "2"
+    assert str(get_alias_version(c, m, "challenger").version) == "2"
     assert lifecycle.status(cfg)["share"] == 0.05
     for _ in range(len(state.steps) - 1):
         assert lifecycle.advance(cfg, reg, by="test")["action"] == "advance"
     done = lifecycle.advance(cfg, reg, by="test")
     assert done["action"] == "complete" and done["state"]["status"] == "completed"
-    assert str(get_alias_version(c, "m", "champion").version) == "2"
-    assert get_alias_version(c, "m", "challenger") is None
-    assert c.get_model_version("m", "2").tags["previous_champion"] == "1"
+    assert str(get_alias_version(c, m, "champion").version) == "2"
+    assert get_alias_version(c, m, "challenger") is None
+    assert c.get_model_version(m, "2").tags["previous_champion"] == "1"
     # a rollout that is aborted leaves the champion where it was
     lifecycle.start(cfg, reg, strategy="shadow", challenger_version=1, champion_version=2, chosen_by="test")
     assert lifecycle.status(cfg)["shadowing"]
     out = lifecycle.abort(cfg, reg, by="test", reason="changed my mind")
     assert out["state"]["status"] == "aborted" and out["challenger_alias_removed"]
-    assert str(get_alias_version(c, "m", "champion").version) == "2"
-    assert get_alias_version(c, "m", "challenger") is None
+    assert str(get_alias_version(c, m, "champion").version) == "2"
+    assert get_alias_version(c, m, "challenger") is None
 
 
-def test_cli_start_status_advance_abort(tmp_path, repo_root):
+def test_cli_start_status_advance_abort(tmp_path, repo_root, registry_factory):
     import yaml
     from typer.testing import CliRunner
 
     from pipelines.cli import app
     from pipelines.models.registry import get_alias_version
 
-    reg, c = _registry(tmp_path)
+    reg, c = registry_factory()
+    m = reg.model_name
     params = load_params(repo_root / "params.yaml")
-    params["registry"].update(tracking_uri=reg.tracking_uri, model_name="m")
+    params["registry"].update(tracking_uri=reg.tracking_uri, model_name=m)
     params["rollout"].update(state_path=str(tmp_path / "rollout.json"), decisions_dir=str(tmp_path / "decisions"))
     params["rollout"]["analysis"].update(request_log=str(tmp_path / "requests"), feedback_log=str(tmp_path / "fb"))
     pfile = tmp_path / "params.yaml"
@@ -243,7 +257,7 @@ def test_cli_start_status_advance_abort(tmp_path, repo_root):
     assert status["state"]["history"][-1]["by"] == "ops"
     out = run(app, ["rollout", "abort", "--reason", "bad vibes", "-p", str(pfile)])
     assert out.exit_code == 0 and "aborted" in out.output
-    assert get_alias_version(c, "m", "challenger") is None
-    assert str(get_alias_version(c, "m", "champion").version) == "1"
+    assert get_alias_version(c, m, "challenger") is None
+    assert str(get_alias_version(c, m, "champion").version) == "1"
     out = run(app, ["rollout", "abort", "--reason", "again", "-p", str(pfile)])
     assert out.exit_code == 2 and "no rollout running" in out.output
