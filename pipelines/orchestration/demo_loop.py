@@ -164,7 +164,8 @@ class TaskTracker:
             name, state = ti["task_id"], ti.get("state")
             if name in self.ignore or state is None:
                 continue
-            shown = "running" if state in ("running", "queued", "scheduled", "up_for_retry", "restarting") else state
+            # queued/scheduled: waiting for the lifecycle's one task slot (max_active_tasks=1), not started yet
+            shown = "running" if state in ("running", "restarting") else state
             if shown not in TERMINAL and shown != "running":
                 continue
             previous = self.seen.get(name)
