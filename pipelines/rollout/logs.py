@@ -17,8 +17,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
-from pipelines.monitoring.windows import parse_ts
-from pipelines.serving.request_log import log_files
+from pipelines.monitoring.windows import _rotated_request_logs, parse_ts
 
 PARTITION = re.compile(r"^dt=(\d{4}-\d{2}-\d{2})$")
 HOUR = re.compile(r"^hour=(\d{2})$")
@@ -45,6 +44,12 @@ def hours(since: datetime, until: datetime) -> list[datetime]:
 def _in_window_partition(dt: str, hour: str, since: datetime, until: datetime) -> bool:
     start = datetime.strptime(f"{dt} {hour}", "%Y-%m-%d %H").replace(tzinfo=timezone.utc)
     return start < until and start + timedelta(hours=1) > since
+
+
+def log_files(path: Path) -> list[Path]:
+    """A log file's rotated siblings (oldest first), then the live file (pipelines/serving/request_log.py's naming;
+    read through monitoring, so this domain package does not import serving, which imports it)."""
+    return _rotated_request_logs(path) + ([path] if path.exists() else [])
 
 
 def local_files(path: str | Path, since: datetime, until: datetime) -> list[Path]:
