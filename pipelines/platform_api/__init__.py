@@ -5,7 +5,8 @@ paired bootstrap intervals) and model card, drift reports per monitor run, cost 
 the versioned prompt templates, DVC / OpenLineage lineage down to the raw sources and their licences, the RAG index,
 and the rollout state. Remote side: the served champion's HTTP API (`serving.ask`) and Airflow's REST API
 (`airflow`: pending approvals, a manual lifecycle run). Acting side (`act`): retrain, rollback, abort a rollout,
-each call written to an audit log with its caller.
+each call written to an audit log with its caller. A2A side (`a2a`): the served RAG assistant's agent card and an
+executor answering A2A messages through the serving API.
 
 Every function takes a `Workspace` (a repository root and its params.yaml) and returns JSON-ready data; problems a
 caller can fix raise `PlatformError` with a message that names them. Nothing here knows about MCP.
