@@ -94,8 +94,9 @@ class FeedbackLog:
     taking the same duplicate at once still write one line. Lookups scan the `lookup_files` newest files."""
 
     def __init__(self, path: str | Path, max_bytes: int, lookup_files: int):
-        self.log = JsonlLog(path, max_bytes)
-        self.path = self.log.path
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        self.log: JsonlLog | None = None  # created (with its folder) on the first accepted feedback
         self.lookup_files = lookup_files
         self.lock_path = self.path.with_name(self.path.name + ".lock")
         self._seen: OrderedDict[str, dict] = OrderedDict()  # feedback_id -> what the response echoes of the line
@@ -106,6 +107,7 @@ class FeedbackLog:
         import fcntl
 
         with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
@@ -143,6 +145,8 @@ class FeedbackLog:
             if earlier is not None:
                 self._remember(earlier)
                 return earlier, False
+            if self.log is None:
+                self.log = JsonlLog(self.path, self.max_bytes)
             self.log.append(line)
             self._remember(line)
         return line, True
