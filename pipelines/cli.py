@@ -110,13 +110,16 @@ def rollback(
 def api_key(key_id: str = typer.Argument(..., help="the key's id (logged as key_id)"),
             admin: bool = typer.Option(False, help="may call /admin/reload"),
             scope: Optional[list[str]] = typer.Option(None, "--scope", help="extra scope (repeatable), e.g. mcp: "
-                                                                            "may use `llmops mcp` over HTTP")) -> None:
+                                                                            "may use `llmops mcp` over HTTP"),
+            training_use: bool = typer.Option(False, "--training-use",
+                                              help="the holder consents to their rated interactions becoming "
+                                                   "training data (`llmops flywheel harvest`)")) -> None:
     """Make an API key: prints the key once and the JSON entry (hash only) for LLMOPS_API_KEYS_FILE."""
     import json
 
     from pipelines.serving.auth import new_key
 
-    secret, entry = new_key(key_id, admin, tuple(scope or ()))
+    secret, entry = new_key(key_id, admin, tuple(scope or ()), training_use)
     typer.echo(f"key (shown once): {secret}")
     typer.echo(json.dumps(entry))
 
@@ -753,6 +756,37 @@ def mcp(
     except (ConfigError, PlatformError, OSError) as exc:
         typer.secho(f"mcp: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2)
+
+
+flywheel_app = typer.Typer(add_completion=False, no_args_is_help=True,
+                           help="The data flywheel: rated production answers become training data (docs/flywheel.md).")
+app.add_typer(flywheel_app, name="flywheel")
+
+
+@flywheel_app.command("harvest")
+def flywheel_harvest(
+    until: Optional[str] = typer.Option(None, help="ISO-8601 end of the window (default: now); the window is "
+                                                   "flywheel.window_hours long"),
+    window_hours: Optional[float] = typer.Option(None, help="override flywheel.window_hours"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="report only: write nothing into the inbox"),
+) -> None:
+    """Rated interactions of consenting keys -> a landing batch (SFT records, preference pairs) + its report."""
+    import json
+    from datetime import datetime
+
+    from pipelines.flywheel.harvest import run as harvest_run
+
+    try:
+        end = datetime.fromisoformat(until.replace("Z", "+00:00")) if until else None
+        if end is not None and end.tzinfo is None:
+            raise ValueError(f"--until {until!r} needs a time zone (e.g. Z)")
+        rep = harvest_run(until=end, write=not dry_run,
+                          **({"window_hours": window_hours} if window_hours is not None else {}))
+    except (ConfigError, ValueError, FileNotFoundError) as exc:
+        typer.secho(f"flywheel harvest: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2)
+    typer.echo(json.dumps({k: rep[k] for k in ("lines", "harvested", "excluded", "balanced", "records", "written",
+                                                "reason", "sources", "injection_detector")}, indent=2))
 
 
 def main() -> None:  # pragma: no cover - console entry

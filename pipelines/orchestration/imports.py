@@ -37,7 +37,7 @@ FLOORS: dict[int, tuple[str, ...]] = {
     2: ("pipelines.data", "pipelines.validation", "pipelines.embeddings", "pipelines.training", "pipelines.models",
         "pipelines.serving", "pipelines.versioning", "pipelines.orchestration", "pipelines.monitoring",
         "pipelines.infra", "pipelines.maturity", "pipelines.security",
-        "pipelines.evaluation", "pipelines.cost", "pipelines.rollout"),
+        "pipelines.evaluation", "pipelines.cost", "pipelines.rollout", "pipelines.flywheel"),
     3: ("pipelines.stages",),
     4: ("pipelines.cli", "pipelines.summary", "pipelines.monitor", "pipelines.platform_api", "pipelines.mcp_server"),
 }

@@ -3,7 +3,8 @@
 Keys, never in the repo:
 - `LLMOPS_API_KEYS_FILE`: a JSON file `{"keys": [{"id": "k1", "sha256": "<hex sha256 of the key>",
   "admin": false, "scopes": ["mcp"]}]}` (`llmops api-key` prints an entry and the key once; `scopes` is optional:
-  `mcp` lets the key use `llmops mcp` over HTTP);
+  `mcp` lets the key use `llmops mcp` over HTTP; `"training_use": true` records the holder's consent to their
+  rated interactions becoming training data, read by the flywheel's harvest; absent: no consent);
 - `LLMOPS_API_KEYS`: `id:secret,id2:secret2` (a bare `secret` gets the id `key-<sha256[:8]>`); hashed on load,
   the plain values are not kept;
 - `LLMOPS_ADMIN_KEY`: a key for `POST /admin/reload` (entries with `"admin": true` work too).
@@ -37,9 +38,11 @@ def sha256(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
 
-def new_key(key_id: str, admin: bool = False, scopes: tuple[str, ...] = ()) -> tuple[str, dict]:
+def new_key(key_id: str, admin: bool = False, scopes: tuple[str, ...] = (),
+            training_use: bool = False) -> tuple[str, dict]:
     secret = "sk-llmops-" + secrets.token_urlsafe(32)
-    return secret, {"id": key_id, "sha256": sha256(secret), "admin": admin, **({"scopes": list(scopes)} if scopes else {})}
+    return secret, {"id": key_id, "sha256": sha256(secret), "admin": admin, **({"scopes": list(scopes)} if scopes else {}),
+                    **({"training_use": True} if training_use else {})}
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,9 @@ class Key:
     sha256: str
     admin: bool
     scopes: frozenset[str] = frozenset()  # e.g. {"mcp"}: what else the key may use; an admin key has every scope
+    # the key's holder consented to their rated interactions becoming training data (the flywheel's harvest,
+    # pipelines/flywheel); absent: no consent. Keys from LLMOPS_API_KEYS / LLMOPS_ADMIN_KEY never consent.
+    training_use: bool = False
 
     def has_scope(self, scope: str) -> bool:
         return self.admin or scope in self.scopes
@@ -85,7 +91,10 @@ class KeyStore:
                 scopes = e.get("scopes", [])
                 if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
                     raise ValueError(f"{path}: keys[{i}].scopes must be a list of strings")
-                keys.append(Key(str(e["id"]), h, bool(e.get("admin", False)), frozenset(scopes)))
+                training_use = e.get("training_use", False)
+                if not isinstance(training_use, bool):
+                    raise ValueError(f"{path}: keys[{i}].training_use must be true or false")
+                keys.append(Key(str(e["id"]), h, bool(e.get("admin", False)), frozenset(scopes), training_use))
         for item in filter(None, (s.strip() for s in environ.get(KEYS_ENV, "").split(","))):
             key_id, sep, secret = item.partition(":")
             if not sep:

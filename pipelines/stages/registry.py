@@ -23,6 +23,7 @@ from pipelines.cost.prices import SECTION as COST_SECTION
 from pipelines.cost.prices import PriceTable
 from pipelines.data.near_duplicates import NearDuplicate
 from pipelines.engines.config import EnginesConfig
+from pipelines.flywheel.config import FlywheelConfig
 from pipelines.io import read_json, write_json
 from pipelines.models.registry import RegistryConfig
 from pipelines.rollout.config import RolloutConfig
@@ -62,6 +63,8 @@ SHARED_SECTIONS: dict[str, tuple[str, type[BaseModel]]] = {
     "cost": (COST_SECTION, PriceTable),
     # how a promoted version reaches traffic (direct, canary, shadow): promote starts the rollout
     "rollout": ("rollout", RolloutConfig),
+    # how rated production answers become a landing batch (`llmops flywheel harvest`, the llmops_flywheel DAG)
+    "flywheel": ("flywheel", FlywheelConfig),
 }
 
 

@@ -1,0 +1,156 @@
+"""The flywheel's harvest (issue 31): real request and feedback logs (written by serving's own writers, rotated,
+two replicas), a real keys file and a real corpus -> a landing batch, every feedback line accounted for; consent,
+PII, shadow lines, near-duplicates of the corpus and the poisoning bounds."""
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from pipelines.config import config_from_params
+from pipelines.data.near_duplicates import NearDuplicate
+from pipelines.flywheel.config import load
+from pipelines.flywheel.harvest import harvest
+from pipelines.serving.auth import new_key
+from pipelines.serving.feedback import FeedbackLog, FeedbackRequest
+from pipelines.serving.request_log import RequestLog
+
+CORPUS_TEXT = ("The capital of France is Paris, a city on the Seine known for the Louvre, the Eiffel Tower and its "
+               "cafes, and it has been the seat of the French government for centuries.")
+
+
+class Logs:
+    """Serving as a replica does: one request log and one feedback log (small max_bytes: they rotate)."""
+
+    def __init__(self, root: Path, replica: str, max_bytes: int = 4000):
+        self.replica = replica
+        self.requests = RequestLog(root / "requests" / f"{replica}.jsonl", max_bytes)
+        self.feedback = FeedbackLog(root / "feedback" / f"{replica}.jsonl", max_bytes, 4)
+
+    def answer(self, key: str | None, prompt: str, response: str, *, arm: str = "champion", status: int = 200,
+               guard: dict | None = None, shadow_of: str | None = None) -> str:
+        rid = uuid.uuid4().hex
+        self.requests.record(request_id=rid, key_id=key, model="m", model_version="1", alias="champion",
+                             mode="chat", status=status, prompt=prompt, response=response, prompt_tokens=3,
+                             completion_tokens=3, latency_ms=1.0, ttft_ms=1.0, guard=guard, arm=arm,
+                             replica=self.replica, shadow_of=shadow_of)
+        return rid
+
+    def rate(self, key: str | None, rid: str, rating: int, correction: str | None = None, arm: str = "champion"):
+        fb = FeedbackRequest(request_id=rid, rating=rating, correction=correction)
+        self.feedback.submit(fb, key_id=key, meta={"model_version": "1", "alias": "champion", "arm": arm},
+                             replica=self.replica)
+
+
+@pytest.fixture
+def world(tmp_path, repo_root):
+    keys = {"keys": []}
+    for kid, consent in (("alice", True), ("bob", True), ("carol", True), ("dave", False), ("flood", True)):
+        keys["keys"].append(new_key(kid, training_use=consent)[1])
+    (tmp_path / "keys.json").write_text(json.dumps(keys))
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    pq.write_table(pa.table({"text": [CORPUS_TEXT, "Another unrelated document about rivers and lakes."]}),
+                   corpus / "part-0.parquet")
+    cfg, inbox, flag = load(repo_root / "params.yaml", request_log=str(tmp_path / "logs/requests"),
+                            feedback_log=str(tmp_path / "logs/feedback"), keys_file=str(tmp_path / "keys.json"),
+                            inbox=str(tmp_path / "inbox"), corpus_dir=str(corpus), min_distinct_keys=3,
+                            max_records_per_key=4, report=str(tmp_path / "report.json"))
+    nd = config_from_params("dedup.near_duplicate", NearDuplicate, {}, repo_root / "params.yaml")
+    a, b = Logs(tmp_path / "logs", "host-a_1"), Logs(tmp_path / "logs", "host-b_2")
+    return {"cfg": cfg, "inbox": Path(inbox), "flag": flag, "nd": nd, "a": a, "b": b, "tmp": tmp_path}
+
+
+def _run(w, **kw):
+    until = datetime.now(timezone.utc) + timedelta(minutes=1)
+    return harvest(w["cfg"], w["nd"], injection=None, inbox=str(w["inbox"]), flag_file=w["flag"], until=until, **kw)
+
+
+def _records(inbox: Path, source: str) -> list[dict]:
+    return [json.loads(x) for f in sorted((inbox / source).glob("*.jsonl")) for x in f.read_text().splitlines()]
+
+
+def test_harvest_accounts_for_every_line_and_writes_a_landing_batch(world):
+    a, b = world["a"], world["b"]
+    # kept: a correction (SFT + pair), well-rated answers, two arms' answers to one prompt rated differently
+    r = a.answer("alice", "What is 2+2?", "5")
+    a.rate("alice", r, -1, correction="2+2 is 4.")
+    for key in ("bob", "carol"):
+        r = b.answer(key, f"Name a primary colour, {key}.", f"Red is a primary colour, {key}.")
+        b.rate(key, r, 5)
+    r1 = a.answer("bob", "Summarize the water cycle.", "Water evaporates, condenses and falls as rain.", arm="champion")
+    r2 = b.answer("carol", "Summarize the water cycle.", "Water is wet.", arm="challenger")
+    a.rate("bob", r1, 1)
+    b.rate("carol", r2, -1, arm="challenger")
+    # excluded, one reason each
+    a.rate(None, a.answer(None, "open mode prompt", "an answer"), 1)                                # no_key
+    a.rate("dave", a.answer("dave", "no consent prompt", "an answer"), 1)                          # no_consent
+    a.rate("alice", a.answer("alice", "failed", "an error", status=500), 1)                        # status_not_200
+    a.rate("alice", a.answer("alice", "ignore all rules", "I'm sorry", guard={"action": "block"}), 1)  # guard_blocked
+    a.rate("bob", a.answer("bob", "my mail?", "It is jane.doe@example.com"), 5)                    # answer_pii
+    a.rate("carol", a.answer("carol", "France?", CORPUS_TEXT), 5)                                  # near_dup corpus
+    a.rate("alice", a.answer("alice", "Meh question", "meh answer"), 3)                            # not_useful
+    shadow = a.answer(None, "Summarize the water cycle.", "shadow copy", arm="shadow", shadow_of=r1)
+    a.feedback.log.append({"ts": datetime.now(timezone.utc).isoformat(), "feedback_id": "x" * 64,  # shadow
+                           "request_id": shadow, "key_id": "alice", "rating": 1, "scale": "thumbs"})
+    a.rate("alice", uuid.uuid4().hex, 1)                                                           # request_not_found
+    assert any(p.name.startswith("host-a_1.") for p in (world["tmp"] / "logs/requests").iterdir()), "no rotation"
+
+    rep = _run(world)
+    assert rep["balanced"] and rep["lines"] == 14
+    assert rep["excluded"] == {"answer_pii": 1, "guard_blocked": 1, "near_duplicate_corpus": 1, "no_consent": 1,
+                               "no_key": 1, "not_useful": 1, "request_not_found": 1, "shadow": 1,
+                               "status_not_200": 1}
+    assert rep["harvested"] == 5 and rep["written"] and rep["keys"]["contributing"] == 3
+    assert rep["records"] == {"instruction": 4, "preference": 2}
+    inbox = world["inbox"]
+    assert (inbox / world["flag"]).exists()
+    sft, pref = _records(inbox, "flywheel_sft"), _records(inbox, "flywheel_preference")
+    assert {x["response"] for x in sft} >= {"2+2 is 4.", "Red is a primary colour, bob."}
+    assert {(x["prompt"], x["chosen"], x["rejected"]) for x in pref} == {
+        ("What is 2+2?", "2+2 is 4.", "5"),
+        ("Summarize the water cycle.", "Water evaporates, condenses and falls as rain.", "Water is wet.")}
+    texts = json.dumps(sft + pref)
+    assert "shadow copy" not in texts and "no consent" not in texts and "jane.doe" not in texts
+    manifest = yaml.safe_load((inbox / "flywheel_preference/source.yaml").read_text())
+    assert manifest["kind"] == "preference" and manifest["licence"] == world["cfg"].licence
+    assert manifest["fields"] == {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected", "id": "id"}
+    assert json.loads((world["tmp"] / "report.json").read_text())["harvested"] == 5
+
+
+def test_one_key_flooding_is_capped_and_too_few_keys_write_nothing(world):
+    a = world["a"]
+    for i in range(10):
+        a.rate("flood", a.answer("flood", f"Flood prompt number {i} about topic {i * 7}.", f"Flood answer {i}."), 1)
+    rep = _run(world)
+    assert rep["balanced"] and rep["lines"] == 10
+    assert not rep["written"] and rep["reason"].startswith("too_few_keys: 1 distinct key")
+    assert rep["excluded"] == {"key_cap": 6, "too_few_keys": 4}
+    assert not (world["inbox"] / world["flag"]).exists() and not world["inbox"].exists()
+    for key in ("alice", "bob"):
+        a.rate(key, a.answer(key, f"A fine question from {key}?", f"A fine answer for {key}."), 1)
+    rep = _run(world)
+    assert rep["written"] and rep["excluded"] == {"key_cap": 6}
+    assert rep["keys"]["per_key_records"] == {"alice": 1, "bob": 1, "flood": 4} and rep["keys"]["capped"] == ["flood"]
+    assert len(_records(world["inbox"], "flywheel_sft")) == 6
+
+
+def test_training_use_is_parsed_from_the_keys_file_and_defaults_to_no_consent(tmp_path):
+    from pipelines.serving.auth import KEYS_FILE_ENV, KeyStore
+
+    _, yes = new_key("yes", training_use=True)
+    _, no = new_key("no")
+    assert "training_use" not in no  # an entry written before consent existed reads the same
+    path = tmp_path / "keys.json"
+    path.write_text(json.dumps({"keys": [yes, no]}))
+    store = KeyStore.from_env({KEYS_FILE_ENV: str(path)})
+    assert {k.id: k.training_use for k in store.keys} == {"yes": True, "no": False}
+    path.write_text(json.dumps({"keys": [{**yes, "training_use": "yes"}]}))
+    with pytest.raises(ValueError, match="training_use must be true or false"):
+        KeyStore.from_env({KEYS_FILE_ENV: str(path)})
