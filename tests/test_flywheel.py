@@ -81,9 +81,9 @@ def test_harvest_accounts_for_every_line_and_writes_a_landing_batch(world):
     # kept: a correction (SFT + pair), well-rated answers, two arms' answers to one prompt rated differently
     r = a.answer("alice", "What is 2+2?", "5")
     a.rate("alice", r, -1, correction="2+2 is 4.")
-    for key in ("bob", "carol"):
-        r = b.answer(key, f"Name a primary colour, {key}.", f"Red is a primary colour, {key}.")
-        b.rate(key, r, 5)
+    for key, prompt, answer in (("bob", "Name a primary colour.", "Red is a primary colour."),
+                                ("carol", "Which colour is the sky on a clear day?", "The sky is blue then.")):
+        b.rate(key, b.answer(key, prompt, answer), 5)
     r1 = a.answer("bob", "Summarize the water cycle.", "Water evaporates, condenses and falls as rain.", arm="champion")
     r2 = b.answer("carol", "Summarize the water cycle.", "Water is wet.", arm="challenger")
     a.rate("bob", r1, 1)
@@ -108,11 +108,11 @@ def test_harvest_accounts_for_every_line_and_writes_a_landing_batch(world):
                                "no_key": 1, "not_useful": 1, "request_not_found": 1, "shadow": 1,
                                "status_not_200": 1}
     assert rep["harvested"] == 5 and rep["written"] and rep["keys"]["contributing"] == 3
-    assert rep["records"] == {"instruction": 4, "preference": 2}
+    assert rep["records"] == {"instruction": 2, "preference": 2}
     inbox = world["inbox"]
     assert (inbox / world["flag"]).exists()
     sft, pref = _records(inbox, "flywheel_sft"), _records(inbox, "flywheel_preference")
-    assert {x["response"] for x in sft} >= {"2+2 is 4.", "Red is a primary colour, bob."}
+    assert {x["response"] for x in sft} == {"Red is a primary colour.", "The sky is blue then."}
     assert {(x["prompt"], x["chosen"], x["rejected"]) for x in pref} == {
         ("What is 2+2?", "2+2 is 4.", "5"),
         ("Summarize the water cycle.", "Water evaporates, condenses and falls as rain.", "Water is wet.")}

@@ -10,11 +10,12 @@ rates (by `request_id`), and keeps only what may and should become training data
   200, not blocked by the guard, with an answer free of PII (the request log's `pii_found` and a re-scan with
   pipelines.data.pii), and neither its prompt nor the user's correction flagged by the guard's input checks (the
   injection detector);
-- records: a correction gives an SFT record (prompt, correction) and a preference pair (prompt, chosen=correction,
-  rejected=the logged answer); a well-rated answer gives an SFT record (prompt, answer); two arms' answers to the
-  same prompt (same prompt_sha256) rated differently give a pair (the better-rated one chosen);
+- records: a correction gives a preference pair (prompt, chosen=correction, rejected=the logged answer), which is
+  also its SFT record: the corpus keeps one row per text and a pair's text is prompt + chosen, exactly the SFT
+  record's (dedup would drop one of the two); a well-rated answer gives an SFT record (prompt, answer); two arms'
+  answers to the same prompt (same prompt_sha256) rated differently give a pair (the better-rated one chosen);
 - a record near-duplicating a text of the curated corpus (the platform's definition, `dedup.near_duplicate`), or
-  an earlier record of the batch, is excluded;
+  an earlier record of the batch (of either kind: dedup compares texts across kinds), is excluded;
 - poisoning bounds: at most `max_records_per_key` records per key (in time order), and nothing is written unless
   at least `min_distinct_keys` keys contribute.
 
@@ -191,16 +192,10 @@ def harvest(cfg: FlywheelConfig, nd, *, injection: InjectionCheck | None, inbox:
 
     by_prompt: dict[str, list[dict]] = {}
     for it in eligible:
-        if it["correction"]:
-            add("instruction", [it], it["prompt"], it["correction"])
-            if _norm(it["correction"]) != _norm(it["response"]):
-                add("preference", [it], it["prompt"], it["correction"], it["response"])
-        else:
-            if good(it["fb"], cfg.good_stars):
-                add("instruction", [it], it["prompt"], it["response"])
-            arm = it["req"].get("arm") or "champion"
-            if arm in ARMS and it["req"].get("prompt_sha256"):
-                by_prompt.setdefault(it["req"]["prompt_sha256"], []).append(it)
+        arm = it["req"].get("arm") or "champion"
+        if not it["correction"] and arm in ARMS and it["req"].get("prompt_sha256"):
+            by_prompt.setdefault(it["req"]["prompt_sha256"], []).append(it)
+    chosen_side: set[int] = set()
     for group in by_prompt.values():  # two arms' answers to one prompt, rated differently
         group = sorted(group, key=lambda i: (-i["score"], i["ts"]))
         hi = group[0]
@@ -208,6 +203,15 @@ def harvest(cfg: FlywheelConfig, nd, *, injection: InjectionCheck | None, inbox:
                    "champion") and i["score"] < hi["score"] and _norm(i["response"]) != _norm(hi["response"])), None)
         if lo is not None:
             add("preference", [hi, lo], hi["prompt"], hi["response"], lo["response"])
+            chosen_side.add(id(hi))
+    for it in eligible:
+        if it["correction"]:  # one corpus row per text: the pair carries the correction as its chosen answer
+            if _norm(it["correction"]) != _norm(it["response"]):
+                add("preference", [it], it["prompt"], it["correction"], it["response"])
+            else:
+                add("instruction", [it], it["prompt"], it["correction"])
+        elif good(it["fb"], cfg.good_stars) and id(it) not in chosen_side:  # a pair's chosen side is its SFT text
+            add("instruction", [it], it["prompt"], it["response"])
 
     # near-duplicates: of the corpus, then of an earlier record of the batch (same kind)
     corpus_texts: list[str] = []
@@ -226,7 +230,7 @@ def harvest(cfg: FlywheelConfig, nd, *, injection: InjectionCheck | None, inbox:
         rb = records[b - n]
         if a < n:
             rb["status"] = "near_duplicate_corpus"
-        elif rb["status"] is None and records[a - n]["kind"] == rb["kind"] and records[a - n]["status"] is None:
+        elif rb["status"] is None and records[a - n]["status"] is None:
             rb["status"] = "near_duplicate_batch"
 
     # poisoning bound: records per key, in time order
