@@ -107,6 +107,15 @@ def e2e_reproduced(tmp_path_factory, repo_root, base_model_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def airflow_loop(e2e_reproduced, tmp_path_factory):
+    """The serving API and Airflow (scheduler, dag-processor, triggerer, API server) on the reproduced workspace,
+    started once per session for the drift loop and the rollout tests (tests/e2e_support.py serve_and_airflow)."""
+    from e2e_support import serve_and_airflow
+
+    yield from serve_and_airflow(e2e_reproduced, tmp_path_factory.mktemp("airflow_home"))
+
+
+@pytest.fixture(scope="session")
 def guard_models(repo_root, tmp_path_factory):
     """train_guard (issue 15) on a slice of the shipped sample (every source kept), once per session: the guard's
     detectors for the guard, audit and serving tests. Returns {dir, report, metrics}."""

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
@@ -139,3 +142,176 @@ def reproduce(workspace: Path) -> Path:
     proc = run([str(VENV_BIN / "dvc"), "repro"], workspace)
     assert proc.returncode == 0, "dvc repro failed"
     return workspace
+
+
+# ----------------------------------------------------------------- the serving API + Airflow, once per session
+
+TIMELINE: list[tuple[float, str]] = []
+T0 = time.monotonic()
+
+
+def mark(what: str) -> None:
+    TIMELINE.append((round(time.monotonic() - T0, 1), what))
+    print(f"[{TIMELINE[-1][0]:7.1f}s] {what}", flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Airflow:
+    """Airflow's REST API (v2) as the test drives it: JWT from the simple auth manager, bounded polling."""
+
+    def __init__(self, base: str, home: Path):
+        self.base = base
+        password = json.loads((home / "simple_auth_manager_passwords.json.generated").read_text())["admin"]
+        # the API server answers its first requests slowly on a busy 2-core box: a generous timeout, not 5 s
+        token = httpx.post(f"{base}/auth/token", json={"username": "admin", "password": password}, timeout=120).json()
+        self.token = token["access_token"]
+        self.http = httpx.Client(base_url=f"{base}/api/v2", headers={"Authorization": f"Bearer {self.token}"},
+                                 timeout=30)
+
+    def get(self, path: str, **params):
+        resp = self.http.get(path, params=params)
+        resp.raise_for_status()
+        return resp.json()
+
+    def set_paused(self, dag_id: str, paused: bool) -> None:
+        resp = self.http.patch(f"/dags/{dag_id}", params={"update_mask": "is_paused"}, json={"is_paused": paused})
+        resp.raise_for_status()
+
+    def runs(self, dag_id: str) -> list[dict]:
+        return self.get(f"/dags/{dag_id}/dagRuns", order_by="-run_after", limit=50)["dag_runs"]
+
+    def tasks(self, dag_id: str, run_id: str) -> dict[str, str | None]:
+        tis = self.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", limit=100)["task_instances"]
+        return {t["task_id"]: t["state"] for t in tis}
+
+    def wait(self, what: str, check, timeout: float, every: float = 2.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = check()
+            if value:
+                return value
+            time.sleep(every)
+        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+    def new_run(self, dag_id: str, seen: set[str], timeout: float) -> str:
+        def check():
+            fresh = [r["dag_run_id"] for r in self.runs(dag_id) if r["dag_run_id"] not in seen]
+            return fresh[-1] if fresh else None
+        run_id = self.wait(f"a new {dag_id} run", check, timeout)
+        seen.add(run_id)
+        return run_id
+
+    def finished(self, dag_id: str, run_id: str, timeout: float) -> str:
+        def check():
+            state = self.get(f"/dags/{dag_id}/dagRuns/{run_id}")["state"]
+            return state if state in ("success", "failed") else None
+        return self.wait(f"{dag_id} {run_id} to finish", check, timeout)
+
+    def approve(self, dag_id: str, run_id: str, task_id: str, timeout: float, option: str = "Approve") -> dict:
+        """Answer like a person in the UI (`option`: Approve, or one of a choice's options): once the task is
+        waiting for input (answering while it is still starting races its own transition), then check the answer
+        was taken; a retried task asks again."""
+        deadline = time.monotonic() + timeout
+
+        def waiting():
+            if self.tasks(dag_id, run_id).get(task_id) not in ("awaiting_input", "deferred"):
+                return None
+            details = self.get(f"/dags/{dag_id}/dagRuns/{run_id}/hitlDetails")["hitl_details"]
+            return next((d for d in details if d["task_instance"]["task_id"] == task_id
+                         and not d.get("response_received")), None)
+
+        while True:
+            detail = self.wait(f"the approval {task_id} of {dag_id}", waiting, max(1.0, deadline - time.monotonic()))
+            # Airflow 3.3.2: an answer within about a second of AWAITING_INPUT resumes the task while its first
+            # worker is still exiting, and the server kills the resumed run ("shouldn't be running anymore"); the
+            # answer is lost. A person never answers that fast; the test waits as long.
+            time.sleep(3)
+            resp = self.http.patch(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/-1/hitlDetails",
+                                   json={"chosen_options": [option], "params_input": {}})
+            assert resp.status_code == 200, resp.text
+            try:
+                self.wait(f"{task_id} to take the answer", lambda: self.tasks(dag_id, run_id).get(task_id)
+                          in ("success", "skipped", "failed"), timeout=30)
+                return detail
+            except AssertionError:
+                if time.monotonic() > deadline:
+                    raise
+
+
+LOOP_DAGS = ("llmops_ingest", "llmops_monitor", "llmops_lifecycle", "llmops_rollout")
+# Parse-time settings of the rollout DAG (its other rollout settings are read when its tasks run, so
+# tests/test_e2e_rollout.py sets them itself): an analysis every few seconds once the test unpauses it.
+ROLLOUT_SCHEDULE_S = 4
+
+
+def serve_and_airflow(ws: Path, home: Path) -> Iterator[dict]:
+    """The serving API on the workspace's champion and `llmops airflow up` (scheduler, dag-processor, triggerer,
+    API server on loopback) in a temporary AIRFLOW_HOME: started once per session (tests/conftest.py
+    `airflow_loop`) for the drift loop (tests/test_e2e_loop.py) and the rollouts (tests/test_e2e_rollout.py).
+    The rollout DAG is paused until the rollout test needs it (its short schedule would otherwise run through
+    the loop). At the end, `down` must leave no Airflow process behind."""
+    api_port, serve_port = free_port(), free_port()
+    set_params(ws, {
+        # The test's candidate must be promotable twice: the versus-champion margins are the gate test's business.
+        ("gate", "floors", "max_perplexity"): 1.0e6, ("gate", "floors", "min_rouge_l"): 0.0,
+        ("gate", "floors", "max_attack_success_rate"): 1.0,
+        ("gate", "versus_champion", "max_perplexity_increase_pct"): None,
+        ("gate", "versus_champion", "max_rouge_l_drop"): None,
+        ("gate", "versus_champion", "max_attack_success_rate_increase"): 1.0,
+        ("gate", "versus_reference", "max_regression"): {},
+        ("retrain", "promotion_approval"): True, ("retrain", "cooldown_minutes"): 30,
+        ("landing", "poke_interval_s"): 1, ("monitor", "schedule"): "0 0 1 1 *",
+        ("airflow", "api_port"): api_port, ("airflow", "dag_refresh_s"): 5, ("airflow", "home"): str(home),
+        ("serve", "port"): serve_port, ("serve", "reload_poll_s"): 2,
+        ("rollout", "schedule"): ROLLOUT_SCHEDULE_S,
+        # the rollout test's rater posts a few dozen ratings a minute from one (anonymous, loopback) client
+        ("serve", "limits", "feedback_rate_limit_rps"): 50, ("serve", "limits", "feedback_rate_limit_burst"): 200,
+    })
+    # The champion the server starts on (gate and promote rerun on the new thresholds).
+    assert run([str(VENV_BIN / "dvc"), "repro"], ws).returncode == 0
+    env = env_for(ws, AIRFLOW_HOME=str(home))
+    server_log = open(home / "serve.log", "wb")
+    server = subprocess.Popen([str(VENV_BIN / "llmops"), "serve"], cwd=ws, env=env, stdout=server_log,
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    state: dict = {"server": server}
+    try:  # from here on a failing set-up still stops what it started (no server or scheduler left behind)
+        up = subprocess.run([str(VENV_BIN / "llmops"), "airflow", "up"], cwd=ws, env=env, capture_output=True,
+                            text=True, timeout=300)
+        print(up.stdout, up.stderr[-3000:])
+        assert up.returncode == 0
+        mark("airflow up")
+        api = Airflow(f"http://127.0.0.1:{api_port}", home)
+        state.update({"ws": ws, "home": home, "env": env, "api": api, "serve": f"http://127.0.0.1:{serve_port}",
+                      "serve_log": home / "serve.log", "seen": {d: set() for d in LOOP_DAGS}})
+        api.wait("the DAGs to be parsed", lambda: all(
+            api.http.get(f"/dags/{d}").status_code == 200 for d in state["seen"]), timeout=180)
+        api.set_paused("llmops_rollout", True)
+        for dag_id, seen in state["seen"].items():
+            seen.update(r["dag_run_id"] for r in api.runs(dag_id))  # a first cron run may exist
+        yield state
+    finally:
+        from pipelines.orchestration.airflow_services import AirflowConfig, down, remaining_processes
+
+        cfg = AirflowConfig(**yaml.safe_load((ws / "params.yaml").read_text())["airflow"])
+        old = os.environ.get("AIRFLOW_HOME")
+        os.environ["AIRFLOW_HOME"] = str(home)
+        try:
+            report = down(cfg)
+            left = remaining_processes(cfg)
+        finally:
+            os.environ.pop("AIRFLOW_HOME") if old is None else os.environ.__setitem__("AIRFLOW_HOME", old)
+        server = state["server"]  # the rollout test may have restarted it
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
+        server_log.close()
+        mark(f"airflow down: {report}")
+        print("\ntimeline:\n" + "\n".join(f"  {t:7.1f}s  {what}" for t, what in TIMELINE))
+        (home / "timeline.json").write_text(json.dumps(TIMELINE, indent=1))
+        if "api" in state:  # `down` leaves no process behind (checked when the set-up got that far)
+            assert set(report["stopped"]) == {"scheduler", "dag-processor", "triggerer", "api-server"}, report
+            assert left == [], left

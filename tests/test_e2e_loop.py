@@ -12,7 +12,7 @@ what happens through Airflow's REST API, with bounded waits:
    alias, and the running server answers with the new version;
 4. a second drifted batch inside the cooldown: drift again, but the retrain policy skips the lifecycle;
 5. the Airflow UI in headless Chromium renders the lifecycle run's graph and the LLMOps plugin view;
-6. `llmops airflow down` leaves no process behind.
+6. `llmops airflow down` leaves no process behind (checked when the session's `airflow_loop` fixture stops).
 """
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ import json
 import os
 import random
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -29,102 +28,12 @@ import httpx
 import pytest
 import yaml
 
-from e2e_support import VENV_BIN, env_for, run, set_params
+from e2e_support import mark
 
 # The first test carries the workspace's reproduction and Airflow's start-up.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "sample" / "landing"  # the shipped drifted batches
-TIMELINE: list[tuple[float, str]] = []
-T0 = time.monotonic()
-
-
-def mark(what: str) -> None:
-    TIMELINE.append((round(time.monotonic() - T0, 1), what))
-    print(f"[{TIMELINE[-1][0]:7.1f}s] {what}", flush=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Airflow:
-    """Airflow's REST API (v2) as the test drives it: JWT from the simple auth manager, bounded polling."""
-
-    def __init__(self, base: str, home: Path):
-        self.base = base
-        password = json.loads((home / "simple_auth_manager_passwords.json.generated").read_text())["admin"]
-        # the API server answers its first requests slowly on a busy 2-core box: a generous timeout, not 5 s
-        token = httpx.post(f"{base}/auth/token", json={"username": "admin", "password": password}, timeout=120).json()
-        self.token = token["access_token"]
-        self.http = httpx.Client(base_url=f"{base}/api/v2", headers={"Authorization": f"Bearer {self.token}"},
-                                 timeout=30)
-
-    def get(self, path: str, **params):
-        resp = self.http.get(path, params=params)
-        resp.raise_for_status()
-        return resp.json()
-
-    def runs(self, dag_id: str) -> list[dict]:
-        return self.get(f"/dags/{dag_id}/dagRuns", order_by="-run_after", limit=50)["dag_runs"]
-
-    def tasks(self, dag_id: str, run_id: str) -> dict[str, str | None]:
-        tis = self.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", limit=100)["task_instances"]
-        return {t["task_id"]: t["state"] for t in tis}
-
-    def wait(self, what: str, check, timeout: float, every: float = 2.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = check()
-            if value:
-                return value
-            time.sleep(every)
-        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-    def new_run(self, dag_id: str, seen: set[str], timeout: float) -> str:
-        def check():
-            fresh = [r["dag_run_id"] for r in self.runs(dag_id) if r["dag_run_id"] not in seen]
-            return fresh[-1] if fresh else None
-        run_id = self.wait(f"a new {dag_id} run", check, timeout)
-        seen.add(run_id)
-        return run_id
-
-    def finished(self, dag_id: str, run_id: str, timeout: float) -> str:
-        def check():
-            state = self.get(f"/dags/{dag_id}/dagRuns/{run_id}")["state"]
-            return state if state in ("success", "failed") else None
-        return self.wait(f"{dag_id} {run_id} to finish", check, timeout)
-
-    def approve(self, dag_id: str, run_id: str, task_id: str, timeout: float) -> dict:
-        """Approve like a person in the UI: once the task is waiting for input (answering while it is still
-        starting races its own transition), then check the answer was taken; a retried task asks again."""
-        deadline = time.monotonic() + timeout
-
-        def waiting():
-            if self.tasks(dag_id, run_id).get(task_id) not in ("awaiting_input", "deferred"):
-                return None
-            details = self.get(f"/dags/{dag_id}/dagRuns/{run_id}/hitlDetails")["hitl_details"]
-            return next((d for d in details if d["task_instance"]["task_id"] == task_id
-                         and not d.get("response_received")), None)
-
-        while True:
-            detail = self.wait(f"the approval {task_id} of {dag_id}", waiting, max(1.0, deadline - time.monotonic()))
-            # Airflow 3.3.2: an answer within about a second of AWAITING_INPUT resumes the task while its first
-            # worker is still exiting, and the server kills the resumed run ("shouldn't be running anymore"); the
-            # answer is lost. A person never answers that fast; the test waits as long.
-            time.sleep(3)
-            resp = self.http.patch(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/-1/hitlDetails",
-                                   json={"chosen_options": ["Approve"], "params_input": {}})
-            assert resp.status_code == 200, resp.text
-            try:
-                self.wait(f"{task_id} to take the answer", lambda: self.tasks(dag_id, run_id).get(task_id)
-                          in ("success", "skipped", "failed"), timeout=30)
-                return detail
-            except AssertionError:
-                if time.monotonic() > deadline:
-                    raise
 
 
 def _drop(ws: Path, source: str, rows: list[dict], manifest: dict, *, name: str = "batch.jsonl",
@@ -145,52 +54,10 @@ GPTEACHER_MANIFEST = {"kind": "instruction", "format": "json", "licence": "MIT",
                       "fields": {"prompt": ["instruction", "input"], "response": "response"}}
 
 
-@pytest.fixture(scope="module")
-def loop(e2e_reproduced, tmp_path_factory, repo_root):
-    ws = e2e_reproduced
-    home = tmp_path_factory.mktemp("airflow_home")
-    api_port, serve_port = _free_port(), _free_port()
-    set_params(ws, {
-        # The test's candidate must be promotable twice: the versus-champion margins are the gate test's business.
-        ("gate", "floors", "max_perplexity"): 1.0e6, ("gate", "floors", "min_rouge_l"): 0.0,
-        ("gate", "floors", "max_attack_success_rate"): 1.0,
-        ("gate", "versus_champion", "max_perplexity_increase_pct"): None,
-        ("gate", "versus_champion", "max_rouge_l_drop"): None,
-        ("gate", "versus_champion", "max_attack_success_rate_increase"): 1.0,
-        ("gate", "versus_reference", "max_regression"): {},
-        ("retrain", "promotion_approval"): True, ("retrain", "cooldown_minutes"): 30,
-        ("landing", "poke_interval_s"): 1, ("monitor", "schedule"): "0 0 1 1 *",
-        ("airflow", "api_port"): api_port, ("airflow", "dag_refresh_s"): 5, ("airflow", "home"): str(home),
-        ("serve", "port"): serve_port, ("serve", "reload_poll_s"): 2,
-    })
-    # The champion the server starts on (gate and promote rerun on the new thresholds).
-    assert run([str(VENV_BIN / "dvc"), "repro"], ws).returncode == 0
-    env = env_for(ws, AIRFLOW_HOME=str(home))
-    server_log = open(home / "serve.log", "wb")
-    server = subprocess.Popen([str(VENV_BIN / "llmops"), "serve"], cwd=ws, env=env, stdout=server_log,
-                              stderr=subprocess.STDOUT, start_new_session=True)
-    try:  # from here on a failing set-up still stops what it started (no server or scheduler left behind)
-        up = subprocess.run([str(VENV_BIN / "llmops"), "airflow", "up"], cwd=ws, env=env, capture_output=True,
-                            text=True, timeout=300)
-        print(up.stdout, up.stderr[-3000:])
-        assert up.returncode == 0
-        mark("airflow up")
-        state = {"ws": ws, "home": home, "env": env, "api": Airflow(f"http://127.0.0.1:{api_port}", home),
-                 "serve": f"http://127.0.0.1:{serve_port}",
-                 "seen": {d: set() for d in ("llmops_ingest", "llmops_monitor", "llmops_lifecycle")}}
-        api = state["api"]
-        api.wait("the three DAGs to be parsed", lambda: all(
-            api.http.get(f"/dags/{d}").status_code == 200 for d in state["seen"]), timeout=180)
-        for dag_id, seen in state["seen"].items():
-            seen.update(r["dag_run_id"] for r in api.runs(dag_id))  # a first cron run of the monitor may exist
-        yield state
-    finally:
-        subprocess.run([str(VENV_BIN / "llmops"), "airflow", "down"], cwd=ws, env=env, timeout=120)
-        os.killpg(server.pid, 15)
-        server.wait(timeout=30)
-        server_log.close()
-        print("\ntimeline:\n" + "\n".join(f"  {t:7.1f}s  {what}" for t, what in TIMELINE))
-        (home / "timeline.json").write_text(json.dumps(TIMELINE, indent=1))
+@pytest.fixture
+def loop(airflow_loop):
+    """The session's server + Airflow (tests/conftest.py `airflow_loop`), shared with tests/test_e2e_rollout.py."""
+    return airflow_loop
 
 
 def _champion(ws: Path) -> int | None:
@@ -377,19 +244,3 @@ def test_ui_renders_the_lifecycle_graph_and_the_plugin_view(loop, tmp_path):
         page.screenshot(path=str(shots / "plugin_in_airflow_ui.png"))
         browser.close()
     mark("UI: graph and plugin view rendered in headless Chromium")
-
-
-def test_airflow_down_leaves_no_process(loop):
-    from pipelines.orchestration.airflow_services import AirflowConfig, down, remaining_processes
-
-    params = yaml.safe_load((loop["ws"] / "params.yaml").read_text())
-    cfg = AirflowConfig(**params["airflow"])
-    old = os.environ.get("AIRFLOW_HOME")
-    os.environ["AIRFLOW_HOME"] = str(loop["home"])
-    try:
-        report = down(cfg)
-        assert set(report["stopped"]) == {"scheduler", "dag-processor", "triggerer", "api-server"}
-        assert remaining_processes(cfg) == []
-    finally:
-        os.environ.pop("AIRFLOW_HOME") if old is None else os.environ.__setitem__("AIRFLOW_HOME", old)
-    mark(f"airflow down: {report}")
