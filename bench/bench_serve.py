@@ -26,6 +26,21 @@ soon as the previous one ends); every non-200 status, malformed chunk or stream 
     .venv/bin/python bench/bench_serve.py [--repeats 3] [--max-tokens 32] [--levels 1,8,32] [--soak-s 60]
 
 Writes bench/results/serve.json and bench/results/serve.md.
+
+`--mixed` (issue 32) measures a mixed-parameter load instead: 8 closed-loop clients send streaming chat
+completions cycling through four kinds: greedy, greedy with stop sequences (both on the continuous-batching path),
+frequency/presence penalties and JSON mode (`response_format` json_object; both one-at-a-time, see
+docs/serving/conformance.md). The greedy share's throughput is its completion tokens over the time until its last
+request finished; the baseline is the same greedy requests (the first --baseline-requests of them) sent one at a time
+by one client to the `naive` server, right before the mixed load (the box's load drifts).
+Then, in this process, JSON mode's per-token overhead: the same prompts decoded on the one-at-a-time path with and
+without the json_object grammar (ms per token, and the grammar's own mask/accept time per token), plus llguidance's
+mask time per token on the same token sequences (the library not chosen).
+
+    .venv/bin/python bench/bench_serve.py --mixed [--repeats 2] [--max-tokens 24] [--clients 8] \\
+        [--baseline-requests 8] [--json-prompts 4]
+
+Writes bench/results/serve_params.json and bench/results/serve_params.md.
 """
 from __future__ import annotations
 
@@ -46,6 +61,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 OUT_JSON = REPO / "bench" / "results" / "serve.json"
 OUT_MD = REPO / "bench" / "results" / "serve.md"
+OUT_PARAMS = REPO / "bench" / "results" / "serve_params.json"
 sys.path.insert(0, str(REPO))
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONHASHSEED": "0",
@@ -138,7 +154,8 @@ class Proc:
 
 
 # ---------------------------------------------------------------------------------------------------- load
-async def one_stream(client, url: str, model: str, prompt: str, max_tokens: int, ours: bool) -> dict:
+async def one_stream(client, url: str, model: str, prompt: str, max_tokens: int, ours: bool,
+                     extra: dict | None = None) -> dict:
     """One streaming chat completion. `ours`: our API (greedy by `temperature: 0`, usage chunk, `[DONE]` required);
     else transformers serve, which rejects `stream_options`, is greedy by the model's generation config when no
     temperature is sent (its batching manager takes the FIRST request's sampling settings for all), and ends its
@@ -147,6 +164,7 @@ async def one_stream(client, url: str, model: str, prompt: str, max_tokens: int,
             "stream": True}
     if ours:
         body.update(temperature=0.0, stream_options={"include_usage": True})
+    body.update(extra or {})
     t0 = time.perf_counter()
     ttft, text, done, error, finished = None, [], False, None, False
     try:
@@ -179,7 +197,8 @@ async def one_stream(client, url: str, model: str, prompt: str, max_tokens: int,
     if error or not done:
         return {"ok": False, "error": error or ("stream ended without [DONE]" if finished else
                                                  "stream ended before its finish_reason")}
-    return {"ok": True, "latency": time.perf_counter() - t0, "ttft": ttft, "text": "".join(text)}
+    return {"ok": True, "latency": time.perf_counter() - t0, "ttft": ttft, "text": "".join(text),
+            "end": time.perf_counter()}
 
 
 async def run_level(url: str, model: str, clients: int, n_requests: int, max_tokens: int, usage: bool) -> dict:
@@ -308,6 +327,212 @@ def render(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+# ---------------------------------------------------------------------------------------------------- mixed (issue 32)
+KINDS = (("greedy", {}), ("stop", {"stop": ["\n\n", "5."]}),
+         ("penalty", {"frequency_penalty": 0.6, "presence_penalty": 0.4}),
+         ("json", {"response_format": {"type": "json_object"}}))
+GREEDY_KINDS = ("greedy", "stop")
+
+
+def mixed_requests(n: int) -> list[tuple[str, str, dict]]:
+    ps = prompts(n)
+    out = []
+    for i in range(n):
+        kind, extra = KINDS[i % len(KINDS)]
+        out.append((kind, ps[i] + (" Answer as a JSON object." if kind == "json" else ""), extra))
+    return out
+
+
+async def run_mixed(url: str, clients: int, reqs: list[tuple[str, str, dict]], max_tokens: int) -> dict:
+    import httpx
+
+    todo = list(reqs)
+    results: list[dict] = []
+    limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(1800, connect=10), limits=limits) as client:
+        async def worker():
+            while todo:
+                kind, p, extra = todo.pop(0)
+                r = await one_stream(client, url, "base", p, max_tokens, True, extra)
+                results.append({**r, "kind": kind})
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        wall = time.perf_counter() - t0
+    return {"t0": t0, "wall": wall, "results": results}
+
+
+def share(run: dict, kinds: tuple[str, ...], tok) -> dict:
+    rows = [r for r in run["results"] if r["kind"] in kinds]
+    ok = [r for r in rows if r["ok"]]
+    tokens = sum(len(tok.encode(r["text"], add_special_tokens=False)) for r in ok)
+    span = max((r["end"] for r in ok), default=run["t0"]) - run["t0"]
+    return {"requests": len(rows), "errors": len(rows) - len(ok), "tokens": tokens, "span_s": span,
+            "tok_per_s": tokens / span if span > 0 else None, "p50_s": pct([r["latency"] for r in ok], 0.5),
+            "error_samples": [r["error"] for r in rows if not r["ok"]][:3]}
+
+
+def json_overhead(base: str, n_prompts: int, max_tokens: int, threads: int) -> dict:
+    """In-process: ms/token of the one-at-a-time path with and without the json_object grammar on the same prompts,
+    the grammar's own time per token (xgrammar), and llguidance's mask time per token on the same token sequences."""
+    import torch
+
+    from pipelines.models import lm
+    from pipelines.serving.engine import Engine
+    from pipelines.serving.sampling import SamplingParams
+
+    torch.set_num_threads(threads)
+    loaded = lm.load_model(base, None, cache=False)
+    engine = Engine(loaded, "naive", 16, 256)
+    tok = loaded.tokenizer
+    grammar = engine.grammars().json_object()
+    asks = [lm.chat_prompt_ids(tok, p + " Answer as a JSON object.") for p in prompts(n_prompts)]
+    out = {"plain": {"tokens": 0, "s": 0.0}, "json": {"tokens": 0, "s": 0.0, "grammar_s": 0.0}}
+    seqs = []
+    asyncio.run(engine.complete(asks[0], max_new_tokens=4, params=SamplingParams()))  # warm
+    for ids in asks:
+        for name, params in (("plain", SamplingParams()), ("json", SamplingParams(constraint=grammar))):
+            t0 = time.perf_counter()
+            done = asyncio.run(engine.complete(ids, max_new_tokens=max_tokens, params=params))
+            out[name]["s"] += time.perf_counter() - t0
+            out[name]["tokens"] += done.completion_tokens
+            if name == "json":
+                out[name]["grammar_s"] += done.grammar_seconds
+                seqs.append(tok(done.text, add_special_tokens=False)["input_ids"])
+    res = {k: {**v, "ms_per_token": 1000 * v["s"] / max(1, v["tokens"])} for k, v in out.items()}
+    res["json"]["grammar_ms_per_token"] = 1000 * out["json"]["grammar_s"] / max(1, out["json"]["tokens"])
+    res["overhead_ms_per_token"] = res["json"]["ms_per_token"] - res["plain"]["ms_per_token"]
+    res["overhead_pct"] = 100 * res["overhead_ms_per_token"] / res["plain"]["ms_per_token"]
+    try:
+        import llguidance
+        import llguidance.hf
+        import llguidance.torch as lgt
+
+        lt = llguidance.hf.from_tokenizer(tok, n_vocab=int(loaded.model.config.vocab_size))
+        grm = llguidance.LLMatcher.grammar_from_json_schema({"type": "object"})
+        mask = lgt.allocate_token_bitmask(1, lt.vocab_size)
+        spent, count = 0.0, 0
+        for seq in seqs:
+            m = llguidance.LLMatcher(lt, grm)
+            for t in seq:
+                t0 = time.perf_counter()
+                lgt.fill_next_token_bitmask(m, mask, 0)
+                ok = m.consume_token(t)
+                spent += time.perf_counter() - t0
+                count += 1
+                if not ok:
+                    break
+        res["llguidance_mask_ms_per_token"] = 1000 * spent / max(1, count)
+    except Exception as exc:  # noqa: BLE001 - reported
+        res["llguidance_error"] = f"{type(exc).__name__}: {exc}"
+    engine.close()
+    return res
+
+
+def render_mixed(r: dict) -> str:
+    a = r["args"]
+    lines = ["# Serving with OpenAI parameters: a mixed load (issue 32)", "",
+             f"`{r['command']}` on {r['machine']} ({r['date']}). Model {a['base']} (SmolLM2-135M, float32, CPU); "
+             f"{a['clients']} closed-loop streaming clients, `max_tokens={a['max_tokens']}`, {a['n_requests']} "
+             f"requests per run cycling greedy / greedy+stop / penalties / JSON mode; medians over {a['repeats']} "
+             f"repeats; {a['threads']} torch thread(s) per server. Load average before: {r['load_before']}, after: {r['load_after']} (a shared 2-core box: "
+             "other work ran beside it).", "",
+             "| share of the mixed load | requests | tok/s | p50 s | errors |", "|---|---:|---:|---:|---:|"]
+    for name in ("greedy share (batched path)", "penalty + JSON share (one-at-a-time)"):
+        m = r["medians"][name]
+        lines.append(f"| {name} | {m['requests']} | {fmt(m['tok_per_s'], 1)} | {fmt(m['p50_s'])} | {m['errors']} |")
+    b = r["medians"]["baseline: greedy requests one at a time (naive, 1 client)"]
+    lines += [f"| baseline: the same greedy requests one at a time (naive server, 1 client) | {b['requests']} | "
+              f"{fmt(b['tok_per_s'], 1)} | {fmt(b['p50_s'])} | {b['errors']} |", "",
+              f"**Greedy share at {a['clients']} clients vs one-at-a-time: {fmt(r['greedy_ratio'])}x** "
+              f"(target >= 3x; tok/s of the greedy share = its completion tokens / time until its last request "
+              f"ended).", ""]
+    j = r["json_overhead"]
+    lines += [f"JSON mode's per-token overhead (one-at-a-time path, same prompts, in-process, {a['threads']} "
+              "thread(s)):", "",
+              "| decoding | tokens | ms/token |", "|---|---:|---:|",
+              f"| plain | {j['plain']['tokens']} | {fmt(j['plain']['ms_per_token'], 1)} |",
+              f"| json_object grammar (xgrammar) | {j['json']['tokens']} | {fmt(j['json']['ms_per_token'], 1)} |",
+              "", f"Overhead: {fmt(j['overhead_ms_per_token'], 1)} ms/token ({fmt(j['overhead_pct'], 0)}%); the "
+              f"grammar's own mask + accept time: {fmt(j['json']['grammar_ms_per_token'], 2)} ms/token (xgrammar); "
+              + (f"llguidance's mask + consume on the same token sequences: "
+                 f"{fmt(j['llguidance_mask_ms_per_token'], 2)} ms/token."
+                 if "llguidance_mask_ms_per_token" in j else f"llguidance: {j.get('llguidance_error')}."),
+              "", "lm-format-enforcer 0.11.3 was not measured: its transformers integration raises ImportError with "
+              "transformers 5 (`lmformatenforcer.integrations.transformers` checks for a removed symbol)."]
+    return "\n".join(lines) + "\n"
+
+
+def mixed_main(args) -> None:
+    from pipelines.config import config_from_params
+    from pipelines.serving.config import ServeConfig
+
+    batching = config_from_params("serve", ServeConfig, {}).batching
+    nb = args.num_blocks or batching.num_blocks
+    mbt = args.max_batch_tokens or batching.max_batch_tokens
+    base = str((REPO / args.base).resolve()) if not Path(args.base).is_absolute() else args.base
+    if not (Path(base) / "config.json").exists():
+        sys.exit(f"no model at {base}: run `dvc repro prepare_base_model` first")
+    tmp = Path(tempfile.mkdtemp(prefix="bench_serve_mixed_"))
+    if args.threads:  # torch threads of both servers (OMP_NUM_THREADS): 2 threads on an oversubscribed 2-core box
+        ENV["OMP_NUM_THREADS"] = str(args.threads)  # ran 5-10x slower than 1 here (threads spin at barriers)
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    n = 2 * args.clients
+    reqs = mixed_requests(n)
+    greedy_only = [x for x in reqs if x[0] in GREEDY_KINDS][:args.baseline_requests]
+    procs: dict[str, Proc] = {}
+    raw: dict[str, list[dict]] = {}
+    py = sys.executable
+    try:
+        for name, mode in (("batched", "continuous"), ("naive", "naive")):  # one at a time: loads compete
+            port = free_port()
+            procs[name] = Proc(name, [py, str(Path(__file__).resolve()), "--child", mode, base, str(port),
+                                      str(nb), str(mbt), str(tmp)], port, tmp / f"{name}.log")
+            procs[name].wait_ready("/health")
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(base)
+        for p in procs.values():
+            asyncio.run(run_mixed(p.url, 2, mixed_requests(4), 4))
+        for rep in range(args.repeats):  # baseline and mixed load back to back (the box's load drifts)
+            base_run = asyncio.run(run_mixed(procs["naive"].url, 1, greedy_only, args.max_tokens))
+            b = share(base_run, GREEDY_KINDS, tok)
+            mixed = asyncio.run(run_mixed(procs["batched"].url, args.clients, reqs, args.max_tokens))
+            g = share(mixed, GREEDY_KINDS, tok)
+            s = share(mixed, ("penalty", "json"), tok)
+            raw.setdefault("greedy share (batched path)", []).append(g)
+            raw.setdefault("penalty + JSON share (one-at-a-time)", []).append(s)
+            raw.setdefault("baseline: greedy requests one at a time (naive, 1 client)", []).append(b)
+            print(f"repeat {rep}: greedy share {fmt(g['tok_per_s'], 1)} tok/s, one-at-a-time share "
+                  f"{fmt(s['tok_per_s'], 1)} tok/s, baseline {fmt(b['tok_per_s'], 1)} tok/s, errors "
+                  f"{g['errors'] + s['errors'] + b['errors']}", flush=True)
+    finally:
+        for p in procs.values():
+            p.stop()
+    medians = {k: {"requests": v[0]["requests"], "tok_per_s": med(v, "tok_per_s"), "p50_s": med(v, "p50_s"),
+                   "errors": sum(x["errors"] for x in v), "error_samples": sum((x["error_samples"] for x in v), [])}
+               for k, v in raw.items()}
+    g = medians["greedy share (batched path)"]["tok_per_s"]
+    b = medians["baseline: greedy requests one at a time (naive, 1 client)"]["tok_per_s"]
+    print("JSON mode overhead (in-process) ...", flush=True)
+    overhead = json_overhead(base, args.json_prompts, args.max_tokens, args.threads)
+    result = {"command": "python bench/bench_serve.py " + " ".join(sys.argv[1:]),
+              "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "args": {"repeats": args.repeats, "max_tokens": args.max_tokens, "base": args.base,
+                       "clients": args.clients, "n_requests": n, "num_blocks": nb, "max_batch_tokens": mbt,
+                       "threads": args.threads},
+              "medians": medians, "greedy_ratio": g / b if g and b else None, "raw": raw,
+              "json_overhead": overhead, "load_before": load_before,
+              "load_after": [round(x, 2) for x in os.getloadavg()]}
+    out = Path(args.out if args.out != str(OUT_JSON) else OUT_PARAMS)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    md = render_mixed(result)
+    out.with_suffix(".md").write_text(md)
+    print(md)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
@@ -320,6 +545,11 @@ def main() -> None:
     ap.add_argument("--max-batch-tokens", type=int, default=None, help="default: params.yaml serve.batching")
     ap.add_argument("--base", default="models/base")
     ap.add_argument("--out", default=str(OUT_JSON))
+    ap.add_argument("--mixed", action="store_true", help="the mixed-parameter load (issue 32) instead")
+    ap.add_argument("--clients", type=int, default=8, help="--mixed: concurrent clients")
+    ap.add_argument("--json-prompts", type=int, default=4, help="--mixed: prompts of the JSON overhead measure")
+    ap.add_argument("--threads", type=int, default=2, help="--mixed: torch threads per server and in-process")
+    ap.add_argument("--baseline-requests", type=int, default=8, help="--mixed: greedy requests of the baseline")
     ap.add_argument("--child", nargs=6, metavar=("MODE", "BASE", "PORT", "NB", "MBT", "LOGDIR"),
                     help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -327,6 +557,9 @@ def main() -> None:
     if args.child:
         mode, base, port, nb, mbt, log_dir = args.child
         child_server(mode, base, int(port), int(nb), int(mbt), log_dir)
+        return
+    if args.mixed:
+        mixed_main(args)
         return
 
     from pipelines.config import config_from_params
