@@ -12,7 +12,7 @@ from pipelines.evaluation.tasks import FAMILIES, Resources, TaskSpec
 
 # the per-example column that ranks the candidate's worst regressions, per family (higher is better)
 REGRESSION_COLUMN = {"generation": "rouge_l", "extractive_qa": "f1", "rag": "f1", "multiple_choice": "acc_norm",
-                     "toxicity": "toxicity", "perplexity": "nll"}
+                     "toxicity": "toxicity", "perplexity": "nll", "preference": "margin"}
 LOWER_IS_BETTER_COLUMNS = {"toxicity", "nll"}
 
 
@@ -60,6 +60,9 @@ def compare_task(spec: TaskSpec, records: list[dict], outputs: dict[str, dict[st
         raise RuntimeError(f"evaluate: no output for {len(missing)} examples of task '{spec.name}' ({missing[:3]})")
     per_model = {m: [outputs[r["id"]][m] for r in records] for m in (REFERENCE, CANDIDATE)}
     cols = {m: family.columns(records, per_model[m], res) for m in per_model}
+    joint = family.paired_columns(records, per_model[CANDIDATE], per_model[REFERENCE])
+    cols[CANDIDATE].update(joint[0])
+    cols[REFERENCE].update(joint[1])
     metrics: dict[str, dict[str, float]] = {m: {} for m in per_model}
     comparisons: dict[str, Interval] = {}
     for i, stat in enumerate(family.stats(res)):

@@ -11,7 +11,11 @@ a known family is a params change, no code. A family says:
 Families: perplexity, generation (ROUGE-L), extractive_qa (SQuAD EM / F1), rag (answer F1 with and without
 retrieval, context recall, groundedness), multiple_choice (summed and length-normalised log-likelihood accuracy),
 counterfactual (bias: refusal / length / toxicity gaps between the two groups of a pair), toxicity (the guard's
-detector on the outputs), latency (one request at a time: p50 / p95, tokens/s, CPU-seconds and cost per 1k tokens).
+detector on the outputs), latency (one request at a time: p50 / p95, tokens/s, CPU-seconds and cost per 1k tokens),
+preference (held-out (prompt, chosen, rejected) pairs: pair accuracy, log-prob margin, DPO reward accuracy and win
+rate of the candidate against the reference).
+
+A family whose figures need both models' outputs at once (preference) also defines `paired_columns`.
 """
 from __future__ import annotations
 
@@ -108,8 +112,12 @@ def load_examples(spec: TaskSpec) -> list[dict]:
             raise EvalDataError(f"{p}: task '{spec.name}' ({spec.type}) reads JSONL, not Parquet")
         from pipelines.models.evaluation import instruction_rows
 
-        rows = instruction_rows(str(p), spec.max_examples if spec.max_examples is not None else 10**9)
-        records = [{"id": r["doc_id"], "prompt": r["prompt"], "response": r["response"]} for r in rows]
+        limit = spec.max_examples if spec.max_examples is not None else 10**9
+        if spec.type == "preference":
+            records = preference_rows(p, limit)
+        else:
+            rows = instruction_rows(str(p), limit)
+            records = [{"id": r["doc_id"], "prompt": r["prompt"], "response": r["response"]} for r in rows]
     else:
         records = read_jsonl(p, family)
         if spec.max_examples is not None:
@@ -117,6 +125,23 @@ def load_examples(spec: TaskSpec) -> list[dict]:
     if not records:
         raise EvalDataError(f"{p}: empty set: task '{spec.name}' has no examples to evaluate")
     return records
+
+
+def preference_rows(path: Path, limit: int) -> list[dict]:
+    """The first `limit` preference rows of a split by doc_id (corpus contract: response = chosen, rejected), as
+    preference records {id, prompt, chosen, rejected}."""
+    import pandas as pd
+
+    df = pd.read_parquet(path)
+    missing = {"kind", "prompt", "response", "rejected", "doc_id"} - set(df.columns)
+    if missing:
+        raise EvalDataError(f"{path}: a preference task needs the columns {sorted(missing)} (no preference rows)")
+    df = df[df["kind"] == "preference"]
+    for col in ("prompt", "response", "rejected"):
+        df = df[df[col].fillna("").astype(str).str.strip().astype(bool)]
+    df = df.sort_values("doc_id", kind="stable").head(limit)
+    return [{"id": str(r["doc_id"]), "prompt": str(r["prompt"]), "chosen": str(r["response"]),
+             "rejected": str(r["rejected"])} for r in df.to_dict("records")]
 
 
 def params_line(name: str, type_: str, params_path: Path | None) -> str:
@@ -189,6 +214,11 @@ class Family:
 
     def stats(self, res: Resources) -> tuple[Stat, ...]:
         raise NotImplementedError
+
+    def paired_columns(self, records: list[dict], candidate: list[dict],
+                       reference: list[dict]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Columns that need both models' outputs (candidate's, reference's); none by default."""
+        return {}, {}
 
     @staticmethod
     def texts(outputs: list[dict], key: str = "text") -> list[str]:
@@ -434,5 +464,54 @@ class Latency(Family):
                      scale=per_k * res.price_per_hour / 3600.0))
 
 
+class Preference(Family):
+    """Held-out preference pairs (JSONL {prompt, chosen, rejected}, or a split's `preference` rows). Each model
+    scores both answers (summed log-likelihood of the answer after the chat-formatted prompt); per pair:
+    - margin = log p(chosen) - log p(rejected); pair_accuracy = share of pairs with margin > 0 (per model);
+    - delta = margin(candidate) - margin(reference): with the reference as DPO's reference model, beta * delta is
+      the candidate's implicit reward margin (Rafailov et al. 2023), so reward_accuracy (delta > 0) is TRL's
+      rewards/accuracies on held-out pairs. The reference's value is the same rule with the roles swapped
+      (delta < 0): the interval of the difference says which model orders the pairs more like the users did;
+    - win_rate: the candidate wins a pair when its margin is larger than the reference's (a tie counts half); the
+      reference's win rate is 1 - the candidate's, so the difference is 2 * win_rate - 1 and its interval excluding 0
+      says the candidate is preferred on more pairs than the champion, with the bootstrap's confidence.
+    reward_accuracy and win_rate differ only in how ties count; both are reported because TRL and the issue name
+    them."""
+
+    type = "preference"
+    fields = {"prompt": (str,), "chosen": (str,), "rejected": (str,)}
+    reads_splits = True
+
+    def check(self, rec, where):
+        if rec["chosen"].strip() == rec["rejected"].strip():
+            raise EvalDataError(f"{where}: 'chosen' and 'rejected' are the same answer")
+
+    def scored_sequences(self, records):
+        return 2 * len(records)
+
+    def infer(self, ctx, records, spec):
+        prompts = [r["prompt"] for r in records]
+        scored = ctx.response_nll(prompts + prompts, [r["chosen"] for r in records] + [r["rejected"] for r in records])
+        n = len(records)
+        return [{"logp_chosen": -scored[i][0], "logp_rejected": -scored[n + i][0]} for i in range(n)]
+
+    def columns(self, records, outputs, res):
+        margin = _arr(o["logp_chosen"] - o["logp_rejected"] for o in outputs)
+        return {"margin": margin, "pair_correct": (margin > 0).astype(np.float64)}
+
+    def paired_columns(self, records, candidate, reference):
+        delta = self.columns(records, candidate, None)["margin"] - self.columns(records, reference, None)["margin"]
+        win = (delta > 0).astype(np.float64) + 0.5 * (delta == 0)
+        return ({"reward_correct": (delta > 0).astype(np.float64), "win": win},
+                {"reward_correct": (delta < 0).astype(np.float64), "win": 1.0 - win})
+
+    def stats(self, res):
+        return (Stat("pair_accuracy", "higher", "mean", ("pair_correct",)),
+                Stat("margin", "higher", "mean", ("margin",)),
+                Stat("reward_accuracy", "higher", "mean", ("reward_correct",)),
+                Stat("win_rate", "higher", "mean", ("win",)))
+
+
 FAMILIES: dict[str, Family] = {f.type: f for f in (Perplexity(), Generation(), ExtractiveQA(), Rag(),
-                                                   MultipleChoice(), Counterfactual(), Toxicity(), Latency())}
+                                                   MultipleChoice(), Counterfactual(), Toxicity(), Latency(),
+                                                   Preference())}

@@ -10,12 +10,17 @@ hash), otherwise the decision is a reject. A threshold set to null switches its 
   reference (the champion, or the base without one) answered the same examples in the same run; a metric fails
   only when the candidate is worse by more than its tolerance X with the interval's confidence (the whole
   interval beyond -X), never on a point estimate; a task with fewer than `min_examples` examples cannot pass; and
-  the reference evaluate used must be the registry's current champion.
+  the reference evaluate used must be the registry's current champion. `require_improvement` names metrics the
+  candidate must be better on with that confidence (the whole interval on the better side of 0): with
+  `preference.win_rate` a preference-tuned candidate is promoted only when users' held-out pairs prefer it to
+  the champion.
 """
 from __future__ import annotations
 
 import math
 from typing import Any, Literal, NotRequired, TypedDict
+
+from pydantic import Field
 
 from pipelines.config import StageConfig
 from pipelines.errors import StageFailed
@@ -42,10 +47,14 @@ class VersusReference(StageConfig):
     max_regression: dict[str, float]
     min_examples: int  # a compared task with fewer examples fails its check (too few to decide on)
     require_current_reference: bool  # evaluate's reference must be the current champion (the base without one)
+    # `<task>.<metric>` the candidate must be better on than the reference, interval excluding 0 (e.g.
+    # preference.win_rate); a missing interval fails
+    require_improvement: list[str] = Field(default_factory=list)
 
 
 class Check(TypedDict):
-    check: Literal["same_candidate", "floor", "versus_champion", "versus_reference", "min_examples", "reference"]
+    check: Literal["same_candidate", "floor", "versus_champion", "versus_reference", "min_examples", "reference",
+                   "improvement"]
     metric: str | None
     observed: Any
     op: str | None
@@ -125,6 +134,22 @@ def reference_checks(cfg: VersusReference, evaluate: dict, champion: Champion) -
         else:  # worse = a positive difference; fails when even the interval's bottom is > X
             checks.append(_check("versus_reference", metric, iv["ci_low"], "<=", tolerance, diff=iv["diff"],
                                  interval=[iv["ci_low"], iv["ci_high"]], confidence=iv["confidence"]))
+    for metric in cfg.require_improvement:
+        iv = comparisons.get(metric)
+        if iv is None:
+            checks.append({"check": "improvement", "metric": metric, "observed": None, "op": None, "threshold": 0.0,
+                           "passed": False, "note": "no interval for this metric in the evaluate metrics (task off?)"})
+            continue
+        task = metric.split(".", 1)[0]
+        if task not in tasks_seen:
+            tasks_seen.add(task)
+            checks.append(_check("min_examples", task, n_examples.get(task, iv.get("n")), ">=", cfg.min_examples))
+        higher = iv["better"] == "higher"
+        bound = iv["ci_low"] if higher else iv["ci_high"]  # the interval's end nearest to "no better"
+        passed = _finite(bound) and (bound > 0 if higher else bound < 0)
+        checks.append({"check": "improvement", "metric": metric, "observed": bound, "op": ">" if higher else "<",
+                       "threshold": 0.0, "passed": bool(passed), "diff": iv["diff"],
+                       "interval": [iv["ci_low"], iv["ci_high"]], "confidence": iv["confidence"]})
     return checks
 
 

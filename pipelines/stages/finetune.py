@@ -68,6 +68,12 @@ class CanaryParams(StageConfig):
     seed: int
 
 
+class DpoParams(StageConfig):
+    beta: float = Field(gt=0)  # strength of the pull toward the reference (the KL penalty's inverse temperature)
+    # the reference model: the champion (its adapter on the base; the base when there is none) or the base model
+    reference: Literal["champion", "base"]
+
+
 class Config(StageConfig):
     base_model_dir: str
     train_path: str
@@ -91,6 +97,10 @@ class Config(StageConfig):
     # lora: train a LoRA adapter (peft); full: every weight (output_dir then holds a whole model)
     method: Literal["lora", "full"]
     lora: LoraParams
+    # sft: the instruction rows (chat SFT); dpo: the preference rows (prompt, chosen = response, rejected),
+    # policy started from the champion's adapter when there is one (pipelines/training/dpo.py)
+    objective: Literal["sft", "dpo"]
+    dpo: DpoParams
     # Ray Train storage for checkpoints; null: a temp dir on this machine (set a shared path or s3:// URI on a
     # cluster: Ray writes it through pyarrow.fs)
     storage_path: str | None
@@ -140,6 +150,8 @@ class FinetuneReport(TypedDict):
     mlflow_run_id: str | None
     startup_breakdown: StartupBreakdown
     output_dir: str
+    objective: str
+    dpo: NotRequired[dict]
 
 
 class TrainingMeta(TypedDict):
@@ -162,6 +174,8 @@ class TrainingMeta(TypedDict):
     trainable_params: int
     world_size: int
     data: dict
+    objective: str
+    dpo: NotRequired[dict]  # beta, per-step reward accuracies/margins, held-out reward accuracy, reference
     mlflow_run_id: NotRequired[str]
     mlflow_tracking_uri: NotRequired[str]
 
@@ -194,6 +208,8 @@ def worker_config(cfg: Config) -> dict:
         "length_bucketing": cfg.length_bucketing,
         "eval_every": cfg.eval_every,
         "checkpoint_every": cfg.checkpoint_every,
+        "objective": cfg.objective,
+        "dpo": cfg.dpo.model_dump(),
     }
 
 
@@ -212,10 +228,31 @@ def run(cfg: Config, engines: EnginesConfig, registry: RegistryConfig,
     """`_worker_overrides` is for tests only (fault injection); params.yaml cannot reach it."""
     t_stage = time.time()
     wc = worker_config(cfg)
-    canaries = make_canaries(cfg.canaries.count, cfg.canaries.seed) if cfg.canaries.enabled else []
+    # canaries are planted SFT examples; a DPO run trains on preference pairs only and plants none
+    canaries = make_canaries(cfg.canaries.count, cfg.canaries.seed) if cfg.canaries.enabled and \
+        cfg.objective == "sft" else []
     wc["canary_examples"] = training_examples(canaries, cfg.canaries.repeats)
     wc.update(_worker_overrides or {})
     _check_inputs(wc)
+    champion_tmp = None
+    reference: dict = {"kind": "base", "version": None}
+    if cfg.objective == "dpo":
+        # DPO starts from the champion (its adapter, trainable) and takes it as the reference when
+        # dpo.reference is champion; the base model (fresh adapter) without one
+        import tempfile
+
+        from pipelines.evaluation.tracking import champion_adapter
+
+        champion_tmp = tempfile.mkdtemp(prefix="llmops-dpo-champion-")
+        champ = champion_adapter(registry, champion_tmp)
+        if champ.adapter_dir is not None:
+            if cfg.method != "lora":
+                shutil.rmtree(champion_tmp, ignore_errors=True)
+                raise ValueError("finetune: objective dpo starts from the champion's LoRA adapter; "
+                                 "method: full cannot (set finetune.method: lora)")
+            wc["init_adapter_dir"] = champ.adapter_dir
+            reference = {"kind": "champion" if cfg.dpo.reference == "champion" else "base",
+                         "version": champ.reference["version"], "adapter_sha256": champ.reference["adapter_sha256"]}
 
     from pipelines.engines import ray_warm_pool
     from pipelines.engines.ray_engine import init_ray, joined_cluster, ray_train_env_defaults, start_autoscaling_coordinator
@@ -270,7 +307,9 @@ def run(cfg: Config, engines: EnginesConfig, registry: RegistryConfig,
 
         losses = [float(x) for x in m["losses"]]
         eval_history = [(int(s_), float(v)) for s_, v in m["eval_history"]]
-        if not all(math.isfinite(x) for x in losses) or not math.isfinite(m["eval_loss"]):
+        # a DPO run may have no held-out pairs (small harvests): its eval loss is then nan, reported as such
+        no_eval_pairs = cfg.objective == "dpo" and m["eval_counts"]["examples"] == 0
+        if not all(math.isfinite(x) for x in losses) or not (math.isfinite(m["eval_loss"]) or no_eval_pairs):
             raise RuntimeError(f"finetune: non-finite loss (train {losses}, eval {m['eval_loss']}); nothing saved")
         seconds = t_done - t_stage
         meta: TrainingMeta = {
@@ -291,7 +330,10 @@ def run(cfg: Config, engines: EnginesConfig, registry: RegistryConfig,
             "trainable_params": m["trainable_params"],
             "world_size": m["world_size"],
             "data": {"train": m["train_counts"], "eval": m["eval_counts"]},
+            "objective": cfg.objective,
         }
+        if cfg.objective == "dpo":
+            meta["dpo"] = {**m["dpo"], "reference": reference, "started_from": reference.get("version")}
         if cfg.mlflow.enabled:
             from pipelines.training.lineage import log_finetune_run
 
@@ -305,6 +347,8 @@ def run(cfg: Config, engines: EnginesConfig, registry: RegistryConfig,
     finally:
         if own_storage:
             shutil.rmtree(storage, ignore_errors=True)
+        if champion_tmp is not None:
+            shutil.rmtree(champion_tmp, ignore_errors=True)
     t_end = time.time()
 
     write_text(_abs(cfg.loss_plot), loss_curve_csv(losses, eval_history))
@@ -340,7 +384,17 @@ def run(cfg: Config, engines: EnginesConfig, registry: RegistryConfig,
             "eval_save_and_shutdown": round(t_done - m["t_train_end"], 2),
         },
         "output_dir": cfg.output_dir,
+        "objective": cfg.objective,
     }
+    if cfg.objective == "dpo":
+        d = m["dpo"]
+        report["dpo"] = {"beta": d["beta"], "reference": meta["dpo"]["reference"],
+                         "reward_accuracy_first": d["reward_accuracies"][0], "reward_accuracy_last":
+                         d["reward_accuracies"][-1], "reward_margin_first": d["reward_margins"][0],
+                         "reward_margin_last": d["reward_margins"][-1], "reward_margins": d["reward_margins"],
+                         "eval_reward_accuracy": d["eval_reward_accuracy"],
+                         "eval_reward_margin": d["eval_reward_margin"], "eval_pairs": d["eval_pairs"],
+                         "reference_seconds": round(d["reference_seconds"], 2)}
     write_json(_abs(cfg.metrics), report)
     if prestart is not None:
         prestart.join(timeout=60)

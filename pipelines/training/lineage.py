@@ -94,6 +94,15 @@ def log_finetune_run(registry: RegistryConfig, cfg: TrainingInputs, wc: dict, me
         metrics += [Metric("eval_loss", v, now, s) for s, v in eval_history]
         for key in ("tokens_per_second", "train_seconds", "seconds", "trainable_params", "final_train_loss"):
             metrics.append(Metric(key, float(meta[key]), now, int(meta["steps"])))
+        dpo = meta.get("dpo")
+        if dpo:  # objective dpo: TRL's names for the per-step implicit-reward figures
+            metrics += [Metric("rewards/accuracies", v, now, i) for i, v in enumerate(dpo["reward_accuracies"], 1)]
+            metrics += [Metric("rewards/margins", v, now, i) for i, v in enumerate(dpo["reward_margins"], 1)]
+            for key in ("eval_reward_accuracy", "eval_reward_margin"):
+                if dpo[key] == dpo[key]:  # not nan (no held-out pairs)
+                    metrics.append(Metric(f"dpo_{key}", float(dpo[key]), now, int(meta["steps"])))
+            ref = dpo["reference"]
+            client.set_tag(run_id, "dpo.reference", ref["kind"] + (f":v{ref['version']}" if ref.get("version") else ""))
         for i in range(0, len(params), 100):
             client.log_batch(run_id, params=params[i:i + 100])
         for i in range(0, len(metrics), 1000):

@@ -183,14 +183,18 @@ def eval_loss_over_ranks(model, examples, batch_size, pad_id, rank, world) -> Ev
 
 
 def build_model(config: dict):
-    """Base model from `base_model_dir`, wrapped in a LoRA adapter (`method: lora`) or fully trainable (`full`)."""
+    """Base model from `base_model_dir`, wrapped in a LoRA adapter (`method: lora`) or fully trainable (`full`).
+    With `init_adapter_dir` (DPO from the champion) the LoRA adapter is that one, trainable (its own r/alpha)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(config["base_model_dir"], dtype=getattr(torch, config["dtype"]))
     if config["method"] == "full":
         return model
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if config.get("init_adapter_dir"):
+        return PeftModel.from_pretrained(model, config["init_adapter_dir"], is_trainable=True)
 
     lora = config["lora"]
     return get_peft_model(
@@ -266,6 +270,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from transformers import AutoTokenizer
 
     t_imported = time.time()
+    objective = config.get("objective", "sft")
+    dpo_cfg = config.get("dpo") or {}
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     # One intra-op thread per CPU the worker was given: 2 workers x N threads on a 2-core box oversubscribes
@@ -276,24 +282,40 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(config["base_model_dir"])
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    train_examples, train_counts = tokenize_split(tokenizer, config["train_path"], config["max_length"])
-    for prompt, response in config.get("canary_examples", []):  # planted canaries (finetune.canaries)
-        ex = format_example(tokenizer, prompt, response, config["max_length"])
-        if ex is not None:
-            train_examples.append(ex)
-    eval_examples, eval_counts = tokenize_split(
-        tokenizer, config["eval_path"], config["max_length"], limit=config["max_eval_examples"]
-    )
+    if objective == "dpo":  # preference rows: (chosen, rejected) pairs, pipelines/training/dpo.py
+        from pipelines.training import dpo
+
+        train_examples, train_counts = dpo.tokenize_pairs(tokenizer, config["train_path"], config["max_length"])
+        eval_examples, eval_counts = dpo.tokenize_pairs(
+            tokenizer, config["eval_path"], config["max_length"], limit=config["max_eval_examples"])
+    else:
+        train_examples, train_counts = tokenize_split(tokenizer, config["train_path"], config["max_length"])
+        for prompt, response in config.get("canary_examples", []):  # planted canaries (finetune.canaries)
+            ex = format_example(tokenizer, prompt, response, config["max_length"])
+            if ex is not None:
+                train_examples.append(ex)
+        eval_examples, eval_counts = tokenize_split(
+            tokenizer, config["eval_path"], config["max_length"], limit=config["max_eval_examples"]
+        )
     batch_size = int(config["per_device_batch_size"])
     if len(train_examples) < world * batch_size:
         raise ValueError(
             f"finetune: {len(train_examples)} usable training examples, need at least "
             f"num_workers*per_device_batch_size = {world * batch_size}"
         )
-    lengths = [len(e["input_ids"]) for e in train_examples] if config["length_bucketing"] else None
+    if not config["length_bucketing"]:
+        lengths = None
+    elif objective == "dpo":
+        lengths = [dpo.pair_length(e) for e in train_examples]
+    else:
+        lengths = [len(e["input_ids"]) for e in train_examples]
 
     t_data = time.time()
     model = build_model(config)
+    if objective == "dpo":
+        from trl.trainer.utils import disable_dropout_in_model
+
+        disable_dropout_in_model(model)  # as TRL's DPOConfig(disable_dropout=True): policy and reference agree
     base_model = model
     trainable_named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     trainable = sum(p.numel() for _, p in trainable_named)
@@ -303,6 +325,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     step, epoch, pos = 0, 0, 0
     losses: list[float] = []
     eval_history: list[list[float]] = []  # [step, eval_loss]
+    reward_accuracies: list[float] = []  # DPO: per step, mean over ranks
+    reward_margins: list[float] = []
+    ref_train = ref_eval = None  # DPO: [n, 2] reference log-probs (chosen, rejected)
     resumed_from = None
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
@@ -313,6 +338,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         optimizer.load_state_dict(state["optimizer"])
         step, epoch, pos = state["step"], state["epoch"], state["pos"]
         losses, eval_history = list(state["losses"]), [list(e) for e in state["eval_history"]]
+        if objective == "dpo":  # the reference is the model as it started, not as the checkpoint left it
+            ref_train, ref_eval = state["ref_train"], state["ref_eval"]
+            reward_accuracies, reward_margins = list(state["reward_accuracies"]), list(state["reward_margins"])
         resumed_from = step
 
     t_model = time.time()
@@ -324,6 +352,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         # gloo on the 2-core box) although only the trainable ones can differ: done above, checked for the rest.
         model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"init_sync": False})
     t_ddp = time.time()
+    beta = float(dpo_cfg.get("beta", 0.1))
+    if objective == "dpo" and ref_train is None:
+        # once per run, before the first step: the starting model is the reference (or its base, with
+        # dpo.reference: base); no second model in memory
+        use_base = dpo_cfg.get("reference") == "base" and config["method"] == "lora"
+        ref_train = dpo.reference_logps(base_model, train_examples, batch_size, pad_id, rank, world, use_base)
+        ref_eval = dpo.reference_logps(base_model, eval_examples, batch_size, pad_id, rank, world, use_base)
+    t_ref = time.time()
+
+    def held_out_loss() -> float:
+        if objective == "dpo":
+            return dpo.dpo_eval_over_ranks(model, eval_examples, ref_eval, batch_size, pad_id, rank, world, beta).loss
+        return eval_loss_over_ranks(model, eval_examples, batch_size, pad_id, rank, world).loss
 
     def mean_over_ranks(value: float) -> float:
         if world == 1:
@@ -346,6 +387,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     "optimizer": optimizer.state_dict(),
                     "step": step, "epoch": epoch, "pos": pos,
                     "losses": losses, "eval_history": eval_history,
+                    "ref_train": ref_train, "ref_eval": ref_eval,
+                    "reward_accuracies": reward_accuracies, "reward_margins": reward_margins,
                 }, os.path.join(tmp, TRAIN_STATE))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
@@ -363,9 +406,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 t_first_step = time.time()
             # Dropout masks: a function of (seed, rank, step) only, so a resumed run draws what the original would.
             torch.manual_seed(seed + 1000 * step + rank)
-            batch = collate([train_examples[i] for i in batches[pos]], pad_id)
-            tokens_local += int(batch["attention_mask"].sum())
-            loss = model(**batch).loss
+            if objective == "dpo":
+                idx = batches[pos]
+                chosen, rejected, n_tok = dpo.pair_logps(model, [train_examples[i] for i in idx], pad_id)
+                tokens_local += n_tok
+                loss, r_chosen, r_rejected = dpo.dpo_sigmoid_loss(
+                    chosen, rejected, ref_train[idx, 0].to(chosen), ref_train[idx, 1].to(chosen), beta)
+                reward_accuracies.append(mean_over_ranks(float((r_chosen > r_rejected).float().mean())))
+                reward_margins.append(mean_over_ranks(float((r_chosen - r_rejected).mean())))
+            else:
+                batch = collate([train_examples[i] for i in batches[pos]], pad_id)
+                tokens_local += int(batch["attention_mask"].sum())
+                loss = model(**batch).loss
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -374,8 +426,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             steps_this_attempt += 1
             losses.append(mean_over_ranks(float(loss.detach())))
             if eval_every and step % eval_every == 0 and step < max_steps:
-                eval_history.append([step, eval_loss_over_ranks(
-                    model, eval_examples, batch_size, pad_id, rank, world).loss])
+                eval_history.append([step, held_out_loss()])
             if checkpoint_every and step % checkpoint_every == 0 and step < max_steps:
                 save_checkpoint({"step": step, "loss": losses[-1]}, final=False)
             _maybe_inject_failure(config, rank, step)
@@ -383,7 +434,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             epoch, pos = epoch + 1, 0
     t_train_end = time.time()
 
-    eval_loss, eval_tokens = eval_loss_over_ranks(model, eval_examples, batch_size, pad_id, rank, world)
+    dpo_metrics = None
+    if objective == "dpo":
+        held = dpo.dpo_eval_over_ranks(model, eval_examples, ref_eval, batch_size, pad_id, rank, world, beta)
+        eval_loss, eval_tokens = held.loss, 0
+        dpo_metrics = {"beta": beta, "reward_accuracies": reward_accuracies, "reward_margins": reward_margins,
+                       "eval_reward_accuracy": held.reward_accuracy, "eval_reward_margin": held.reward_margin,
+                       "eval_pairs": held.pairs, "reference_seconds": t_ref - t_ddp}
+    else:
+        eval_loss, eval_tokens = eval_loss_over_ranks(model, eval_examples, batch_size, pad_id, rank, world)
     if not eval_history or eval_history[-1][0] != step:
         eval_history.append([step, eval_loss])
     totals = torch.tensor([float(tokens_local)], dtype=torch.float64)
@@ -406,6 +465,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         "tokens_per_second": tokens_total / train_seconds if train_seconds > 0 else math.nan,
         "trainable_params": trainable,
         "world_size": world,
+        "objective": objective,
+        "dpo": dpo_metrics,
         "train_counts": train_counts,
         "eval_counts": eval_counts,
         # wall-clock stamps (time.time()) so the driver can split start-up from training
