@@ -21,7 +21,8 @@ CORPUS_FIELDS: tuple[tuple[str, str], ...] = (
     ("kind", "string"),
     ("text", "string"),
     ("prompt", "string"),
-    ("response", "string"),
+    ("response", "string"),   # an instruction's answer; a preference pair's CHOSEN answer
+    ("rejected", "string"),   # a preference pair's rejected answer; null for instruction and document rows
     ("title", "string"),
     ("n_chars", "int"),
 )
@@ -38,7 +39,8 @@ def _ddl(fields: tuple[tuple[str, str], ...]) -> str:
 CORPUS_COLUMNS: tuple[str, ...] = _columns(CORPUS_FIELDS)
 CORPUS_DDL = _ddl(CORPUS_FIELDS)
 REQUIRED_NON_NULL: tuple[str, ...] = ("doc_id", "source", "licence", "text")
-KINDS: tuple[str, ...] = ("instruction", "document")
+KINDS: tuple[str, ...] = ("instruction", "document", "preference")
+PAIR_KINDS: tuple[str, ...] = ("instruction", "preference")  # rows with prompt + response (text built from them)
 
 # Rejects: every record a stage drops, with why. `line` is the 1-based line of a JSONL source (null otherwise).
 REJECT_FIELDS: tuple[tuple[str, str], ...] = (

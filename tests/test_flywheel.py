@@ -61,7 +61,7 @@ def world(tmp_path, repo_root):
     cfg, inbox, flag = load(repo_root / "params.yaml", request_log=str(tmp_path / "logs/requests"),
                             feedback_log=str(tmp_path / "logs/feedback"), keys_file=str(tmp_path / "keys.json"),
                             inbox=str(tmp_path / "inbox"), corpus_dir=str(corpus), min_distinct_keys=3,
-                            max_records_per_key=4, report=str(tmp_path / "report.json"))
+                            min_feedback_lines=0, max_records_per_key=4, report=str(tmp_path / "report.json"))
     nd = config_from_params("dedup.near_duplicate", NearDuplicate, {}, repo_root / "params.yaml")
     a, b = Logs(tmp_path / "logs", "host-a_1"), Logs(tmp_path / "logs", "host-b_2")
     return {"cfg": cfg, "inbox": Path(inbox), "flag": flag, "nd": nd, "a": a, "b": b, "tmp": tmp_path}
@@ -128,8 +128,11 @@ def test_one_key_flooding_is_capped_and_too_few_keys_write_nothing(world):
     a = world["a"]
     for i in range(10):
         a.rate("flood", a.answer("flood", f"Flood prompt number {i} about topic {i * 7}.", f"Flood answer {i}."), 1)
+    quiet = dict(world, cfg=world["cfg"].model_copy(update={"min_feedback_lines": 11}))
+    rep = _run(quiet)  # feedback volume below the threshold: the run harvests nothing yet
+    assert rep["skipped"] and rep["balanced"] and rep["excluded"] == {"below_volume": 10} and not rep["written"]
     rep = _run(world)
-    assert rep["balanced"] and rep["lines"] == 10
+    assert rep["balanced"] and rep["lines"] == 10 and not rep["skipped"]
     assert not rep["written"] and rep["reason"].startswith("too_few_keys: 1 distinct key")
     assert rep["excluded"] == {"key_cap": 6, "too_few_keys": 4}
     assert not (world["inbox"] / world["flag"]).exists() and not world["inbox"].exists()
@@ -154,3 +157,67 @@ def test_training_use_is_parsed_from_the_keys_file_and_defaults_to_no_consent(tm
     path.write_text(json.dumps({"keys": [{**yes, "training_use": "yes"}]}))
     with pytest.raises(ValueError, match="training_use must be true or false"):
         KeyStore.from_env({KEYS_FILE_ENV: str(path)})
+
+
+def test_harvested_batch_lands_and_ingests_consent_and_redaction_hold(world, spark):
+    """Harvest -> landing (approval) -> the real ingest: a consenting key's correction with an e-mail address
+    reaches the corpus redacted; a non-consenting key's records never do; preference rows keep their pair; a
+    preference source's chosen and rejected answers are both PII-redacted; identical or incomplete pairs are
+    rejected with a reason, every record accounted for."""
+    import pyarrow.dataset as ds
+
+    from pipelines.config import load_params
+    from pipelines.data import landing
+    from pipelines.data.clean import rules_off
+    from pipelines.stages import ingest
+    from pipelines.stages.registry import stage_config
+
+    a, tmp = world["a"], world["tmp"]
+    r = a.answer("alice", "How do I reach support about my invoice?", "Call the front desk.")
+    a.rate("alice", r, -1, correction="Write to jane.doe@example.com with your invoice number.")
+    r = a.answer("dave", "What is the secret marker?", "DAVEMARKER answer")
+    a.rate("dave", r, 5, correction="DAVEMARKER corrected")
+    for key, prompt, answer in (("bob", "Name a primary colour.", "Red is a primary colour."),
+                                ("carol", "Which colour is the sky on a clear day?", "The sky is blue then.")):
+        a.rate(key, a.answer(key, prompt, answer), 5)
+    rep = _run(world)
+    assert rep["written"] and rep["excluded"] == {"no_consent": 1} and rep["balanced"]
+
+    lcfg = landing.LandingConfig(inbox=str(world["inbox"]), s3_inbox=None, flag_file=world["flag"],
+                                 poke_interval_s=1, landed_dir=str(tmp / "landed"), rejects_dir=str(tmp / "lrej"),
+                                 pii_scan_rows=100, max_bad_line_fraction=0.5, dvc_track=False)
+    scan = landing.scan_inbox(lcfg)
+    assert not scan["refused"] and sorted(scan["needs_approval"]) == ["flywheel_preference", "flywheel_sft"]
+    assert {b["licence"] for b in scan["batches"]} == {world["cfg"].licence}
+    landing.accept(lcfg, scan, run_id="r1", approved_by="tester", approved_sources=scan["needs_approval"])
+
+    manual = tmp / "pairs.jsonl"
+    manual.write_text("\n".join(json.dumps(x) for x in [
+        {"q": "Who maintains the build?", "good": "Ask maintainer@example.org, who owns it.",
+         "bad": "Mail root@example.net and hope."},
+        {"q": "Same answers?", "good": "Yes, the same.", "bad": "Yes, the same."},
+        {"q": "No rejected answer here.", "good": "Only a chosen one."},
+    ]) + "\n")
+    sources = [{"name": "pairs", "path": str(manual), "format": "jsonl", "kind": "preference", "licence": "MIT",
+                "pii": "redact", "fields": {"prompt": "q", "chosen": "good", "rejected": "bad"}}]
+    params = load_params()
+    params["ingest"]["quality"] = rules_off()
+    out = tmp / "out"
+    icfg = stage_config("ingest", params, sources=sources, landed_dir=lcfg.landed_dir, input_dir=str(tmp),
+                        output_dir=str(out / "ingested"), rejects_dir=str(out / "rejects"),
+                        metrics=str(out / "m.json"), language={"allowed": [], "min_confidence": 0.0, "min_chars": 0})
+    report = ingest.run(icfg, spark=spark)
+    assert report["total"]["balanced"]
+    assert report["sources"]["pairs"]["rejected_by_reason"] == {"missing_field": 1, "quality": 1}
+    assert report["sources"]["flywheel_preference"]["out"] == 1 and report["sources"]["flywheel_sft"]["out"] == 2
+    rows = ds.dataset(str(out / "ingested")).to_table().to_pylist()
+    everything = json.dumps(rows)
+    assert "DAVEMARKER" not in everything and "@example" not in everything
+    fw = next(r for r in rows if r["source"] == "flywheel_preference")
+    assert fw["kind"] == "preference" and fw["rejected"] == "Call the front desk."
+    assert fw["response"] == "Write to <EMAIL> with your invoice number." and fw["text"].endswith(fw["response"])
+    pair = next(r for r in rows if r["source"] == "pairs")
+    assert pair["response"].count("<EMAIL>") == 1 and pair["rejected"].count("<EMAIL>") == 1
+    assert all(r["rejected"] is None for r in rows if r["kind"] != "preference")
+    rejects = ds.dataset(str(out / "rejects")).to_table().to_pylist()
+    assert any(r["rule"].startswith("preference_identical") for r in rejects if r["source"] == "pairs")

@@ -23,11 +23,13 @@ def tiny_corpus() -> pd.DataFrame:
         prompt = f"{rec['instruction']}\n{rec.get('input', '')}".strip()
         text = f"{prompt}\n{rec['response']}"
         rows.append(dict(doc_id=f"gpt-{i}", source="gpteacher_roleplay", licence="MIT", kind="instruction",
-                         text=text, prompt=prompt, response=rec["response"], title=None, n_chars=len(text)))
+                         text=text, prompt=prompt, response=rec["response"], rejected=None, title=None,
+                         n_chars=len(text)))
     for line in (RAW / "xquad_en_paragraphs.jsonl").read_text().splitlines()[:10]:
         rec = json.loads(line)
         rows.append(dict(doc_id=rec["id"], source="xquad_en", licence="CC-BY-SA-4.0", kind="document",
-                         text=rec["text"], prompt=None, response=None, title=rec["title"], n_chars=len(rec["text"])))
+                         text=rec["text"], prompt=None, response=None, rejected=None, title=rec["title"],
+                         n_chars=len(rec["text"])))
     return pd.DataFrame(rows)
 
 
@@ -89,6 +91,29 @@ def test_good_corpus_passes_and_committed_suite_is_in_sync(tmp_path, gx_root, re
         )
 
 
+def _pair(df: pd.DataFrame, rejected: str | None = "A shorter, worse answer than the chosen one.") -> pd.DataFrame:
+    df.loc[0, "kind"], df.loc[0, "rejected"] = "preference", rejected
+    return df
+
+
+def test_preference_rows_pass(tmp_path, gx_root, repo_root):
+    cfg = make_cfg(tmp_path, gx_root, write_spark_like(_pair(tiny_corpus()), tmp_path / "corpus"), repo_root)
+    assert validate.run(cfg, **_shared(gx_root))["success"] is True
+
+
+def _pair_without_rejected(df: pd.DataFrame) -> pd.DataFrame:
+    return _pair(df, None)
+
+
+def _rejected_on_an_instruction(df: pd.DataFrame) -> pd.DataFrame:
+    df.loc[2, "rejected"] = "an instruction row has no rejected answer"
+    return df
+
+
+def _chosen_is_rejected(df: pd.DataFrame) -> pd.DataFrame:
+    return _pair(df, df.loc[0, "response"])
+
+
 def _duplicate_id(df: pd.DataFrame) -> pd.DataFrame:
     df.loc[1, "doc_id"] = df.loc[0, "doc_id"]
     return df
@@ -112,8 +137,12 @@ def _short_text(df: pd.DataFrame) -> pd.DataFrame:
         (_null_licence, ["expect_column_values_to_not_be_null on 'licence'", "1 unexpected"]),
         (_short_text, ["expect_column_values_to_be_between on 'n_chars'",
                        "expect_column_value_lengths_to_be_between on 'text'"]),
+        (_pair_without_rejected, ["expect_column_values_to_not_be_null on 'rejected'"]),
+        (_rejected_on_an_instruction, ["expect_column_values_to_be_null on 'rejected'"]),
+        (_chosen_is_rejected, ["expect_select_column_values_to_be_unique_within_record"]),
     ],
-    ids=["duplicate_doc_id", "null_licence", "short_text"],
+    ids=["duplicate_doc_id", "null_licence", "short_text", "pair_without_rejected", "rejected_on_an_instruction",
+         "chosen_is_rejected"],
 )
 def test_broken_corpus_fails_with_named_expectation(tmp_path, gx_root, repo_root, breakage, expected):
     cfg = make_cfg(tmp_path, gx_root, write_spark_like(breakage(tiny_corpus()), tmp_path / "corpus"), repo_root)

@@ -232,8 +232,10 @@ def detector_entities(policy: str | dict[str, str], entities: Sequence[str]) -> 
 
 
 def scanned_fields(kind: str) -> tuple[str, ...]:
-    """The fields PII detection reads, by source kind (an instruction's `text` is rebuilt from the other two)."""
-    return ("prompt", "response", "title") if kind == "instruction" else ("text", "title")
+    """The fields PII detection reads, by source kind (an instruction's or a preference pair's `text` is rebuilt
+    from prompt and response; a pair's rejected answer is scanned and redacted like its chosen one)."""
+    return {"instruction": ("prompt", "response", "title"),
+            "preference": ("prompt", "response", "rejected", "title")}.get(kind, ("text", "title"))
 
 
 def make_cleaner(*, kind: str, pii_policy: str | dict[str, str], opts: dict[str, Any]) -> Callable[[dict], dict]:
@@ -274,15 +276,17 @@ def make_cleaner(*, kind: str, pii_policy: str | dict[str, str], opts: dict[str,
             return out, None
 
         # The size cap first, on the raw record: a 10 MB document is refused before any per-character work.
-        raw_len = sum(len(rec.get(k) or "") for k in ("prompt", "response", "text"))
+        raw_len = sum(len(rec.get(k) or "") for k in ("prompt", "response", "rejected", "text"))
         if rules.max_chars is not None and raw_len > rules.max_chars:
             return reject("quality", "max_chars", f"{raw_len} chars > {rules.max_chars}", rec)
-        fields = {k: normalize(rec.get(k), norm) or None for k in ("prompt", "response", "text", "title")}
+        fields = {k: normalize(rec.get(k), norm) or None for k in ("prompt", "response", "rejected", "text", "title")}
         out["changed"] = any(fields[k] != rec.get(k) for k in fields)
-        if kind == "instruction":
-            if not fields["prompt"] or not fields["response"]:
-                which = "prompt" if not fields["prompt"] else "response"
+        if kind in ("instruction", "preference"):
+            need = ("prompt", "response", "rejected") if kind == "preference" else ("prompt", "response")
+            if (which := next((k for k in need if not fields[k]), None)) is not None:
                 return reject("empty_text", f"{which} is empty after normalization", "", fields)
+            if kind == "preference" and fields["response"] == fields["rejected"]:
+                return reject("quality", "preference_identical", "chosen and rejected are the same answer", fields)
             fields["text"] = f"{fields['prompt']}\n\n{fields['response']}"
         if not fields["text"]:
             return reject("empty_text", "text is empty after normalization", "", fields)
@@ -291,6 +295,9 @@ def make_cleaner(*, kind: str, pii_policy: str | dict[str, str], opts: dict[str,
         failure = quality_failure(text, rules)
         if failure:
             return reject("quality", failure[0], failure[1], fields)
+        if kind == "preference" and (failure := quality_failure(f"{fields['prompt']}\n\n{fields['rejected']}",
+                                                                 rules)):
+            return reject("quality", failure[0], f"rejected answer: {failure[1]}", fields)
 
         if len(text) >= lang_cfg.min_chars:
             lang, prob = identify(text, lang_cfg.sample_chars)
@@ -319,7 +326,7 @@ def make_cleaner(*, kind: str, pii_policy: str | dict[str, str], opts: dict[str,
         for k in pii_fields:
             if spans.get(k):
                 fields[k] = pii.apply(fields[k], spans[k], actions)
-        if kind == "instruction":
+        if kind in ("instruction", "preference"):
             fields["text"] = f"{fields['prompt']}\n\n{fields['response']}"
         out.update(fields)
         return out

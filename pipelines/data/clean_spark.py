@@ -25,7 +25,8 @@ from pipelines.data.source_config import Source
 
 _CLEAN_DDL = (
     "_file string, _pos long, _line long, _raw string, _reason string, _rule string, _detail string, "
-    "source string, licence string, kind string, text string, prompt string, response string, title string, "
+    "source string, licence string, kind string, text string, prompt string, response string, rejected string, "
+    "title string, "
     "_lang string, _lang_prob double, _pii array<string>, _pii_unscanned boolean, _changed boolean"
 )
 
@@ -49,7 +50,7 @@ def clean_on_spark(df, sources: Sequence[Source], *, normalize: Normalize, langu
                                                           pii_ner))
                   for s in sources}
     out_cols = [c.split()[0] for c in _CLEAN_DDL.split(", ")]
-    fields = ("prompt", "response", "text", "title")
+    fields = ("prompt", "response", "rejected", "text", "title")
 
     def clean_batches(batches):
         import pandas as pd
@@ -224,7 +225,7 @@ def precompute_ner(spark, df, sources: Sequence[Source], *, normalize: Normalize
 
     from pyspark.sql import functions as F
 
-    cols = ["source", "_reason", "prompt", "response", "text", "title"]
+    cols = ["source", "_reason", "prompt", "response", "rejected", "text", "title"]
     segments = df.select(*cols).mapInPandas(explode, _SEGMENT_DDL).distinct()
     found = segments.mapInPandas(run, _FOUND_DDL).persist()  # the model runs here, once per distinct sentence
     n = found.count()

@@ -34,7 +34,8 @@ def with_doc_id(good):
 
     parts = [F.col(c) for c in ("source", "kind")] + [
         F.coalesce(F.col(c), F.lit("")) for c in ("prompt", "response", "title", "text")
-    ]
+    ] + [F.when(F.col("kind") == "preference", F.coalesce(F.col("rejected"), F.lit("")))]  # null: skipped by
+    # concat_ws, so instruction and document rows keep the ids they had before preference rows existed
     base = F.sha2(F.concat_ws(_SEP, *parts), 256)
     occurrence = F.row_number().over(Window.partitionBy("_base").orderBy("_file", "_pos"))
     doc_id = F.when(F.col("_occ") == 1, F.col("_base")).otherwise(

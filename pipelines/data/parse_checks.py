@@ -42,21 +42,29 @@ def classify(df, src: Source, binary_ratio: float):
         (~F.col("_utf8_ok"), "invalid_utf8", "bytes that are not valid UTF-8"),
         (F.col(CORRUPT).isNotNull(), malformed_reason, f"not a valid {what}"),
     ]
-    if src.kind == "instruction":
+    rejected = F.lit(None).cast("string")
+    if src.kind in ("instruction", "preference"):
+        answer = fm.response if src.kind == "instruction" else fm.chosen  # a pair's chosen answer is its response
         parts = [_stripped(n) for n in fm.prompt or []]
         prompt = F.concat_ws("\n\n", *parts)
         prompt = F.when(prompt != "", prompt)
-        response = _stripped(fm.response)
+        response = _stripped(answer)
         text = F.lit(None).cast("string")  # built from the cleaned prompt and response
         all_prompt_absent = F.lit(True)
         for n in fm.prompt or []:
             all_prompt_absent = all_prompt_absent & F.col(f"`{n}`").isNull()
         checks += [
             (all_prompt_absent, "missing_field", f"prompt field(s) {', '.join(fm.prompt or [])} absent or null"),
-            (F.col(f"`{fm.response}`").isNull(), "missing_field", f"response field '{fm.response}' absent or null"),
+            (F.col(f"`{answer}`").isNull(), "missing_field", f"response field '{answer}' absent or null"),
             (prompt.isNull(), "empty_text", "prompt is empty or whitespace only"),
             (response.isNull(), "empty_text", "response is empty or whitespace only"),
         ]
+        if src.kind == "preference":
+            rejected = _stripped(fm.rejected)
+            checks += [
+                (F.col(f"`{fm.rejected}`").isNull(), "missing_field", f"rejected field '{fm.rejected}' absent or null"),
+                (rejected.isNull(), "empty_text", "rejected is empty or whitespace only"),
+            ]
     else:
         prompt = response = F.lit(None).cast("string")
         text = _stripped(fm.text)
@@ -85,6 +93,7 @@ def classify(df, src: Source, binary_ratio: float):
         F.when(reason.isNull(), text).alias("text"),
         F.when(reason.isNull(), prompt).alias("prompt"),
         F.when(reason.isNull(), response).alias("response"),
+        F.when(reason.isNull(), rejected).alias("rejected"),
         F.when(reason.isNull(), title).alias("title"),
         F.when(reason.isNull(), F.col(f"`{fm.id}`") if fm.id else F.lit(None).cast("string")).alias("_id"),
     )

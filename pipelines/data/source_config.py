@@ -21,10 +21,13 @@ TEXT_FIELDS = ("text", "file")  # the raw fields a `text` source offers
 
 class FieldMap(StageConfig):
     """Which raw field feeds which corpus column. `prompt` may list several fields, joined by a blank line.
-    `id`, when set, names the source's own record id: a repeated id is rejected as duplicate_id."""
+    `id`, when set, names the source's own record id: a repeated id is rejected as duplicate_id.
+    A preference source maps `chosen` (the corpus' `response`) and `rejected` instead of `response`."""
 
     prompt: list[str] | None = None
     response: str | None = None
+    chosen: str | None = None
+    rejected: str | None = None
     text: str | None = None
     title: str | None = None
     id: str | None = None
@@ -35,7 +38,7 @@ class FieldMap(StageConfig):
         return [value] if isinstance(value, str) else value
 
     def raw_fields(self) -> list[str]:
-        names = [*(self.prompt or []), self.response, self.text, self.title, self.id]
+        names = [*(self.prompt or []), self.response, self.chosen, self.rejected, self.text, self.title, self.id]
         return list(dict.fromkeys(n for n in names if n))
 
 
@@ -51,7 +54,7 @@ class Source(StageConfig):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     path: str                     # file, directory or glob; local or s3://bucket/key-or-prefix
     format: Literal["json", "jsonl", "csv", "parquet", "text"]
-    kind: Literal["instruction", "document"]
+    kind: Literal["instruction", "document", "preference"]  # preference: prompt, chosen, rejected
     # Required: data whose licence nobody wrote down does not enter the corpus (None only to give a clear message).
     licence: str | None = Field(default=None, validate_default=True)
     # Required too: what to do with personal data found in this source (None only to give a clear message).
@@ -114,9 +117,15 @@ class Source(StageConfig):
             object.__setattr__(self, "fields", fields)
         if self.fields is None:
             raise ValueError(f"source '{self.name}' must declare `fields` (which raw field feeds which column)")
-        need = ("prompt", "response") if self.kind == "instruction" else ("text",)
+        need = {"instruction": ("prompt", "response"), "preference": ("prompt", "chosen", "rejected")}.get(
+            self.kind, ("text",))
         missing = [k for k in need if not getattr(self.fields, k)]
         if missing:
             raise ValueError(f"source '{self.name}' (kind {self.kind}) must map fields: {', '.join(missing)}")
+        wrong = [k for k in ("chosen", "rejected") if self.kind != "preference" and getattr(self.fields, k)] + \
+            (["response"] if self.kind == "preference" and self.fields.response else [])
+        if wrong:
+            raise ValueError(f"source '{self.name}' (kind {self.kind}) cannot map fields: {', '.join(wrong)} "
+                             "(a preference source maps prompt, chosen, rejected; others no chosen/rejected)")
         return self
 

@@ -130,6 +130,12 @@ def harvest(cfg: FlywheelConfig, nd, *, injection: InjectionCheck | None, inbox:
 
     exclude("unparseable", fb_acc["rejected"])
     exclude("outside_window", fb_acc["outside_window"])
+    volume_reason = None
+    if len(feedback) < cfg.min_feedback_lines:  # not enough new feedback yet: the next run looks again
+        volume_reason = f"below_volume: {len(feedback)} feedback line(s) in the window < min_feedback_lines " \
+                        f"{cfg.min_feedback_lines}"
+        exclude("below_volume", len(feedback))
+        feedback = []
     shown = {r["request_id"]: r for r in requests if r.get("request_id") and r.get("arm", "champion") != "shadow"
              and not r.get("shadow_of")}
     shadows = {r["request_id"] for r in requests if r.get("arm") == "shadow" or r.get("shadow_of")}
@@ -244,8 +250,8 @@ def harvest(cfg: FlywheelConfig, nd, *, injection: InjectionCheck | None, inbox:
 
     kept = [r for r in records if r["status"] is None]
     keys = sorted({k for r in kept for k in r["keys"]})
-    reason = None
-    if len(keys) < cfg.min_distinct_keys:
+    reason = volume_reason
+    if volume_reason is None and len(keys) < cfg.min_distinct_keys:
         reason = f"too_few_keys: {len(keys)} distinct key(s) contribute, min_distinct_keys is {cfg.min_distinct_keys}"
         for r in kept:
             r["status"] = "too_few_keys"
@@ -272,7 +278,7 @@ def harvest(cfg: FlywheelConfig, nd, *, injection: InjectionCheck | None, inbox:
                              sorted({r["status"] for r in records if r["status"]})},
         "keys": {"contributing": len(keys), "per_key_records": dict(sorted(per_key.items())) if kept else {},
                  "capped": sorted({k for r in records if r["status"] == "key_cap" for k in r["keys"]})},
-        "written": bool(sources), "reason": reason if reason else (None if sources or not write else
+        "skipped": volume_reason is not None, "written": bool(sources), "reason": reason if reason else (None if sources or not write else
                                                                    "no records" if not kept else None),
         "batch": stamp, "inbox": inbox, "sources": sources, "licence": cfg.licence,
         "pii_redacted_at_harvest": pii_redacted,

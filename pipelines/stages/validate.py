@@ -16,7 +16,7 @@ from pipelines.schema import CORPUS_COLUMNS, REQUIRED_NON_NULL
 from pipelines.data.near_duplicates import NearDuplicate
 from pipelines.validation.context import GxConfig
 from pipelines.validation.gate import GateConfig, ValidationReport, run_gate
-from pipelines.validation.suites import load_parquet, with_severity
+from pipelines.validation.suites import load_parquet, preference_expectations, with_severity
 
 SECTION = "validate"
 
@@ -73,6 +73,7 @@ def corpus_expectations(cfg: Config, near_duplicate: NearDuplicate) -> list:
         ),
         text.ExpectColumnPiiRateToBeBelow(column="text", max_value=cfg.max_pii_rate),
         text.ExpectColumnEnglishShareToBeAbove(column="text", min_value=cfg.min_english_share),
+        *preference_expectations(),
     ]
     if cfg.sources is not None:
         expectations.append(gxe.ExpectColumnValuesToBeInSet(

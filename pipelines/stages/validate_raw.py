@@ -12,7 +12,7 @@ from pipelines.engines.config import EnginesConfig
 from pipelines.schema import CORPUS_COLUMNS, REQUIRED_NON_NULL
 from pipelines.validation.context import GxConfig
 from pipelines.validation.gate import GateConfig, ValidationReport, run_gate
-from pipelines.validation.suites import load_parquet, with_severity
+from pipelines.validation.suites import load_parquet, preference_expectations, with_severity
 
 SECTION = "validate_raw"
 
@@ -37,6 +37,7 @@ def raw_expectations(cfg: Config) -> list:
         gxe.ExpectColumnValueLengthsToBeBetween(column="source", min_value=1),
         gxe.ExpectColumnValueLengthsToBeBetween(column="licence", min_value=1),
         gxe.ExpectColumnValuesToBeInSet(column="kind", value_set=list(cfg.kinds)),
+        *preference_expectations(),
     ]
     if cfg.sources is not None:
         expectations.append(gxe.ExpectColumnValuesToBeInSet(

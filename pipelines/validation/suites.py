@@ -15,6 +15,21 @@ def with_severity(expectations: list, non_blocking: list[str]) -> list:
     return expectations
 
 
+def preference_expectations() -> list:
+    """Preference rows (issue 31) are whole pairs, other rows have none: `rejected` is non-null iff kind is
+    preference, and a pair's chosen answer (`response`) differs from its rejected one."""
+    import great_expectations.expectations as gxe
+
+    return [
+        gxe.ExpectColumnValuesToNotBeNull(column="rejected", row_condition='col("kind")=="preference"',
+                                          condition_parser="great_expectations"),
+        gxe.ExpectColumnValuesToBeNull(column="rejected", row_condition='col("kind")!="preference"',
+                                       condition_parser="great_expectations"),
+        # rows with a null rejected (instruction, document) are skipped (ignore_row_if: any_value_is_missing)
+        gxe.ExpectSelectColumnValuesToBeUniqueWithinRecord(column_list=["response", "rejected"]),
+    ]
+
+
 def load_parquet(path: str, engines: EnginesConfig | None, spark=None) -> Callable[[str], Any]:
     """Loader for the gate: pandas (pyarrow) or a Spark DataFrame read by the session from `engines.spark`."""
 
