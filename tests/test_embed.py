@@ -40,13 +40,13 @@ def paragraphs() -> list[dict]:
 def tiny_corpus() -> pd.DataFrame:
     rows = [
         dict(doc_id=f"xq-{i:02d}", source="xquad_en", licence="CC-BY-SA-4.0", kind="document", text=p["text"],
-             prompt=None, response=None, title=p["title"], n_chars=len(p["text"]))
+             prompt=None, response=None, rejected=None, title=p["title"], n_chars=len(p["text"]))
         for i, p in enumerate(paragraphs())
     ]
     for i, rec in enumerate(json.loads((RAW / "gpteacher_codegen.json").read_text())[:N_INSTRUCTIONS]):
         text = f"{rec['instruction']}\n{rec.get('input', '')}\n{rec['response']}"
         rows.append(dict(doc_id=f"code-{i}", source="gpteacher_codegen", licence="MIT", kind="instruction",
-                         text=text, prompt=rec["instruction"], response=rec["response"], title=None,
+                         text=text, prompt=rec["instruction"], response=rec["response"], rejected=None, title=None,
                          n_chars=len(text)))
     return pd.DataFrame(rows)
 
