@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-from pipelines.training.sft import IGNORE_INDEX, collate, format_example
+from pipelines.training.formatting import IGNORE_INDEX, collate, format_example
 
 
 def dpo_sigmoid_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: float):
