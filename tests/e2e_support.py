@@ -297,18 +297,20 @@ def serve_and_airflow(ws: Path, home: Path) -> Iterator[dict]:
     finally:
         from pipelines.orchestration.airflow_services import AirflowConfig, down, remaining_processes
 
+        server = state["server"]  # first: it runs with this AIRFLOW_HOME too, and `down` is about Airflow's
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
+        server_log.close()
         cfg = AirflowConfig(**yaml.safe_load((ws / "params.yaml").read_text())["airflow"])
         old = os.environ.get("AIRFLOW_HOME")
         os.environ["AIRFLOW_HOME"] = str(home)
         try:
             report = down(cfg)
-            left = remaining_processes(cfg)
+            deadline = time.monotonic() + 15  # SIGKILLed orphans take a moment to go
+            while (left := remaining_processes(cfg)) and time.monotonic() < deadline:
+                time.sleep(0.5)
         finally:
             os.environ.pop("AIRFLOW_HOME") if old is None else os.environ.__setitem__("AIRFLOW_HOME", old)
-        server = state["server"]  # the rollout test may have restarted it
-        os.killpg(server.pid, 15)
-        server.wait(timeout=30)
-        server_log.close()
         mark(f"airflow down: {report}")
         print("\ntimeline:\n" + "\n".join(f"  {t:7.1f}s  {what}" for t, what in TIMELINE))
         (home / "timeline.json").write_text(json.dumps(TIMELINE, indent=1))
