@@ -116,6 +116,9 @@ def test_harvest_accounts_for_every_line_and_writes_a_landing_batch(world):
     assert {(x["prompt"], x["chosen"], x["rejected"]) for x in pref} == {
         ("What is 2+2?", "2+2 is 4.", "5"),
         ("Summarize the water cycle.", "Water evaporates, condenses and falls as rain.", "Water is wet.")}
+    from pipelines.monitoring.windows import record_text  # the monitor's drift on landed data reads pairs as ingest
+
+    assert all(record_text(x) == f"{x['prompt']}\n\n{x['chosen']}" for x in pref)
     texts = json.dumps(sft + pref)
     assert "shadow copy" not in texts and "no consent" not in texts and "jane.doe" not in texts
     manifest = yaml.safe_load((inbox / "flywheel_preference/source.yaml").read_text())
@@ -221,3 +224,19 @@ def test_harvested_batch_lands_and_ingests_consent_and_redaction_hold(world, spa
     assert all(r["rejected"] is None for r in rows if r["kind"] != "preference")
     rejects = ds.dataset(str(out / "rejects")).to_table().to_pylist()
     assert any(r["rule"].startswith("preference_identical") for r in rejects if r["source"] == "pairs")
+
+
+def test_preference_source_fields_are_checked():
+    from pydantic import ValidationError
+
+    from pipelines.data.source_config import Source
+
+    base = {"name": "p", "path": "p.jsonl", "format": "jsonl", "licence": "MIT", "pii": "redact"}
+    ok = Source(**base, kind="preference", fields={"prompt": "q", "chosen": "a", "rejected": "b"})
+    assert ok.fields.raw_fields() == ["q", "a", "b"]
+    with pytest.raises(ValidationError, match="must map fields: rejected"):
+        Source(**base, kind="preference", fields={"prompt": "q", "chosen": "a"})
+    with pytest.raises(ValidationError, match="cannot map fields: response"):
+        Source(**base, kind="preference", fields={"prompt": "q", "chosen": "a", "rejected": "b", "response": "c"})
+    with pytest.raises(ValidationError, match="cannot map fields: chosen"):
+        Source(**base, kind="instruction", fields={"prompt": "q", "response": "a", "chosen": "c"})

@@ -225,7 +225,9 @@ def precompute_ner(spark, df, sources: Sequence[Source], *, normalize: Normalize
 
     from pyspark.sql import functions as F
 
-    cols = ["source", "_reason", "prompt", "response", "rejected", "text", "title"]
+    # `rejected` (preference pairs) when the records carry it (a frame of parsed records always does)
+    cols = ["source", "_reason", "prompt", "response", *(["rejected"] if "rejected" in df.columns else []),
+            "text", "title"]
     segments = df.select(*cols).mapInPandas(explode, _SEGMENT_DDL).distinct()
     found = segments.mapInPandas(run, _FOUND_DDL).persist()  # the model runs here, once per distinct sentence
     n = found.count()

@@ -22,7 +22,7 @@ from typing import Any, Iterable, Literal
 
 PROMPT_KEYS = ("prompt", "instruction", "question")
 INPUT_KEYS = ("input", "context")
-RESPONSE_KEYS = ("response", "output", "completion", "answer")
+RESPONSE_KEYS = ("response", "output", "completion", "answer", "chosen")  # chosen: a preference pair (issue 31)
 JSON_SUFFIXES = (".jsonl", ".json")
 Field = Literal["text", "prompt"]
 
