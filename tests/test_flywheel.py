@@ -240,3 +240,22 @@ def test_preference_source_fields_are_checked():
         Source(**base, kind="preference", fields={"prompt": "q", "chosen": "a", "rejected": "b", "response": "c"})
     with pytest.raises(ValidationError, match="cannot map fields: chosen"):
         Source(**base, kind="instruction", fields={"prompt": "q", "response": "a", "chosen": "c"})
+
+
+def test_splits_keep_preference_pairs(tmp_path):
+    from pipelines.schema import CORPUS_COLUMNS
+    from pipelines.stages import split
+    from pipelines.stages.registry import stage_config
+
+    schema = pa.schema([(c, pa.int32() if c == "n_chars" else pa.string()) for c in CORPUS_COLUMNS])
+    rows = [{"doc_id": f"{i:04d}", "source": "flywheel_preference", "licence": "x", "kind": "preference",
+             "text": f"q{i}\n\na{i}", "prompt": f"q{i}", "response": f"a{i}", "rejected": f"worse {i}", "title": None,
+             "n_chars": 6} for i in range(200)]
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp_path / "in" / "part-0.parquet")
+    cfg = stage_config("split", input_dir=str(tmp_path / "in"), output_dir=str(tmp_path / "out"),
+                       metrics=str(tmp_path / "m.json"))
+    report = split.run(cfg)
+    out = [r for s in split.SPLITS for r in pq.read_table(tmp_path / "out" / f"{s}.parquet").to_pylist()]
+    assert report["in"] == len(out) == 200 and sum(report["by_kind"]["preference"].values()) == 200
+    assert sorted((r["doc_id"], r["rejected"]) for r in out) == [(f"{i:04d}", f"worse {i}") for i in range(200)]
