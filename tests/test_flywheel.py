@@ -259,3 +259,26 @@ def test_splits_keep_preference_pairs(tmp_path):
     out = [r for s in split.SPLITS for r in pq.read_table(tmp_path / "out" / f"{s}.parquet").to_pylist()]
     assert report["in"] == len(out) == 200 and sum(report["by_kind"]["preference"].values()) == 200
     assert sorted((r["doc_id"], r["rejected"]) for r in out) == [(f"{i:04d}", f"worse {i}") for i in range(200)]
+
+
+def test_the_guards_input_checks_exclude_prompts_and_corrections(world, tmp_path, repo_root):
+    """The guard as serving builds it (serve.guard, detectors from guard_models_dir; none here: its rule checks run
+    and the report says the detector is missing); what it would block is excluded with the check's name."""
+    from pipelines.config import config_from_params
+    from pipelines.flywheel.harvest import InjectionCheck
+    from pipelines.security.guard import Guard, GuardConfig
+
+    cfg = world["cfg"].model_copy(update={"guard_models_dir": str(tmp_path / "no-models"), "min_distinct_keys": 1})
+    check = InjectionCheck.from_params(cfg, repo_root / "params.yaml")
+    assert check.status.startswith("missing") and check.flagged("What is 2+2?") is None
+    strict = Guard(config_from_params("serve.guard", GuardConfig, {
+        "models_dir": str(tmp_path / "no-models"), "canaries_path": None, "input": {"max_prompt_chars": 60}},
+        repo_root / "params.yaml"), repo_root)
+    a = world["a"]
+    a.rate("alice", a.answer("alice", "Short question?", "Short answer."), 1)
+    a.rate("bob", a.answer("bob", "x " * 40, "An answer to a very long prompt."), 1)
+    a.rate("carol", a.answer("carol", "Another short one?", "Wrong."), -1, correction="y " * 40)
+    until = datetime.now(timezone.utc) + timedelta(minutes=1)
+    rep = harvest(cfg, world["nd"], injection=InjectionCheck(strict), inbox=str(world["inbox"]), until=until)
+    assert rep["excluded"] == {"guard_prompt_too_long": 2} and rep["harvested"] == 1 and rep["balanced"]
+    assert rep["injection_detector"].startswith("missing")
