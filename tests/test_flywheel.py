@@ -162,6 +162,7 @@ def test_training_use_is_parsed_from_the_keys_file_and_defaults_to_no_consent(tm
         KeyStore.from_env({KEYS_FILE_ENV: str(path)})
 
 
+@pytest.mark.slow
 def test_harvested_batch_lands_and_ingests_consent_and_redaction_hold(world, spark):
     """Harvest -> landing (approval) -> the real ingest: a consenting key's correction with an e-mail address
     reaches the corpus redacted; a non-consenting key's records never do; preference rows keep their pair; a
