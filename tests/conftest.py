@@ -128,7 +128,7 @@ def guard_models(repo_root, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("guard")
     sample = tmp / "sample"
     slice_guard_sample(repo_root / "data" / "sample", sample)
-    cfg = stage_config("train_guard", sample_root=str(sample), output_dir=str(tmp / "models"),
+    cfg = stage_config("train_guard", source="retrain", sample_root=str(sample), output_dir=str(tmp / "models"),
                        metrics=str(tmp / "guard.json"), report=str(tmp / "guard.md"),
                        cache_dir=str(repo_root / "data/cache/embeddings"))
     report = train_guard.run(cfg)

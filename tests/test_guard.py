@@ -299,7 +299,8 @@ def test_int8_encoder_is_trained_and_served_on_the_same_setting(guard_models, re
     from pipelines.stages import train_guard
 
     slice_guard_sample(repo_root / "data" / "sample", tmp_path / "sample")
-    cfg = stage_config("train_guard", sample_root=str(tmp_path / "sample"), output_dir=str(tmp_path / "models"),
+    cfg = stage_config("train_guard", source="retrain", sample_root=str(tmp_path / "sample"),
+                       output_dir=str(tmp_path / "models"),
                        metrics=str(tmp_path / "guard.json"), report=str(tmp_path / "guard.md"),
                        cache_dir=str(tmp_path / "cache"), encoder_quantization="int8",
                        detectors={"injection": {"heads": ["logreg"], "threshold_rule": "max_fpr", "max_fpr": 0.05}})

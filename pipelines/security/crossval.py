@@ -21,13 +21,20 @@ from pipelines.security import features as F
 from pipelines.security.detectors import Head, auroc, fit_head
 
 
-def featurize(rows: list[dict], enc: F.Encoder) -> dict:
-    """Window features (training) and chunk features with their owners (scoring) of every row."""
+def featurize(rows: list[dict], enc: F.Encoder, chunk_attacks: bool = False) -> dict:
+    """Window features (training) and, for scoring, chunk features with their owners: benign rows are scored as
+    serving scores them (max over every chunk), so their false-block rates are exact; attack rows, unless
+    `chunk_attacks`, on their head+tail window alone (a lower bound of serving's chunk max: recall is not
+    overstated, and the long jailbreaks' dozens of chunks are not encoded on a 2-core box)."""
     t0 = time.perf_counter()
     texts = [r["text"] for r in rows]
     X = F.text_features(enc, texts)
-    Xc, owner = F.chunked_text_features(enc, texts)
-    return {"X": X, "Xc": Xc, "owner": np.asarray(owner), "seconds": round(time.perf_counter() - t0, 1)}
+    chunked = [i for i, r in enumerate(rows) if chunk_attacks or r["label"] == 0]
+    rest = [i for i, r in enumerate(rows) if not (chunk_attacks or r["label"] == 0)]
+    Xc, own = F.chunked_text_features(enc, [texts[i] for i in chunked])
+    Xc = np.vstack([Xc, X[rest]]) if rest else Xc
+    owner = np.concatenate([np.asarray(chunked)[np.asarray(own, dtype=int)], np.asarray(rest, dtype=int)])
+    return {"X": X, "Xc": Xc, "owner": owner.astype(int), "seconds": round(time.perf_counter() - t0, 1)}
 
 
 def score_rows(head: Head, feats: dict, idx: np.ndarray) -> np.ndarray:
@@ -48,6 +55,7 @@ def fit(kind: str, X: np.ndarray, y: np.ndarray, seed: int, weights: np.ndarray 
     import torch
 
     torch.manual_seed(seed)
+    torch.set_num_threads(1)  # a 64-unit head: threads only spin-wait on a busy box
     mean, scale = X.mean(0), X.std(0) + 1e-6
     Z = torch.tensor((X - mean) / scale, dtype=torch.float32)
     t = torch.tensor(y, dtype=torch.float32)
@@ -58,10 +66,10 @@ def fit(kind: str, X: np.ndarray, y: np.ndarray, seed: int, weights: np.ndarray 
     opt = torch.optim.Adam(net.parameters(), lr=3e-3, weight_decay=1e-3)
     g = torch.Generator().manual_seed(seed)
     n = len(y)
-    for _ in range(40):
+    for _ in range(15):
         perm = torch.randperm(n, generator=g)
-        for b in range(0, n, 256):
-            i = perm[b:b + 256]
+        for b in range(0, n, 512):
+            i = perm[b:b + 512]
             loss = torch.nn.functional.binary_cross_entropy_with_logits(net(Z[i])[:, 0], t[i], weight=w[i])
             opt.zero_grad()
             loss.backward()

@@ -191,14 +191,22 @@ def rebuild(shared_root: str | Path, shipped_dir: str | Path, enc: F.Encoder, *,
     report["seconds"] = round(time.perf_counter() - t0, 1)
     write_json(str(out / "heldout.json"), _jsonable(report))
     write_text(str(out / "MODEL_CARD.md"), model_card(report))
+    write_manifest(out, sample_root, enc, encoder_meta)
+    return report
+
+
+def write_manifest(out: Path, sample_root: str | Path, enc: F.Encoder | None, encoder_meta: dict) -> dict:
+    """manifest.json: version, date, each file's sha256, the thresholds and the sample's recorded scores."""
+    out = Path(out)
     samples = sample_scores(out, sample_root, enc)
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and p.name != "manifest.json")
-    manifest = {"version": datetime.now(timezone.utc).strftime(VERSION_FORMAT), "date": report["date"],
+    thresholds = {n: json.loads((out / n / "meta.json").read_text())["threshold"] for n in KINDS}
+    held = json.loads((out / "heldout.json").read_text())
+    manifest = {"version": datetime.now(timezone.utc).strftime(VERSION_FORMAT), "date": held["date"],
                 "encoder": encoder_meta, "files": {f: _sha(out / f) for f in files}, "sample_scores": samples,
-                "thresholds": {"injection": inj["threshold"], "harmful_compliance": judge["threshold"],
-                               "toxicity": tox["threshold"]}}
+                "thresholds": thresholds}
     write_json(str(out / "manifest.json"), manifest)
-    return report
+    return manifest
 
 
 def _pair_weights(pairs, mask) -> np.ndarray:
@@ -247,7 +255,7 @@ def _jsonable(x):
 def sample_rows(sample_root: str | Path) -> dict[str, list]:
     out = {}
     for name, (rel, kind, n) in SAMPLE_CHECK.items():
-        lines = [json.loads(l) for l in (Path(sample_root) / rel).read_text(encoding="utf-8").splitlines() if l.strip()]
+        lines = [json.loads(l) for l in (Path(sample_root) / rel).read_text(encoding="utf-8").split("\n") if l.strip()]
         step = max(1, len(lines) // n)
         out[name] = lines[::step][:n]
     return out
@@ -311,3 +319,28 @@ def model_card(rep: dict) -> str:
               "- Tensor Trust has no licence file (research use); Alpaca-derived sets are CC BY-NC 4.0: a deployment "
               "that needs commercial terms rebuilds with those sources' caps set to 0.", ""]
     return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m pipelines.security.ship [--shared ../shared/data]`: train_guard with source rebuild (params.yaml
+    otherwise), i.e. the shipped detectors re-made from the public data, written to train_guard.shipped.dir."""
+    import argparse
+
+    from pipelines.stages import train_guard
+    from pipelines.stages.registry import stage_config
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shared", default="../shared/data")
+    ap.add_argument("--install", default=None, help="output_dir/metrics/report under this directory instead of "
+                                                     "params.yaml's (models/guard, metrics/guard.json, reports/guard.md)")
+    a = ap.parse_args(argv)
+    where = {}
+    if a.install:
+        d = Path(a.install)
+        where = {"output_dir": str(d / "models"), "metrics": str(d / "guard.json"), "report": str(d / "guard.md")}
+    rep = train_guard.run(stage_config("train_guard", source="rebuild", shared_root=a.shared, **where))
+    print(json.dumps(rep["detectors"], indent=1))
+
+
+if __name__ == "__main__":
+    main()

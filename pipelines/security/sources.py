@@ -197,7 +197,9 @@ def input_sources(shared: str | Path, caps: dict | None = None, max_chars: int |
     for lang in ("de", "es", "ru", "zh", "ar", "hi", "tr", "vi", "th", "el", "ro"):
         x = _json(sh / f"rag/xquad/xquad.{lang}.json")
         qs = [q["question"] for a in x["data"] for p in a["paragraphs"] for q in p["qas"]]
-        add(qs, 0, f"xquad_{lang}", "xquad", "non_english", "CC-BY-SA-4.0")
+        # one family per language: XQuAD is one question set translated, so a held-out language has siblings in
+        # training (other languages of the same questions); no other non-English source is on hand
+        add(qs, 0, f"xquad_{lang}", f"xquad_{lang}", "non_english", "CC-BY-SA-4.0")
     rd = sec / "harmful_harmless/refusal_direction"
     add([r["instruction"] for s in ("train", "val", "test") for r in _json(rd / f"harmless_{s}.json")], 0,
         "alpaca_harmless", "alpaca", "harmless", "CC-BY-NC-4.0")
