@@ -14,6 +14,11 @@
 
     .venv/bin/python bench/bench_guard.py [--requests 40] [--clients 4] [--rounds 3]
     .venv/bin/python bench/bench_guard.py --latency-only [--compare encoder_backend]  # -> bench/results/guard_latency.{json,md}
+    .venv/bin/python bench/bench_guard.py --targets [--shared ../shared/data] [--skip-latency]  # -> guard_targets.{json,md}
+
+4. `--targets` (issue 33): each target row of the issue for the shipped detectors (pipelines/security/artifacts):
+   held out by source family (re-measured with --shared, else read from the shipped heldout.json), the shipped
+   detectors re-scored on the repo's sample, and the latency they add under load (ONNX).
 """
 from __future__ import annotations
 
@@ -226,6 +231,78 @@ def write_latency(lat: dict, models: Path) -> list[str]:
     return lines + [""]
 
 
+def shipped_targets(shipped: Path, shared: str | None, sample_root: Path) -> dict:
+    """The issue-33 target rows for the shipped detectors. With `shared` (../shared/data) the held-out figures are
+    re-measured: the shipped recipe (params.yaml train_guard.shipped) rebuilt into a temporary directory,
+    leave-one-family-out, from the embedding cache; otherwise they are read from the shipped heldout.json. The
+    shipped detectors themselves are re-scored on the repository's sample and on the over-refusal set."""
+    import tempfile
+
+    from pipelines.config import config_from_params
+    from pipelines.security import ship
+
+    if shared:
+        from pipelines.embeddings.encoder import resolve_model_dir
+        from pipelines.security.features import Encoder
+        from pipelines.stages.train_guard import Config
+
+        cfg = config_from_params("train_guard", Config)
+        enc = Encoder(resolve_model_dir(cfg.model_package, cfg.model_path), threads=cfg.threads,
+                      cache_dir=str(ROOT / cfg.cache_dir) if cfg.cache_dir else None)
+        s = cfg.shipped
+        with tempfile.TemporaryDirectory() as tmp:
+            held = ship.rebuild(shared, tmp, enc, caps=s.caps, judge_caps=s.judge_caps, heads=s.heads,
+                                max_fpr=s.max_fpr, judge_max_fpr=s.judge_max_fpr, seed=cfg.seed, max_chars=s.max_chars,
+                                sample_root=sample_root, encoder_meta={"model_package": cfg.model_package,
+                                                                       "model_path": cfg.model_path,
+                                                                       "quantization": None})
+            held = json.loads((Path(tmp) / "heldout.json").read_text())
+        how = f"re-measured from {shared} (shipped recipe rebuilt in a temporary directory)"
+    else:
+        held = json.loads((shipped / "heldout.json").read_text())
+        how = f"read from {shipped / 'heldout.json'} (written by train_guard.source: rebuild)"
+    manifest = json.loads((shipped / "manifest.json").read_text())
+    now = ship.sample_scores(shipped, sample_root)
+    drift = max(abs(a - b) for k in now for a, b in zip(now[k], manifest["sample_scores"][k]))
+    j = held["harmful_compliance"]["heldout"]
+    rows = [{k: t[k] for k in ("check", "target", "value", "pooled", "n", "met")} for t in held["injection"]["targets"]]
+    rows.append({"check": "output judge on jailbroken answers (proxy labels)", "target": "recall >= 0.8 at false alarm <= 0.1",
+                 "value": j["recall"], "false_alarm": j["false_alarm"], "n": held["harmful_compliance"]["n"]["rows"],
+                 "met": bool(j["recall"] >= 0.8 and j["false_alarm"] <= 0.1)})
+    over = over_refusal(shipped, ROOT / "data/sample/security/over_refusal.jsonl")
+    return {"version": manifest["version"], "heldout_from": how, "targets": rows,
+            "multi_turn_recall": held["injection"]["heldout"]["categories"].get("multi_turn", {}).get("flagged_rate"),
+            "per_source": held["injection"]["heldout"]["sources"], "judge_per_category": j["per_category"],
+            "judge_per_kind": j["per_kind"], "sample_scores_max_abs_diff": drift,
+            "over_refusal_shipped": {k: over[k] for k in ("n", "injection_fpr", "input_policy_block_rate", "blocked")}}
+
+
+def targets_markdown(t: dict, latency: dict | None) -> list[str]:
+    lines = ["# Guard targets for the shipped detectors (issue 33; bench/bench_guard.py --targets)", "",
+             f"Shipped version {t['version']}; held-out figures {t['heldout_from']}. Held out = each source family "
+             "left out of training in turn (leave-one-family-out), scored at the shipped threshold; value = macro mean "
+             "over the sources of the row.", "", "| check | target | value | pooled | n | met |", "|---|---|---|---|---|---|"]
+    for r in t["targets"]:
+        v = r["value"] if "false_alarm" not in r else f"recall {r['value']} at false alarm {r['false_alarm']}"
+        lines.append(f"| {r['check']} | {r['target']} | {v} | {r.get('pooled', '')} | {r['n']} | {'yes' if r['met'] else 'NO'} |")
+    if latency:
+        m = latency["medians"][next(iter(latency["medians"]))]
+        lines.append(f"| guard latency added under load (p50, {next(iter(latency['medians']))}) | <= 20 ms | "
+                     f"{m['guard_added_ms_p50']} ms | | {latency['requests']} x {latency['rounds']} | "
+                     f"{'yes' if m['guard_added_ms_p50'] <= 20 else 'NO'} |")
+    lines += ["", f"Multi-turn attacks (templated, held out): recall {t['multi_turn_recall']}. Shipped detectors on "
+              f"the repo's sample: max |score - recorded| = {t['sample_scores_max_abs_diff']:.2e}. Over-refusal set "
+              f"(data/sample/security/over_refusal.jsonl, in the shipped training): injection flags "
+              f"{t['over_refusal_shipped']['injection_fpr']}.", "",
+              "| held-out source | category | label | n | flagged rate | licence |", "|---|---|---|---|---|---|"]
+    for s, v in sorted(t["per_source"].items(), key=lambda kv: (kv[1]["label"], kv[1]["category"], kv[0])):
+        lines.append(f"| {s} | {v['category']} | {v['label']} | {v['n']} | {v['flagged_rate']} | {v['licence']} |")
+    lines += ["", "Output judge by harm category (held out by request source and response style):", "",
+              "| category | n | recall | false alarm |", "|---|---|---|---|"]
+    lines += [f"| {c} | {v['n']} | {v['recall']} | {v['false_alarm']} |" for c, v in t["judge_per_category"].items()]
+    return lines + [""]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default=str(ROOT / "models/guard"))
@@ -239,8 +316,27 @@ def main() -> None:
                     help="the serve.guard setting the latency side by side varies")
     ap.add_argument("--latency-only", action="store_true",
                     help="only the latency side by side -> bench/results/guard_latency.{json,md}")
+    ap.add_argument("--targets", action="store_true",
+                    help="issue 33: the target rows for the shipped detectors -> bench/results/guard_targets.{json,md}")
+    ap.add_argument("--shipped", default=str(ROOT / "pipelines/security/artifacts"))
     a = ap.parse_args()
     res = ROOT / "bench/results"
+    if a.targets:
+        t = shipped_targets(Path(a.shipped), a.shared, ROOT / "data/sample")
+        if not a.skip_latency:
+            from pipelines.security import ship
+
+            with __import__("tempfile").TemporaryDirectory() as tmp:
+                ship.install(a.shipped, tmp)
+                t["latency"] = latency_side_by_side(Path(tmp), a.requests, a.clients, a.max_tokens, a.rounds,
+                                                    "encoder_backend")
+        (res / "guard_targets.json").write_text(json.dumps(t, indent=1))
+        lines = targets_markdown(t, t.get("latency"))
+        if t.get("latency"):
+            lines += write_latency(t["latency"], Path(a.shipped))
+        (res / "guard_targets.md").write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
+        return
     if a.latency_only:
         lat = latency_side_by_side(Path(a.models), a.requests, a.clients, a.max_tokens, a.rounds, a.compare)
         (res / "guard_latency.json").write_text(json.dumps(lat, indent=1))
