@@ -1,6 +1,6 @@
 """The shipped detectors (issue 33): what a fresh clone's guard loads, rebuilt from ../shared/data.
 
-    from pipelines.security import ship
+    from pipelines.security import ship  # the CLI: python -m pipelines.stages.train_guard
     ship.install(shipped_dir, models_dir)      # copy the shipped detectors where serving loads them (a clone)
     ship.rebuild(shared_root, shipped_dir, ...)  # full data: evaluate held out by family, fit on all, write
 
@@ -319,28 +319,3 @@ def model_card(rep: dict) -> str:
               "- Tensor Trust has no licence file (research use); Alpaca-derived sets are CC BY-NC 4.0: a deployment "
               "that needs commercial terms rebuilds with those sources' caps set to 0.", ""]
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`python -m pipelines.security.ship [--shared ../shared/data]`: train_guard with source rebuild (params.yaml
-    otherwise), i.e. the shipped detectors re-made from the public data, written to train_guard.shipped.dir."""
-    import argparse
-
-    from pipelines.stages import train_guard
-    from pipelines.stages.registry import stage_config
-
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--shared", default="../shared/data")
-    ap.add_argument("--install", default=None, help="output_dir/metrics/report under this directory instead of "
-                                                     "params.yaml's (models/guard, metrics/guard.json, reports/guard.md)")
-    a = ap.parse_args(argv)
-    where = {}
-    if a.install:
-        d = Path(a.install)
-        where = {"output_dir": str(d / "models"), "metrics": str(d / "guard.json"), "report": str(d / "guard.md")}
-    rep = train_guard.run(stage_config("train_guard", source="rebuild", shared_root=a.shared, **where))
-    print(json.dumps(rep["detectors"], indent=1))
-
-
-if __name__ == "__main__":
-    main()

@@ -171,3 +171,27 @@ def _shipped_outputs(cfg: Config, manifest: dict, started: float, desc: str) -> 
     write_json(cfg.metrics, {"data": desc, "version": manifest["version"], "detectors": detectors, "seconds": seconds})
     write_text(cfg.report, (Path(cfg.output_dir) / "MODEL_CARD.md").read_text())
     return {"output_dir": cfg.output_dir, "metrics": cfg.metrics, "detectors": detectors, "seconds": seconds}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m pipelines.stages.train_guard [--shared ../shared/data]`: train_guard with source rebuild (params.yaml
+    otherwise), i.e. the shipped detectors re-made from the public data, written to train_guard.shipped.dir."""
+    import argparse
+
+    from pipelines.config import config_from_params
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shared", default="../shared/data")
+    ap.add_argument("--install", default=None, help="output_dir/metrics/report under this directory instead of "
+                                                     "params.yaml's (models/guard, metrics/guard.json, reports/guard.md)")
+    a = ap.parse_args(argv)
+    where = {}
+    if a.install:
+        d = Path(a.install)
+        where = {"output_dir": str(d / "models"), "metrics": str(d / "guard.json"), "report": str(d / "guard.md")}
+    rep = run(config_from_params(SECTION, Config, {"source": "rebuild", "shared_root": a.shared, **where}))
+    print(json.dumps(rep["detectors"], indent=1))
+
+
+if __name__ == "__main__":
+    main()
