@@ -229,8 +229,9 @@ class Airflow:
             detail = self.wait(f"the approval {task_id} of {dag_id}", waiting, max(1.0, deadline - time.monotonic()))
             # Airflow 3.3.2: an answer within about a second of AWAITING_INPUT resumes the task while its first
             # worker is still exiting, and the server kills the resumed run ("shouldn't be running anymore"); the
-            # answer is lost. A person never answers that fast; the test waits as long.
-            time.sleep(3)
+            # answer is lost. A person never answers that fast; the test waits as long (longer on a loaded box: at
+            # load ~10-16 on 2 cores, 3 s lost the answer twice in a row).
+            time.sleep(10)
             resp = self.http.patch(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/-1/hitlDetails",
                                    json={"chosen_options": [option], "params_input": {}})
             assert resp.status_code == 200, resp.text
