@@ -49,7 +49,7 @@ class VersusReference(StageConfig):
     require_current_reference: bool  # evaluate's reference must be the current champion (the base without one)
     # `<task>.<metric>` the candidate must be better on than the reference, interval excluding 0 (e.g.
     # preference.win_rate); a missing interval fails
-    require_improvement: list[str] = Field(default_factory=list)
+    require_improvement: list[str]
 
 
 class Check(TypedDict):
