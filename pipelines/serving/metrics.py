@@ -58,6 +58,9 @@ class Metrics:
         self.shadow = Counter("llmops_shadow_requests", "shadow copies: enqueued, completed, failed, dropped (queue "
                               "full) or skipped (no challenger loaded)", ["result"], registry=r)
         self.shadow_queue = Gauge("llmops_shadow_queue_depth", "shadow copies waiting for the challenger", registry=r)
+        self.challenger_fallbacks = Counter("llmops_challenger_fallbacks", "challenger-arm requests of a rollout "
+                                            "that failed before a byte was sent and were retried on the champion",
+                                            ["rollout_id", "model_version", "status"], registry=r)
         self.rollout_share = Gauge("llmops_rollout_challenger_share", "the running rollout's challenger share "
                                    "(canary step; 0 otherwise)", registry=r)
         self.price_cpu_s = price_per_cpu_hour / 3600.0

@@ -119,7 +119,7 @@ class RequestLog(JsonlLog):
                ttft_ms: float | None, contexts: list[dict[str, Any]] | None = None,
                guard: dict | None = None, cpu_s: float | None = None, cost_usd: float | None = None,
                arm: str | None = None, rollout_id: str | None = None, replica: str | None = None,
-               shadow_of: str | None = None) -> dict:
+               shadow_of: str | None = None, fallback: bool = False) -> dict:
         red_prompt, pii_prompt = redact(prompt)
         red_response, pii_response = redact(response) if status < 400 else (None, {})
         line = {
@@ -136,6 +136,8 @@ class RequestLog(JsonlLog):
                          for c in contexts] if contexts is not None else None,
             "arm": arm, "rollout_id": rollout_id, "replica": replica, "shadow_of": shadow_of,
         }
+        if fallback:  # a failed challenger attempt retried on the champion (only these lines carry the key)
+            line["fallback"] = True
         return self.append(line)
 
 

@@ -88,6 +88,7 @@ class Ctx:
     shadow_of: str | None = None  # shadow copies: the user-facing request id
     shadow: bool = False  # a shadow rollout runs: copy this request to the challenger once it is answered
     status: int | None = None  # the status logged for it (log_request)
+    fallback: bool = False  # a challenger attempt that failed before a byte was sent, retried on the champion
 
     def ms(self) -> float:
         return (time.perf_counter() - self.t0) * 1000.0
@@ -269,8 +270,9 @@ class Runtime:
         self.metrics.rollout_share.set(running.challenger_share() if running else 0.0)
         return running
 
-    def route(self, req: ChatRequest, ctx: Ctx) -> tuple[str, bool]:
-        """(alias, rag) for the requested model name; sets the request's arm (and rollout) on `ctx`."""
+    def route(self, req: ChatRequest, ctx: Ctx, champion: bool = False) -> tuple[str, bool]:
+        """(alias, rag) for the requested model name; sets the request's arm (and rollout) on `ctx`. champion: never
+        the challenger arm (the retry of a failed challenger attempt, `fallback_from`)."""
         name = self.registry.model_name
         model = req.model or name
         rag = bool(req.rag)
@@ -291,17 +293,35 @@ class Runtime:
                     ctx.rollout_id = state.rollout_id
                     if state.shadowing():
                         ctx.shadow = True
-                    elif assign_challenger(sticky, state.rollout_id, state.challenger_share()):
+                    elif not champion and assign_challenger(sticky, state.rollout_id, state.challenger_share()):
                         alias = challenger
             else:
                 share = self.cfg.challenger.traffic_share
-                if share > 0 and challenger in self.slots.served:
+                if share > 0 and challenger in self.slots.served and not champion:
                     if int(hashlib.sha256(sticky.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < share:
                         alias = challenger
         ctx.arm = "challenger" if alias == challenger and alias != self.registry.alias else "champion"
         ctx.model = name + (RAG_SUFFIX if rag else "")
         ctx.mode = "rag" if rag else "chat"
         return alias, rag
+
+    FALLBACK_CODES = ("model_unavailable", "internal_error")  # not overload (503), timeouts (504) nor any 4xx
+
+    def fallback_from(self, ctx: Ctx, err: APIError) -> Ctx | None:
+        """A challenger attempt of a running rollout that failed with `err` before any byte was sent: logs it on the
+        challenger arm (its 5xx, `fallback: true`: the rollout analysis counts the error) and returns the context of
+        the retry on the champion (same key, rollout and start time; its own request_id), or None when this failure
+        is not retried (the champion arm, a `<model>:challenger` request, no rollout, a 4xx, overload, a timeout,
+        a retry already)."""
+        if (ctx.endpoint != "chat" or ctx.arm != "challenger" or ctx.rollout_id is None or ctx.fallback
+                or err.status < 500 or err.code not in self.FALLBACK_CODES):
+            return None
+        ctx.fallback = True
+        self.log_request(ctx, err.status)
+        self.metrics.challenger_fallbacks.labels(ctx.rollout_id, ctx.version or "", str(err.status)).inc()
+        log.warning("challenger %s failed (%s %s); request %s retried on the champion", ctx.version, err.status,
+                    err.code, ctx.request_id)
+        return Ctx("chat", t0=ctx.t0, key_id=ctx.key_id, fallback=True)
 
     def log_request(self, ctx: Ctx, status: int, response: str | None = None, completion_tokens: int | None = None,
                     ttft_ms: float | None = None) -> None:
@@ -322,7 +342,7 @@ class Runtime:
                 response=response if status < 400 else None, prompt_tokens=ctx.prompt_tokens,
                 completion_tokens=completion_tokens, latency_ms=latency_ms, ttft_ms=ttft_ms, contexts=ctx.contexts,
                 cpu_s=ctx.cpu_s, cost_usd=ctx.cost_usd, arm=ctx.arm, rollout_id=ctx.rollout_id,
-                replica=self.replica, shadow_of=ctx.shadow_of)
+                replica=self.replica, shadow_of=ctx.shadow_of, fallback=ctx.fallback and ctx.arm == "challenger")
         except Exception:  # the log must never fail a request
             log.exception("request log write failed")
 

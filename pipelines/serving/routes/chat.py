@@ -45,16 +45,28 @@ def _chunk(cid: str, created: int, model: str, fp: str, delta: dict | None, fini
 
 @router.post("/v1/chat/completions")
 async def chat(request: Request, rt: Runtime = Depends(get_runtime)):
+    out = await _chat(request, rt)
+    if isinstance(out, tuple):  # the rollout's challenger failed before a byte was sent: once more on the champion
+        out = await _chat(request, rt, retry=out)
+    return out
+
+
+async def _chat(request: Request, rt: Runtime, retry: tuple[Ctx, Any] | None = None):
+    """The response, or (champion ctx, body) when a challenger attempt failed before a byte was sent
+    (Runtime.fallback_from: logged on the challenger arm); `retry` is that pair (authorized, body read)."""
     cfg = rt.cfg
-    ctx = Ctx("chat")
+    ctx = retry[0] if retry else Ctx("chat")
     served: Served | None = None
     admitted = False
     try:
-        rt.authorize(request, ctx)
-        body = await rt.read_json(request)
+        if retry is None:
+            rt.authorize(request, ctx)
+            body = await rt.read_json(request)
+        else:
+            body = retry[1]
         check_request(body, "chat")  # refused / unknown OpenAI parameters: 400 naming them (conformance table)
         req = rt.parse(ChatRequest, body)
-        alias, rag = rt.route(req, ctx)
+        alias, rag = rt.route(req, ctx, champion=retry is not None)
         served = rt.slots.acquire(alias)
         if served is None:
             raise APIError(503, rt.slots.errors.get(alias) or f"no model is loaded for '{alias}'",
@@ -70,6 +82,8 @@ async def chat(request: Request, rt: Runtime = Depends(get_runtime)):
     except APIError as exc:
         if served is not None:
             rt.slots.release(served)
+        if (champion := rt.fallback_from(ctx, exc)) is not None:
+            return champion, body
         rt.log_request(ctx, exc.status)
         return exc.response(ctx.headers())
     except GuardBlocked as blocked:
@@ -203,6 +217,8 @@ async def chat(request: Request, rt: Runtime = Depends(get_runtime)):
             finish_accounting(done)
         if err is not None or done is None:
             err = err or APIError(500, "generation produced no result", "internal_error")
+            if (champion := rt.fallback_from(ctx, err)) is not None:
+                return champion, body
             rt.log_request(ctx, err.status)
             return err.response(ctx.headers())
         if ttft is not None:
