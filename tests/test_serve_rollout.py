@@ -314,7 +314,7 @@ def test_a_full_shadow_queue_drops_the_copy_and_counts_it(fleet):
 
 def test_a_failing_challenger_falls_back_to_the_champion_and_its_errors_reach_the_analysis(fleet, repo_root):
     """Canary at share 1.0 on replica A with the challenger's engine broken (it raises, then it is dead): every
-    client request still gets the champion's 200; each failed attempt is its own challenger line (5xx,
+    client request, a stream included, still gets the champion's 200; each failed attempt is its own challenger line (5xx,
     fallback: true) that the rollout analysis counts as the challenger's errors. `m:challenger` is not retried."""
     from pipelines.config import config_from_params, load_params
     from pipelines.monitoring.online_eval import OnlineEvalConfig
@@ -342,6 +342,15 @@ def test_a_failing_challenger_falls_back_to_the_champion_and_its_errors_reach_th
             rid, version, out = chat(a, key=f"k{i % 4 + 1}", text=f"Fallback question {i}?")
             assert version == "1" and out.system_fingerprint.endswith(":1") and out.choices[0].message.content
             answered.append(rid)
+        engine.stream = broken(RuntimeError("challenger engine broke"))  # a stream: before its first byte
+        raw = client(a, "k2").chat.completions.with_raw_response.create(
+            model="m", messages=[{"role": "user", "content": "Fallback stream?"}], max_tokens=4, temperature=0,
+            stream=True)
+        chunks = list(raw.parse())
+        assert raw.headers["x-llmops-model-version"] == "1" and all(c.system_fingerprint.endswith(":1")
+                                                                    for c in chunks)
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        answered.append(raw.headers["x-request-id"])
         with pytest.raises(openai.InternalServerError):  # the client named the challenger: its error is its own
             client(a).chat.completions.create(model="m:challenger", messages=[{"role": "user", "content": "x?"}],
                                               max_tokens=4, temperature=0)
@@ -349,17 +358,17 @@ def test_a_failing_challenger_falls_back_to_the_champion_and_its_errors_reach_th
         del engine.stream
     lines = [x for x in all_lines(fleet["log"]) if x.get("rollout_id") == state.rollout_id]
     failed = [x for x in lines if x.get("fallback")]
-    assert sorted(x["status"] for x in failed) == [500, 500, 503, 503]
+    assert sorted(x["status"] for x in failed) == [500, 500, 500, 503, 503]
     assert all(x["arm"] == "challenger" and x["model_version"] == "2" for x in failed)
     users = {x["request_id"]: x for x in lines if x["request_id"] in answered}
-    assert len(users) == 4 and all(x["status"] == 200 and x["arm"] == "champion" and x["model_version"] == "1"
+    assert len(users) == 5 and all(x["status"] == 200 and x["arm"] == "champion" and x["model_version"] == "1"
                                    and "fallback" not in x for x in users.values())
     assert metric(a, f'llmops_challenger_fallbacks_total{{model_version="2",rollout_id="{state.rollout_id}"') \
-        == fallbacks + 4
+        == fallbacks + 5
 
     params = load_params(repo_root / "params.yaml")
     cfg = config_from_params("rollout", RolloutConfig, {}, params)
     arms, _ = analysis.arm_stats(lines, [], state, cfg.analysis,
                                  config_from_params("online_eval", OnlineEvalConfig, {}, params))
-    assert arms["challenger"]["errors"] == arms["challenger"]["requests"] == 4
-    assert arms["champion"]["errors"] == 0 and arms["champion"]["requests"] == 4
+    assert arms["challenger"]["errors"] == arms["challenger"]["requests"] == 5
+    assert arms["champion"]["errors"] == 0 and arms["champion"]["requests"] == 5

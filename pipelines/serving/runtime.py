@@ -307,14 +307,18 @@ class Runtime:
 
     FALLBACK_CODES = ("model_unavailable", "internal_error")  # not overload (503), timeouts (504) nor any 4xx
 
+    @staticmethod
+    def may_fall_back(ctx: Ctx) -> bool:
+        """A first attempt on the challenger arm that a running rollout assigned (fallback_from may retry it)."""
+        return ctx.endpoint == "chat" and ctx.arm == "challenger" and ctx.rollout_id is not None and not ctx.fallback
+
     def fallback_from(self, ctx: Ctx, err: APIError) -> Ctx | None:
         """A challenger attempt of a running rollout that failed with `err` before any byte was sent: logs it on the
         challenger arm (its 5xx, `fallback: true`: the rollout analysis counts the error) and returns the context of
         the retry on the champion (same key, rollout and start time; its own request_id), or None when this failure
         is not retried (the champion arm, a `<model>:challenger` request, no rollout, a 4xx, overload, a timeout,
         a retry already)."""
-        if (ctx.endpoint != "chat" or ctx.arm != "challenger" or ctx.rollout_id is None or ctx.fallback
-                or err.status < 500 or err.code not in self.FALLBACK_CODES):
+        if not self.may_fall_back(ctx) or err.status < 500 or err.code not in self.FALLBACK_CODES:
             return None
         ctx.fallback = True
         self.log_request(ctx, err.status)

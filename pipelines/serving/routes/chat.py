@@ -3,7 +3,9 @@
 
 Each response names the version that served it: `system_fingerprint` "<model>:<version>" and the headers
 `x-llmops-model-version`, `x-llmops-alias`, `x-request-id`. Every chat request, errors included, is one line of the
-request log (pipelines.serving.request_log).
+request log (pipelines.serving.request_log). A request a running rollout sent to the challenger that fails before
+any byte was sent (no model loaded, EngineDead, an exception; a stream before its first event) is retried once on
+the champion; the failed attempt is its own challenger line (5xx, `fallback: true`), see Runtime.fallback_from.
 """
 from __future__ import annotations
 
@@ -41,6 +43,29 @@ def _chunk(cid: str, created: int, model: str, fp: str, delta: dict | None, fini
     if extra:
         body.update(extra)
     return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+
+class _Peeked:
+    """`gen` with its first event pulled before the response starts (`pull`, which raises what `gen` raised): a
+    stream on the rollout's challenger can still fall back to the champion then, since no byte was sent."""
+
+    def __init__(self, gen):
+        self.gen, self.first = gen, []
+
+    async def pull(self) -> None:
+        try:
+            self.first.append(await anext(self.gen))
+        except StopAsyncIteration:
+            pass
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        return self.first.pop() if self.first else await anext(self.gen)
+
+    async def aclose(self) -> None:
+        await self.gen.aclose()
 
 
 @router.post("/v1/chat/completions")
@@ -247,11 +272,35 @@ async def _chat(request: Request, rt: Runtime, retry: tuple[Ctx, Any] | None = N
     if refused is not None:
         return refused
 
+    first = None
+    if rt.may_fall_back(ctx):  # the rollout's challenger: its first event before any byte (a failure: fallback)
+        first = _Peeked(ahead if ahead is not None else generate())
+        try:
+            async with asyncio.timeout(timeout):
+                await first.pull()
+        except TimeoutError:
+            err = APIError(504, f"The request timed out after {timeout:g} s", "timeout")
+        except EngineDead as exc:
+            err = APIError(503, str(exc), "model_unavailable", headers={"Retry-After": "5"})
+        except Exception as exc:
+            log.exception("generation failed")
+            err = APIError(500, f"generation failed: {exc}", "internal_error")
+        else:
+            err = None
+        if err is not None:
+            await first.aclose()
+            release()
+            finish_accounting(None)
+            if (champion := rt.fallback_from(ctx, err)) is not None:
+                return champion, body
+            rt.log_request(ctx, err.status)
+            return err.response(ctx.headers())
+
     async def sse():
         ttft = None
         done = None
         status = 499  # client closed the connection before the end
-        gen = ahead if ahead is not None else generate()
+        gen = first if first is not None else ahead if ahead is not None else generate()
         try:
             yield _chunk(cid, created, ctx.model, fp, {"role": "assistant", "content": ""}, None, include_usage,
                          extra=extra)
