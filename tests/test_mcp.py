@@ -460,7 +460,7 @@ async def _session_run(url: str, key: str | None, fn):
                 return await fn(session)
 
 
-def test_http_auth_scopes_and_acting_tools(demo, airflow):
+def test_http_auth_scopes_and_acting_tools(demo, airflow, monkeypatch):
     """Streamable HTTP on loopback with the platform's API keys: scopes, admin-only acting tools, the audit log."""
     import httpx
     from mcp import MCPError
@@ -473,6 +473,7 @@ def test_http_auth_scopes_and_acting_tools(demo, airflow):
     _set_mcp(ws, airflow_url=airflow)
     home = ws / ".airflow"
     (home / "simple_auth_manager_passwords.json.generated").write_text(json.dumps({"admin": "af-secret"}))
+    monkeypatch.setenv("AIRFLOW_HOME", str(home))  # `make test` exports the repository's own AIRFLOW_HOME
     keys = KeyStore.from_env({"LLMOPS_API_KEYS_FILE": str(demo["keys"])})
     workspace = Workspace.load(ws)
     cfg = load_config(workspace)
