@@ -105,5 +105,8 @@ def test_dags_are_chained_by_assets(repo_root, tmp_path):
     assert "llmops/challenger_deployed" in outlets["llmops_lifecycle"]
     assert schedules["llmops_rollout"]["timetable"] == "AssetOrTimeSchedule"
     assert schedules["llmops_rollout"]["assets"] == ["llmops/challenger_deployed"]
-    # The flywheel harvests on its cron into the landing inbox; the inbox's watcher (above) starts ingest.
-    assert schedules["llmops_flywheel"]["timetable"] == "CronTriggerTimetable"
+    # The flywheel harvests on its cron and on feedback volume (a watcher on the feedback log) into the landing
+    # inbox; the inbox's watcher (above) starts ingest.
+    assert schedules["llmops_flywheel"]["timetable"] == "AssetOrTimeSchedule"
+    assert schedules["llmops_flywheel"]["assets"] == ["llmops/feedback_volume"]
+    assert result["watchers"]["llmops_flywheel"] == ["llmops_feedback_volume"]

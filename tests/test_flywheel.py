@@ -67,8 +67,8 @@ def world(tmp_path, repo_root):
     return {"cfg": cfg, "inbox": Path(inbox), "flag": flag, "nd": nd, "a": a, "b": b, "tmp": tmp_path}
 
 
-def _run(w, **kw):
-    until = datetime.now(timezone.utc) + timedelta(minutes=1)
+def _run(w, until=None, **kw):
+    until = until or datetime.now(timezone.utc) + timedelta(minutes=1)
     return harvest(w["cfg"], w["nd"], injection=None, inbox=str(w["inbox"]), flag_file=w["flag"], until=until, **kw)
 
 
@@ -283,3 +283,52 @@ def test_the_guards_input_checks_exclude_prompts_and_corrections(world, tmp_path
     rep = harvest(cfg, world["nd"], injection=InjectionCheck(strict), inbox=str(world["inbox"]), until=until)
     assert rep["excluded"] == {"guard_prompt_too_long": 2} and rep["harvested"] == 1 and rep["balanced"]
     assert rep["injection_detector"].startswith("missing")
+
+
+def test_a_written_batch_moves_the_watermark_and_the_volume_trigger_fires_on_new_ratings(world, monkeypatch,
+                                                                                        repo_root):
+    """Ratings a written batch took are never harvested again (already_harvested, every line still accounted); the
+    llmops_flywheel DAG's feedback-volume watcher (FeedbackVolumeTrigger, reading params.yaml as the DAG does)
+    stays quiet below min_feedback_lines new ratings and fires at it."""
+    import asyncio
+
+    from pipelines.flywheel.harvest import pending_feedback
+
+    a = world["a"]
+    for key in ("alice", "bob", "carol"):
+        a.rate(key, a.answer(key, f"A question from {key}?", f"A good answer for {key}."), 1)
+    assert pending_feedback(world["cfg"]) == 3
+    rep = _run(world, until=datetime.now(timezone.utc))  # the watermark: ratings given from now on are new
+    assert rep["written"] and rep["harvested_until"] == rep["until"]
+    assert pending_feedback(world["cfg"]) == 0
+    again = _run(world, until=datetime.now(timezone.utc))  # a rerun (or a volume-triggered run inside the cron's window) takes nothing twice
+    assert again["excluded"] == {"already_harvested": 3} and again["balanced"] and not again["written"]
+    assert again["harvested_until"] == rep["harvested_until"]  # nothing written: the watermark stays
+
+    # the trigger, on a workspace whose params.yaml points the flywheel at this world's logs
+    ws = world["tmp"] / "ws"
+    ws.mkdir()
+    params = yaml.safe_load((repo_root / "params.yaml").read_text())
+    params["flywheel"].update({k: getattr(world["cfg"], k) for k in ("request_log", "feedback_log", "keys_file",
+                                                                     "corpus_dir", "report")})
+    (ws / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.setenv("LLMOPS_ROOT", str(ws))
+    monkeypatch.syspath_prepend(str(repo_root / "plugins"))
+    from llmops_airflow.triggers import FeedbackVolumeTrigger
+
+    async def first_event(trigger, seconds):
+        gen = trigger.run()
+        try:
+            return (await asyncio.wait_for(gen.__anext__(), seconds)).payload
+        except asyncio.TimeoutError:
+            return None
+        finally:
+            await gen.aclose()
+
+    trigger = FeedbackVolumeTrigger(min_lines=2, poke_interval=0.1)
+    assert trigger.serialize() == ("llmops_airflow.triggers.FeedbackVolumeTrigger",
+                                   {"min_lines": 2, "poke_interval": 0.1})
+    a.rate("alice", a.answer("alice", "One more question?", "One more answer."), 1)
+    assert asyncio.run(first_event(trigger, 1.0)) is None  # 1 new rating < 2
+    a.rate("bob", a.answer("bob", "And another question?", "And another answer."), 1)
+    assert asyncio.run(first_event(trigger, 5.0)) == {"pending_feedback": 2}

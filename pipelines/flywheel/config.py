@@ -11,6 +11,8 @@ class FlywheelConfig(StageConfig):
     feedback_log: str  # the feedback log, same forms
     schedule: str  # the llmops_flywheel DAG's cron (UTC)
     min_feedback_lines: int = Field(ge=0)  # feedback volume: fewer lines in the window -> nothing harvested (yet)
+    # the DAG's feedback-volume watcher counts new ratings this often and fires at min_feedback_lines; null: cron only
+    volume_check_s: float | None = Field(gt=0)
     window_hours: float = Field(gt=0)  # feedback given in [until - window_hours, until) is harvested
     request_lookback_hours: float = Field(ge=0)  # a rated request may be this much older than the window's start
     keys_file: str | None  # the API keys file (training_use consent); null: $LLMOPS_API_KEYS_FILE

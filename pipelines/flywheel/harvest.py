@@ -109,6 +109,35 @@ def _norm(s: str | None) -> str:
     return " ".join((s or "").split())
 
 
+def _ts(record: dict) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(record["ts"])).astimezone(timezone.utc)
+    except (KeyError, ValueError):
+        return None
+
+
+def previous_watermark(report_path: str) -> datetime | None:
+    """The end of the last written batch's window (the report's `harvested_until`), None before the first one."""
+    path = _root_path(report_path)
+    try:
+        value = json.loads(path.read_text()).get("harvested_until")
+    except (FileNotFoundError, json.JSONDecodeError, AttributeError):
+        return None
+    return datetime.fromisoformat(value).astimezone(timezone.utc) if value else None
+
+
+def pending_feedback(cfg: FlywheelConfig, until: datetime | None = None) -> int:
+    """Ratings a harvest ending at `until` (default now) would read: in the window, after the last written batch.
+    The llmops_flywheel DAG's feedback-volume watcher fires when this reaches `min_feedback_lines`."""
+    from pipelines.rollout.logs import read_records
+
+    until = (until or datetime.now(timezone.utc)).astimezone(timezone.utc)
+    since = until - timedelta(hours=cfg.window_hours)
+    watermark = previous_watermark(cfg.report)
+    feedback, _ = read_records(cfg.feedback_log, max(since, watermark) if watermark else since, until)
+    return len(feedback)
+
+
 def harvest(cfg: FlywheelConfig, nd, *, injection: InjectionCheck | None, inbox: str, flag_file: str = READY,
             until: datetime | None = None, write: bool = True) -> dict[str, Any]:
     """Harvest the window ending at `until` (default: now) into the inbox; returns (and writes) the report.
@@ -130,6 +159,13 @@ def harvest(cfg: FlywheelConfig, nd, *, injection: InjectionCheck | None, inbox:
 
     exclude("unparseable", fb_acc["rejected"])
     exclude("outside_window", fb_acc["outside_window"])
+    # the watermark: ratings a written batch already took (a volume-triggered run inside the cron's window, a
+    # rerun) are accounted as already_harvested, never written twice
+    harvested_until = previous_watermark(cfg.report)
+    if harvested_until is not None:
+        fresh = [fb for fb in feedback if _ts(fb) is None or _ts(fb) >= harvested_until]
+        exclude("already_harvested", len(feedback) - len(fresh))
+        feedback = fresh
     volume_reason = None
     if len(feedback) < cfg.min_feedback_lines:  # not enough new feedback yet: the next run looks again
         volume_reason = f"below_volume: {len(feedback)} feedback line(s) in the window < min_feedback_lines " \
@@ -281,6 +317,9 @@ def harvest(cfg: FlywheelConfig, nd, *, injection: InjectionCheck | None, inbox:
         "skipped": volume_reason is not None, "written": bool(sources), "reason": reason if reason else (None if sources or not write else
                                                                    "no records" if not kept else None),
         "batch": stamp, "inbox": inbox, "sources": sources, "licence": cfg.licence,
+        # the next run starts after this batch's window (a run that wrote nothing leaves its lines for the next)
+        "harvested_until": until.isoformat() if sources else (
+            harvested_until.isoformat() if harvested_until is not None else None),
         "pii_redacted_at_harvest": pii_redacted,
         "injection_detector": injection.status if injection is not None else "none",
         "corpus": corpus_status, "near_duplicate_rule": nd.rule(),

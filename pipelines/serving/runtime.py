@@ -39,7 +39,7 @@ from pipelines.rollout.state import RolloutState, RolloutStore, assign_challenge
 from pipelines.security.guard import Guard
 from pipelines.serving.auth import KeyStore, RateLimiter, is_loopback
 from pipelines.serving.config import ServeConfig
-from pipelines.serving.engine import Done, Engine
+from pipelines.serving.engine import Done, Engine, EngineDead
 from pipelines.serving.errors import APIError
 from pipelines.serving.feedback import FeedbackLog, RecentRequests
 from pipelines.serving.metrics import Metrics
@@ -51,6 +51,17 @@ from pipelines.serving.schemas import ChatRequest
 log = logging.getLogger("llmops.serve")
 
 RAG_SUFFIX = "-rag"
+
+
+def generation_error(exc: Exception, timeout: float) -> APIError:
+    """The OpenAI-shaped error of a generation that raised, for every endpoint and for streams: past the request's
+    timeout 504, the engine gone 503 (the client may retry), anything else 500 (logged with its traceback)."""
+    if isinstance(exc, TimeoutError):
+        return APIError(504, f"The request timed out after {timeout:g} s", "timeout")
+    if isinstance(exc, EngineDead):
+        return APIError(503, str(exc), "model_unavailable", headers={"Retry-After": "5"})
+    log.error("generation failed", exc_info=exc)
+    return APIError(500, f"generation failed: {exc}", "internal_error")
 
 
 def _root_path(root: Path, p: str) -> Path:

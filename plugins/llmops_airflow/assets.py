@@ -63,5 +63,24 @@ DEPLOYED_MODEL = Asset(name="llmops/deployed_model", uri=(REPO / "reports" / "de
 CHALLENGER_DEPLOYED = Asset(name="llmops/challenger_deployed",
                             uri=(REPO / "reports" / "rollout" / "challenger_deployed").as_uri())
 
+
+
+def _feedback_volume(flywheel: dict) -> Asset | None:
+    """The feedback log as an Asset whose watcher fires once `min_feedback_lines` new ratings wait (the
+    llmops_flywheel DAG's volume trigger); None when `flywheel.volume_check_s` is null (cron only)."""
+    if flywheel.get("volume_check_s") is None:
+        return None
+    from llmops_airflow.triggers import FeedbackVolumeTrigger
+
+    log = flywheel["feedback_log"]
+    uri = log if "://" in log else _path(log).as_uri()
+    trigger = FeedbackVolumeTrigger(min_lines=int(flywheel["min_feedback_lines"]),
+                                    poke_interval=float(flywheel["volume_check_s"]))
+    return Asset(name="llmops/feedback_volume", uri=uri,
+                 watchers=[AssetWatcher(name="llmops_feedback_volume", trigger=trigger)])
+
+
+FEEDBACK_VOLUME = _feedback_volume(params()["flywheel"])
+
 _BY_URI = {a.uri: a for a in (LANDING_INBOX, LANDED_DATA, DRIFT_DETECTED, MONITOR_ALERT, DEPLOYED_MODEL,
-                              CHALLENGER_DEPLOYED)}
+                              CHALLENGER_DEPLOYED, FEEDBACK_VOLUME) if a is not None}

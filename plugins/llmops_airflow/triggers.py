@@ -50,3 +50,36 @@ class S3FlagTrigger(BaseEventTrigger):
                 yield TriggerEvent({"uri": self.uri, "flag": self.flag})
                 return
             await asyncio.sleep(self.poke_interval)
+
+
+class FeedbackVolumeTrigger(BaseEventTrigger):
+    """Fires when enough ratings wait for the flywheel: `flywheel.min_feedback_lines` feedback lines in the harvest
+    window and after the last written batch (pipelines.flywheel.harvest.pending_feedback), counted every
+    `poke_interval` s. The llmops_flywheel DAG runs on it as well as on its cron. Until that run writes a batch
+    (and moves the watermark) the count stays high and the watcher may fire again; the DAG's max_active_runs=1
+    queues such runs, and each harvests only what no batch took yet (or skips below the volume)."""
+
+    def __init__(self, *, min_lines: int, poke_interval: float = 300.0) -> None:
+        super().__init__()
+        self.min_lines = min_lines
+        self.poke_interval = poke_interval
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return ("llmops_airflow.triggers.FeedbackVolumeTrigger",
+                {"min_lines": self.min_lines, "poke_interval": self.poke_interval})
+
+    @staticmethod
+    def _pending() -> int:
+        from pipelines.flywheel.config import load
+        from pipelines.flywheel.harvest import pending_feedback
+
+        return pending_feedback(load()[0])
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        while True:
+            pending = await asyncio.to_thread(self._pending)
+            if pending >= max(self.min_lines, 1):
+                self.log.info("%d new ratings wait for the flywheel (>= %d)", pending, self.min_lines)
+                yield TriggerEvent({"pending_feedback": pending})
+                return
+            await asyncio.sleep(self.poke_interval)

@@ -19,13 +19,13 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from pipelines.security.guard import GuardBlocked
-from pipelines.serving.engine import Delta, Done, EngineDead
+from pipelines.serving.engine import Delta, Done
 from pipelines.serving.conformance import check_request
 from pipelines.serving.errors import APIError
 from pipelines.serving.openai_params import chat_logprobs, chat_plan, count_unbatched
 from pipelines.serving.prefetch import Ahead
 from pipelines.serving.reload import Served
-from pipelines.serving.runtime import Ctx, ResponseCache, Runtime, get_runtime, log
+from pipelines.serving.runtime import Ctx, ResponseCache, Runtime, generation_error, get_runtime, log
 from pipelines.serving.schemas import ChatRequest
 
 router = APIRouter()
@@ -227,13 +227,8 @@ async def _chat(request: Request, rt: Runtime, retry: tuple[Ctx, Any] | None = N
                         ttft = ctx.ms()
                     elif kind == "done":
                         done = value
-        except TimeoutError:
-            err = APIError(504, f"The request timed out after {timeout:g} s", "timeout")
-        except EngineDead as exc:
-            err = APIError(503, str(exc), "model_unavailable", headers={"Retry-After": "5"})
         except Exception as exc:
-            log.exception("generation failed")
-            err = APIError(500, f"generation failed: {exc}", "internal_error")
+            err = generation_error(exc, timeout)
         else:
             err = None
         finally:
@@ -278,13 +273,8 @@ async def _chat(request: Request, rt: Runtime, retry: tuple[Ctx, Any] | None = N
         try:
             async with asyncio.timeout(timeout):
                 await first.pull()
-        except TimeoutError:
-            err = APIError(504, f"The request timed out after {timeout:g} s", "timeout")
-        except EngineDead as exc:
-            err = APIError(503, str(exc), "model_unavailable", headers={"Retry-After": "5"})
         except Exception as exc:
-            log.exception("generation failed")
-            err = APIError(500, f"generation failed: {exc}", "internal_error")
+            err = generation_error(exc, timeout)
         else:
             err = None
         if err is not None:
@@ -316,9 +306,8 @@ async def _chat(request: Request, rt: Runtime, retry: tuple[Ctx, Any] | None = N
                                 lps = None
                         else:
                             done = value
-            except (TimeoutError, EngineDead, RuntimeError) as exc:
-                err = (APIError(504, f"The request timed out after {timeout:g} s", "timeout")
-                       if isinstance(exc, TimeoutError) else APIError(503, str(exc), "model_unavailable"))
+            except Exception as exc:
+                err = generation_error(exc, timeout)
                 status = err.status
                 yield f"data: {json.dumps(err.body())}\n\n"
                 yield "data: [DONE]\n\n"

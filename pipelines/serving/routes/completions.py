@@ -21,10 +21,10 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from pipelines.security.guard import GuardBlocked
 from pipelines.serving.conformance import check_request
-from pipelines.serving.engine import Delta, Done, EngineDead
+from pipelines.serving.engine import Delta, Done
 from pipelines.serving.errors import APIError
 from pipelines.serving.openai_params import completion_logprobs, completion_plan, count_unbatched, prompt_list
-from pipelines.serving.runtime import Ctx, ResponseCache, Runtime, get_runtime, log
+from pipelines.serving.runtime import Ctx, ResponseCache, Runtime, generation_error, get_runtime, log
 from pipelines.serving.schemas import CompletionRequest
 
 router = APIRouter()
@@ -164,13 +164,8 @@ async def completions(request: Request, rt: Runtime = Depends(get_runtime)):
         try:
             async with asyncio.timeout(timeout):
                 dones = await asyncio.gather(*(run(i, ids) for i, (ids, _) in enumerate(prompts)))
-        except TimeoutError:
-            err = APIError(504, f"The request timed out after {timeout:g} s", "timeout")
-        except EngineDead as exc:
-            err = APIError(503, str(exc), "model_unavailable", headers={"Retry-After": "5"})
         except Exception as exc:
-            log.exception("completion failed")
-            err = APIError(500, f"generation failed: {exc}", "internal_error")
+            err = generation_error(exc, timeout)
         else:
             err = None
         finally:
@@ -223,9 +218,8 @@ async def completions(request: Request, rt: Runtime = Depends(get_runtime)):
                 yield chunk([], usage(dones))
             yield "data: [DONE]\n\n"
             status = 200
-        except (TimeoutError, EngineDead, RuntimeError) as exc:
-            err = (APIError(504, f"The request timed out after {timeout:g} s", "timeout")
-                   if isinstance(exc, TimeoutError) else APIError(503, str(exc), "model_unavailable"))
+        except Exception as exc:
+            err = generation_error(exc, timeout)
             status = err.status
             yield f"data: {json.dumps(err.body())}\n\n"
             yield "data: [DONE]\n\n"
