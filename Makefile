@@ -61,12 +61,8 @@ docs: install
 docs-serve: install
 	$(BIN)/mkdocs serve -a 127.0.0.1:8001
 
-# Two workers (pytest-xdist): much of the suite waits on other processes (JVM, Ray, Airflow and server start-up,
-# schedulers polling), so a 2-core machine runs two streams. tests/conftest.py groups the tests that share one
-# Spark, one Ray or the e2e workspace onto one worker. TEST_WORKERS=0 runs everything in one process.
-TEST_WORKERS ?= 2
 test: install browser
-	$(BIN)/python -m pytest -ra --durations=30 --junitxml=reports/tests.xml -n $(TEST_WORKERS) --dist loadgroup  # the recorded run `llmops maturity` reads
+	$(BIN)/python -m pytest -ra --durations=30 --junitxml=reports/tests.xml  # the recorded run `llmops maturity` reads
 
 # Debian's Chromium for the Airflow UI test (Playwright drives it; `playwright install` would need a download).
 browser:

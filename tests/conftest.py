@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from filelock import FileLock
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -52,15 +51,6 @@ def ray_local():
     ray.shutdown()
 
 
-def built_once(tmp_path_factory, name: str) -> tuple[Path, FileLock]:
-    """Where a session fixture's output goes so that it is built once per run, not once per pytest-xdist worker
-    (xdist's documented pattern: the workers' common temp dir and a file lock). Returns (dir, lock)."""
-    root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        root = root.parent
-    return root / name, FileLock(str(root / f"{name}.lock"))
-
-
 @pytest.fixture(scope="session")
 def base_model_dir(tmp_path_factory) -> Path:
     """The shipped base model converted once per test session (reuses models/base when the demo built it)."""
@@ -70,12 +60,8 @@ def base_model_dir(tmp_path_factory) -> Path:
     from pipelines.stages import prepare_base_model
     from pipelines.stages.registry import stage_config
 
-    root, lock = built_once(tmp_path_factory, "base_model")
-    out = root / "base"
-    with lock:
-        if not (out / "config.json").exists():
-            prepare_base_model.run(stage_config("prepare_base_model", output_dir=str(out),
-                                                metrics=str(root / "m.json")))
+    out = tmp_path_factory.mktemp("base_model") / "base"
+    prepare_base_model.run(stage_config("prepare_base_model", output_dir=str(out), metrics=str(out.parent / "m.json")))
     return out
 
 
@@ -132,53 +118,18 @@ def airflow_loop(e2e_reproduced, tmp_path_factory):
 @pytest.fixture(scope="session")
 def guard_models(repo_root, tmp_path_factory):
     """train_guard (issue 15) on a slice of the shipped sample (every source kept), once per session: the guard's
-    detectors for the guard, audit and serving tests. Returns {dir, metrics}."""
+    detectors for the guard, audit and serving tests. Returns {dir, report, metrics}."""
     import json
 
     from e2e_support import slice_guard_sample
     from pipelines.stages import train_guard
     from pipelines.stages.registry import stage_config
 
-    tmp, lock = built_once(tmp_path_factory, "guard")
-    with lock:
-        if not (tmp / "guard.json").exists():
-            sample = tmp / "sample"
-            slice_guard_sample(repo_root / "data" / "sample", sample)
-            cfg = stage_config("train_guard", source="retrain", sample_root=str(sample),
-                               output_dir=str(tmp / "models"), metrics=str(tmp / "guard.json"),
-                               report=str(tmp / "guard.md"), cache_dir=str(repo_root / "data/cache/embeddings"))
-            train_guard.run(cfg)
-    return {"dir": tmp / "models", "metrics": json.loads((tmp / "guard.json").read_text())}
-
-
-# ------------------------------------------------------------------ parallel runs (make test: pytest -n 2)
-# pytest-xdist with --dist loadgroup sends each group to one worker as a unit. Tests that share one expensive
-# process are grouped, so a run still has one Spark session, one Ray instance and one e2e workspace (+ Airflow);
-# the other modules are a group each (their module fixtures are built once). The e2e group goes first: it is the
-# longest (the workspace's `dvc repro`, then the drift loop on a real Airflow) and the rest fills the other worker.
-_FIXTURE_GROUPS = (("e2e", {"e2e_reproduced", "airflow_loop"}), ("ray", {"ray_local"}), ("spark", {"spark"}))
-_MODULE_GROUPS = {"test_ray_cluster": "ray", "test_spark_cluster": "spark",
-                  # in-process Airflow imports share the AIRFLOW_HOME that `make test` exports
-                  **dict.fromkeys(("test_dag_integrity", "test_rollout_airflow", "test_maturity_rollout",
-                                   "test_mcp", "test_docs", "test_infra"), "airflow")}
-_GROUP_ORDER = ("e2e", "ray", "spark", "airflow")
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items):
-    if config.getoption("dist", "no") != "loadgroup":
-        return
-    module_of = {item: item.module.__name__.rsplit(".", 1)[-1] for item in items}
-    group_of_module: dict[str, str] = dict(_MODULE_GROUPS)
-    for name, fixtures in _FIXTURE_GROUPS:  # a module goes where any of its tests needs the shared process
-        for item in items:
-            if fixtures & set(item.fixturenames):
-                group_of_module.setdefault(module_of[item], name)
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(group_of_module.get(module_of[item], module_of[item])))
-
-    def rank(item):
-        group = group_of_module.get(module_of[item], module_of[item])
-        return _GROUP_ORDER.index(group) if group in _GROUP_ORDER else len(_GROUP_ORDER)
-
-    items.sort(key=rank)  # stable: the order inside a group is the collection order
+    tmp = tmp_path_factory.mktemp("guard")
+    sample = tmp / "sample"
+    slice_guard_sample(repo_root / "data" / "sample", sample)
+    cfg = stage_config("train_guard", source="retrain", sample_root=str(sample), output_dir=str(tmp / "models"),
+                       metrics=str(tmp / "guard.json"), report=str(tmp / "guard.md"),
+                       cache_dir=str(repo_root / "data/cache/embeddings"))
+    report = train_guard.run(cfg)
+    return {"dir": tmp / "models", "report": report, "metrics": json.loads((tmp / "guard.json").read_text())}
