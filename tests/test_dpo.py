@@ -1,5 +1,5 @@
-"""finetune.objective: dpo: the loss against TRL's, the preference rows, and one real 2-worker Ray run that starts
-from a registered champion, survives a worker failure and learns the training pairs' preference."""
+"""finetune.objective: dpo: the loss against TRL's, the preference rows and the preference task's figures. The real
+2-worker Ray run (from the registered champion, surviving a worker failure) is tests/test_flywheel_loop.py's."""
 from __future__ import annotations
 
 import json
@@ -92,19 +92,6 @@ def test_preference_rows_follow_the_corpus_contract(tmp_path, base_model_dir):
     assert load_preference_rows(str(tmp_path / "o.parquet")).counts["preference_rows"] == 0
 
 
-def register_champion(registry, adapter_dir: Path) -> int:
-    """Register `adapter_dir` as a version of registry.model_name with the champion alias (what promote leaves)."""
-    from pipelines.models.registry import client as mlflow_client
-    from pipelines.models.registry import ensure_experiment
-
-    c = mlflow_client(registry.tracking_uri)
-    ensure_experiment(c, registry)
-    c.create_registered_model(registry.model_name)
-    v = c.create_model_version(registry.model_name, source=str(adapter_dir))
-    c.set_registered_model_alias(registry.model_name, registry.alias, v.version)
-    return int(v.version)
-
-
 def make_champion_adapter(base_model_dir: Path, out: Path, r: int = 4) -> Path:
     """A LoRA adapter of rank 4 (params.yaml says 8) with non-zero weights: a DPO run that starts from it keeps r=4."""
     import torch
@@ -123,72 +110,8 @@ def make_champion_adapter(base_model_dir: Path, out: Path, r: int = 4) -> Path:
     return out
 
 
-def test_dpo_on_ray_from_the_champion_survives_a_worker_failure(ray_local, base_model_dir, tmp_path):
-    """2 workers x 1 pair, 4 steps, checkpoint every 2, rank 1 killed after step 3 once: the group resumes from the
-    step-2 checkpoint with the reference log-probs it saved (not recomputed from the trained model). The policy
-    starts from the registered champion's adapter (rank 4), which is also the reference. On the training pairs the
-    DPO loss ends below log 2 (its value at the reference) and the held-out reward margin is positive."""
-    from pipelines.stages import finetune
-    from pipelines.stages.registry import shared_config, stage_config
-
-    registry = shared_config("registry", tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}",
-                             artifact_root=str(tmp_path / "mlart"))
-    version = register_champion(registry, make_champion_adapter(base_model_dir, tmp_path / "champion"))
-    train = preference_split(tmp_path / "train.parquet")
-    cfg = stage_config(
-        "finetune", base_model_dir=str(base_model_dir), train_path=str(train), eval_path=str(train),
-        output_dir=str(tmp_path / "candidate"), num_workers=2, max_steps=4, checkpoint_every=2, eval_every=2,
-        max_failures=1, per_device_batch_size=1, max_length=64, max_eval_examples=8, learning_rate=0.005,
-        objective="dpo", dpo={"beta": 0.1, "reference": "champion"}, storage_path=str(tmp_path / "ray"),
-        mlflow={"enabled": True}, metrics=str(tmp_path / "metrics.json"), loss_plot=str(tmp_path / "loss.csv"))
-    engines = shared_config("engines", ray={"address": None, "num_cpus": 2})
-    report = finetune.run(cfg, engines, registry, _worker_overrides={
-        "_fail_once": {"rank": 1, "after_step": 3, "marker_dir": str(tmp_path)}})
-
-    assert (tmp_path / "failed_once").read_text() == "3"
-    assert report["steps"] == 4 and report["resumed_from_step"] == 2
-    assert report["objective"] == "dpo" and report["train_examples"] == 8
-    d = report["dpo"]
-    assert d["reference"]["kind"] == "champion" and d["reference"]["version"] == version
-    # step 1: the policy is the reference, so every margin is 0 and the loss is log 2
-    assert d["reward_margin_first"] == pytest.approx(0.0, abs=1e-6)
-    assert report["train_loss_first"] == pytest.approx(math.log(2), abs=1e-5)
-    # learnt: on the (training) pairs the chosen answer's implicit reward is above the rejected one's
-    assert report["eval_loss"] < math.log(2)
-    assert d["eval_reward_margin"] > 0 and d["eval_reward_accuracy"] >= 0.75
-    assert [s for s, _ in report["eval_history"]] == [2, 4]
-
-    out = Path(cfg.output_dir)
-    assert json.loads((out / "adapter_config.json").read_text())["r"] == 4  # continued the champion's adapter
-    meta = json.loads((out / "training_meta.json").read_text())
-    assert meta["objective"] == "dpo" and meta["data"]["train"]["preference_rows"] == 8
-    assert json.loads((out / "canaries.json").read_text())["canaries"] == []  # nothing planted in a DPO run
-
-    from pipelines.models.registry import client as mlflow_client
-
-    run = mlflow_client(registry.tracking_uri).get_run(meta["mlflow_run_id"])
-    assert run.data.params["objective"] == "dpo" and run.data.params["dpo.beta"] == "0.1"
-    assert run.data.tags["dpo.reference"] == f"champion:v{version}"
-    assert "rewards/margins" in run.data.metrics
-
-    # the preference task on these pairs, candidate vs the champion in one evaluator (the runner's single-process
-    # path): the DPO candidate prefers the chosen answers more than the champion on every pair
-    from pipelines.evaluation import compare, runner
-    from pipelines.evaluation.tasks import Resources, TaskSpec, load_examples
-
-    spec = TaskSpec(name="preference", type="preference", path=str(train), max_examples=8, max_new_tokens=0,
-                    enabled=True)
-    records = load_examples(spec)
-    kwargs = runner.evaluator_kwargs(base_model_dir=str(base_model_dir), candidate_dir=str(out),
-                                     champion_dir=str(tmp_path / "champion"), specs=[spec], threads=2, batch_size=8,
-                                     max_prompt_tokens=256, max_length=128, use_gpu=False)
-    res = runner.run_local(runner.make_blocks({"preference": records}, 8, [spec]), kwargs)
-    result, _, _ = compare.compare_task(spec, records, res.outputs["preference"], Resources(), samples=1000, seed=0,
-                                        confidence=0.95)
-    cand = result["metrics"][runner.CANDIDATE]
-    assert cand["win_rate"] >= 0.875 and cand["reward_accuracy"] >= 0.875
-    assert cand["pair_accuracy"] >= result["metrics"][runner.REFERENCE]["pair_accuracy"]
-    assert result["comparisons"]["win_rate"]["ci_low"] > 0
+# The DPO run on Ray (2 workers, a worker killed once and resumed from the champion-referenced checkpoint, MLflow
+# lineage) is the retrain of the flywheel's end-to-end test, on harvested pairs: tests/test_flywheel_loop.py.
 
 
 # ------------------------------------------------------------------------------------------ preference evaluation
