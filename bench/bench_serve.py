@@ -38,7 +38,11 @@ without the json_object grammar (ms per token, and the grammar's own mask/accept
 mask time per token on the same token sequences (the library not chosen).
 
     .venv/bin/python bench/bench_serve.py --mixed [--repeats 2] [--max-tokens 24] [--clients 8] \\
-        [--baseline-requests 8] [--json-prompts 4]
+        [--baseline-requests 8] [--json-prompts 4] [--pauses 0,500]
+
+`--pauses` runs one batched server per `serve.batching.unbatched_pause_ms` value against the same load, side by
+side in each repeat: how much giving the CPU to the batch (the one-at-a-time path waiting while batched requests
+generate) lifts the greedy share, and what it costs the one-at-a-time share.
 
 Writes bench/results/serve_params.json and bench/results/serve_params.md.
 """
@@ -81,7 +85,8 @@ def prompts(n: int) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------------- servers
-def child_server(mode: str, base: str, port: int, num_blocks: int, max_batch_tokens: int, log_dir: str) -> None:
+def child_server(mode: str, base: str, port: int, num_blocks: int, max_batch_tokens: int, log_dir: str,
+                 pause_ms: float = 0.0) -> None:
     """Our API in this process, serving `base` directly as the champion slot."""
     import uvicorn
 
@@ -97,13 +102,14 @@ def child_server(mode: str, base: str, port: int, num_blocks: int, max_batch_tok
     cfg = config_from_params("serve", ServeConfig, {
         "host": "127.0.0.1", "port": port, "reload_poll_s": 0, "request_log": f"{log_dir}/{mode}.jsonl",
         "cache": {"max_entries": 0}, "guard": {"enabled": False},
-        "batching": {"mode": mode, "num_blocks": num_blocks, "max_batch_tokens": max_batch_tokens},
+        "batching": {"mode": mode, "num_blocks": num_blocks, "max_batch_tokens": max_batch_tokens,
+                     "unbatched_pause_ms": pause_ms},
         "limits": {"max_concurrent": 256, "rate_limit_rps": 1e6, "rate_limit_burst": 1000000,
                    "request_timeout_s": 3600}})
     registry = shared_config("registry", tracking_uri=f"sqlite:///{log_dir}/none.db", model_name="base")
     app = create_app(cfg, registry, keys=KeyStore([]), manage_lifecycle=False)
     rt = app.state.runtime
-    engine = Engine(lm.load_model(base, None, cache=False), mode, num_blocks, max_batch_tokens)
+    engine = Engine(lm.load_model(base, None, cache=False), mode, num_blocks, max_batch_tokens, pause_ms)
     asyncio.run(engine.warmup())
     rt.slots.served[registry.alias] = Served(alias=registry.alias, version="base", engine=engine, run_id=None,
                                              source=base, base_model=base, adapter_sha256=None, prompt_sha256=None,
@@ -438,15 +444,20 @@ def render_mixed(r: dict) -> str:
              f"repeats; {a['threads']} torch thread(s) per server. Load average before: {r['load_before']}, after: {r['load_after']} (a shared 2-core box: "
              "other work ran beside it).", "",
              "| share of the mixed load | requests | tok/s | p50 s | errors |", "|---|---:|---:|---:|---:|"]
-    for name in ("greedy share (batched path)", "penalty + JSON share (one-at-a-time)"):
-        m = r["medians"][name]
-        lines.append(f"| {name} | {m['requests']} | {fmt(m['tok_per_s'], 1)} | {fmt(m['p50_s'])} | {m['errors']} |")
+    pauses = a.get("unbatched_pause_ms", [0.0])
+    for ms in pauses:
+        for kind in ("greedy share (batched path)", "penalty + JSON share (one-at-a-time)"):
+            m = r["medians"][f"{kind}, pause {ms:g} ms"]
+            lines.append(f"| {kind}, `unbatched_pause_ms: {ms:g}` | {m['requests']} | {fmt(m['tok_per_s'], 1)} | "
+                         f"{fmt(m['p50_s'])} | {m['errors']} |")
     b = r["medians"]["baseline: greedy requests one at a time (naive, 1 client)"]
     lines += [f"| baseline: the same greedy requests one at a time (naive server, 1 client) | {b['requests']} | "
-              f"{fmt(b['tok_per_s'], 1)} | {fmt(b['p50_s'])} | {b['errors']} |", "",
-              f"**Greedy share at {a['clients']} clients vs one-at-a-time: {fmt(r['greedy_ratio'])}x** "
-              f"(target >= 3x; tok/s of the greedy share = its completion tokens / time until its last request "
-              f"ended).", ""]
+              f"{fmt(b['tok_per_s'], 1)} | {fmt(b['p50_s'])} | {b['errors']} |", ""]
+    for ms in pauses:
+        lines.append(f"**Greedy share at {a['clients']} clients vs one-at-a-time, `unbatched_pause_ms: {ms:g}`: "
+                     f"{fmt(r['greedy_ratio_by_pause_ms'][f'{ms:g}'])}x**")
+    lines += ["", "(target >= 3x; tok/s of the greedy share = its completion tokens / time until its last request "
+              "ended; the one-at-a-time share's tok/s is what the pause costs it).", ""]
     j = r["json_overhead"]
     lines += [f"JSON mode's per-token overhead (one-at-a-time path, same prompts, in-process, {a['threads']} "
               "thread(s)):", "",
@@ -474,6 +485,7 @@ def mixed_main(args) -> None:
     if not (Path(base) / "config.json").exists():
         sys.exit(f"no model at {base}: run `dvc repro prepare_base_model` first")
     tmp = Path(tempfile.mkdtemp(prefix="bench_serve_mixed_"))
+    pauses = [float(x) for x in args.pauses.split(",") if x.strip()]
     if args.threads:  # torch threads of both servers (OMP_NUM_THREADS): 2 threads on an oversubscribed 2-core box
         ENV["OMP_NUM_THREADS"] = str(args.threads)  # ran 5-10x slower than 1 here (threads spin at barriers)
     load_before = [round(x, 2) for x in os.getloadavg()]
@@ -484,10 +496,11 @@ def mixed_main(args) -> None:
     raw: dict[str, list[dict]] = {}
     py = sys.executable
     try:
-        for name, mode in (("batched", "continuous"), ("naive", "naive")):  # one at a time: loads compete
+        servers = [(f"batched@{ms:g}", "continuous", ms) for ms in pauses] + [("naive", "naive", 0.0)]
+        for name, mode, ms in servers:  # one at a time: loads compete
             port = free_port()
             procs[name] = Proc(name, [py, str(Path(__file__).resolve()), "--child", mode, base, str(port),
-                                      str(nb), str(mbt), str(tmp)], port, tmp / f"{name}.log")
+                                      str(nb), str(mbt), str(tmp), str(ms)], port, tmp / f"{name}.log")
             procs[name].wait_ready("/health")
         from transformers import AutoTokenizer
 
@@ -497,23 +510,25 @@ def mixed_main(args) -> None:
         for rep in range(args.repeats):  # baseline and mixed load back to back (the box's load drifts)
             base_run = asyncio.run(run_mixed(procs["naive"].url, 1, greedy_only, args.max_tokens))
             b = share(base_run, GREEDY_KINDS, tok)
-            mixed = asyncio.run(run_mixed(procs["batched"].url, args.clients, reqs, args.max_tokens))
-            g = share(mixed, GREEDY_KINDS, tok)
-            s = share(mixed, ("penalty", "json"), tok)
-            raw.setdefault("greedy share (batched path)", []).append(g)
-            raw.setdefault("penalty + JSON share (one-at-a-time)", []).append(s)
             raw.setdefault("baseline: greedy requests one at a time (naive, 1 client)", []).append(b)
-            print(f"repeat {rep}: greedy share {fmt(g['tok_per_s'], 1)} tok/s, one-at-a-time share "
-                  f"{fmt(s['tok_per_s'], 1)} tok/s, baseline {fmt(b['tok_per_s'], 1)} tok/s, errors "
-                  f"{g['errors'] + s['errors'] + b['errors']}", flush=True)
+            for ms in pauses:
+                mixed = asyncio.run(run_mixed(procs[f"batched@{ms:g}"].url, args.clients, reqs, args.max_tokens))
+                g = share(mixed, GREEDY_KINDS, tok)
+                s = share(mixed, ("penalty", "json"), tok)
+                raw.setdefault(f"greedy share (batched path), pause {ms:g} ms", []).append(g)
+                raw.setdefault(f"penalty + JSON share (one-at-a-time), pause {ms:g} ms", []).append(s)
+                print(f"repeat {rep}, unbatched_pause_ms {ms:g}: greedy share {fmt(g['tok_per_s'], 1)} tok/s, "
+                      f"one-at-a-time share {fmt(s['tok_per_s'], 1)} tok/s, baseline {fmt(b['tok_per_s'], 1)} "
+                      f"tok/s, errors {g['errors'] + s['errors'] + b['errors']}", flush=True)
     finally:
         for p in procs.values():
             p.stop()
     medians = {k: {"requests": v[0]["requests"], "tok_per_s": med(v, "tok_per_s"), "p50_s": med(v, "p50_s"),
                    "errors": sum(x["errors"] for x in v), "error_samples": sum((x["error_samples"] for x in v), [])}
                for k, v in raw.items()}
-    g = medians["greedy share (batched path)"]["tok_per_s"]
     b = medians["baseline: greedy requests one at a time (naive, 1 client)"]["tok_per_s"]
+    ratios = {f"{ms:g}": (medians[f"greedy share (batched path), pause {ms:g} ms"]["tok_per_s"] or 0) / b
+              if b else None for ms in pauses}
     print("JSON mode overhead (in-process) ...", flush=True)
     overhead = json_overhead(base, args.json_prompts, args.max_tokens, args.threads)
     result = {"command": "python bench/bench_serve.py " + " ".join(sys.argv[1:]),
@@ -521,8 +536,9 @@ def mixed_main(args) -> None:
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "args": {"repeats": args.repeats, "max_tokens": args.max_tokens, "base": args.base,
                        "clients": args.clients, "n_requests": n, "num_blocks": nb, "max_batch_tokens": mbt,
-                       "threads": args.threads},
-              "medians": medians, "greedy_ratio": g / b if g and b else None, "raw": raw,
+                       "threads": args.threads, "unbatched_pause_ms": pauses},
+              "medians": medians, "greedy_ratio": ratios[f"{pauses[0]:g}"], "greedy_ratio_by_pause_ms": ratios,
+              "raw": raw,
               "json_overhead": overhead, "load_before": load_before,
               "load_after": [round(x, 2) for x in os.getloadavg()]}
     out = Path(args.out if args.out != str(OUT_JSON) else OUT_PARAMS)
@@ -550,13 +566,15 @@ def main() -> None:
     ap.add_argument("--json-prompts", type=int, default=4, help="--mixed: prompts of the JSON overhead measure")
     ap.add_argument("--threads", type=int, default=2, help="--mixed: torch threads per server and in-process")
     ap.add_argument("--baseline-requests", type=int, default=8, help="--mixed: greedy requests of the baseline")
-    ap.add_argument("--child", nargs=6, metavar=("MODE", "BASE", "PORT", "NB", "MBT", "LOGDIR"),
+    ap.add_argument("--pauses", default="0,500", help="--mixed: serve.batching.unbatched_pause_ms values, one "
+                    "batched server each (the first is the headline)")
+    ap.add_argument("--child", nargs=7, metavar=("MODE", "BASE", "PORT", "NB", "MBT", "LOGDIR", "PAUSE_MS"),
                     help=argparse.SUPPRESS)
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks: stop the servers
     if args.child:
-        mode, base, port, nb, mbt, log_dir = args.child
-        child_server(mode, base, int(port), int(nb), int(mbt), log_dir)
+        mode, base, port, nb, mbt, log_dir, pause_ms = args.child
+        child_server(mode, base, int(port), int(nb), int(mbt), log_dir, float(pause_ms))
         return
     if args.mixed:
         mixed_main(args)
@@ -584,7 +602,7 @@ def main() -> None:
             if name in ("batched", "naive"):
                 mode = "continuous" if name == "batched" else "naive"
                 procs[name] = Proc(name, [py, str(Path(__file__).resolve()), "--child", mode, base, str(port),
-                                          str(nb), str(mbt), str(tmp)], port, tmp / f"{name}.log")
+                                          str(nb), str(mbt), str(tmp), "0"], port, tmp / f"{name}.log")
             elif name == "hf":
                 exe = Path(py).with_name("transformers")
                 procs[name] = Proc(name, [str(exe), "serve", base, "--device", "cpu", "--dtype", "float32",

@@ -2,7 +2,6 @@
 2-worker Ray run (from the registered champion, surviving a worker failure) is tests/test_flywheel_loop.py's."""
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
 from pathlib import Path

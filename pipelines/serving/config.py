@@ -16,6 +16,9 @@ class BatchingConfig(StageConfig):
     mode: Literal["continuous", "naive"]
     num_blocks: int = Field(ge=1)  # KV-cache blocks; size it explicitly (the default sizes it from system RAM)
     max_batch_tokens: int = Field(ge=16)  # tokens per forward pass (prefill chunks + one per decoding request)
+    # the one-at-a-time path (penalties, JSON, logprobs...) waits up to this long before each token while batched
+    # requests generate, so that the batch keeps the CPU; 0: both paths compete as equals
+    unbatched_pause_ms: float = Field(ge=0)
 
 
 class CacheConfig(StageConfig):

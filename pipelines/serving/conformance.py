@@ -164,7 +164,9 @@ def markdown() -> str:
              "refused the same way.", "",
              "Path: greedy requests (temperature 0) with no per-token processing share the continuous-batching "
              "engine (`batched`); parameters that need per-request logits processing generate one request at a "
-             "time (`one-at-a-time`), counted by reason in `llmops_unbatched_requests_total` on `/metrics`. "
+             "time (`one-at-a-time`), counted by reason in `llmops_unbatched_requests_total` on `/metrics`; "
+             "`serve.batching.unbatched_pause_ms` makes that path wait (up to so long per token) while batched "
+             "requests generate, so that a mixed load keeps the batch's throughput. "
              "Every parameter that changes the output is part of the response cache key.", ""]
     for ep, title in (("chat", "POST /v1/chat/completions"), ("completions", "POST /v1/completions")):
         lines += [f"## {title}", "", "| parameter | status | path | notes | test |", "|---|---|---|---|---|"]

@@ -77,7 +77,7 @@ class _Decoder:
 
 
 class Engine:
-    def __init__(self, loaded, mode: str, num_blocks: int, max_batch_tokens: int):
+    def __init__(self, loaded, mode: str, num_blocks: int, max_batch_tokens: int, unbatched_pause_ms: float = 0.0):
         from pipelines.models import lm
 
         self.loaded = loaded
@@ -92,6 +92,14 @@ class Engine:
         self._grammars = None
         self._grammar_lock = threading.Lock()
         self.unbatched: dict[str, int] = {}  # requests sent one-at-a-time by their parameters, by reason
+        # The batched path first: the one-at-a-time loop waits up to this long before each forward while batched
+        # requests are generating. Both paths' forwards use every core, so running them side by side slows the
+        # batch (many requests) as much as the single one; waiting gives the CPU to the batch, bounded so that a
+        # one-at-a-time request still advances at least one token per pause (bench/results/serve_params.md).
+        self.unbatched_pause_s = max(0.0, unbatched_pause_ms) / 1000.0
+        self.batched_active = 0
+        self._batch_idle = threading.Event()
+        self._batch_idle.set()
         if mode == "continuous":
             from transformers import GenerationConfig
             from transformers.generation.configuration_utils import ContinuousBatchingConfig
@@ -124,13 +132,26 @@ class Engine:
         async for _ in self.stream(ids, max_new_tokens=2, temperature=0.0):
             pass
 
-    def _enter(self) -> None:
+    def _enter(self, batched: bool) -> None:
         with self._count_lock:
             self.active += 1
+            if batched:
+                self.batched_active += 1
+                self._batch_idle.clear()
 
-    def _leave(self) -> None:
+    def _leave(self, batched: bool) -> None:
         with self._count_lock:
             self.active -= 1
+            if batched:
+                self.batched_active -= 1
+                if self.batched_active == 0:
+                    self._batch_idle.set()
+
+    def _yield_to_batch(self) -> None:
+        """The one-at-a-time loop's pause before a forward: until no batched request generates, at most
+        `unbatched_pause_s` (see __init__)."""
+        if self.unbatched_pause_s > 0 and self.batched_active:
+            self._batch_idle.wait(self.unbatched_pause_s)
 
     def grammars(self):
         """The model's grammar compiler (pipelines.serving.structured.Grammars), built on first use."""
@@ -155,14 +176,15 @@ class Engine:
         path, reason = self.path_for(p)
         if max_new_tokens <= 0:  # scoring the prompt only (completions echo): no decode step to batch
             path, reason = "single", "naive"
-        if path == "batched":
+        batched = path == "batched"
+        if batched:
             gen = self._stream_batched(ids, max_new_tokens)
         else:
             if reason != "naive":
                 with self._count_lock:
                     self.unbatched[reason] = self.unbatched.get(reason, 0) + 1
             gen = self._stream_single(ids, max_new_tokens, p)
-        self._enter()
+        self._enter(batched)
         try:
             if not p.stop:
                 async for item in gen:
@@ -171,7 +193,7 @@ class Engine:
                 async for item in self._with_stops(gen, p.stop):
                     yield item
         finally:
-            self._leave()
+            self._leave(batched)
             await gen.aclose()
 
     @staticmethod
@@ -287,6 +309,7 @@ class Engine:
 
                         def forward(chunk: list[int]):
                             nonlocal cache
+                            engine._yield_to_batch()
                             o = model(input_ids=torch.tensor([chunk], dtype=torch.long), cache=cache, use_cache=True)
                             cache = o.past_key_values
                             return o.logits[0]

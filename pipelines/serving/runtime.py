@@ -173,7 +173,7 @@ class Runtime:
         b = cfg.batching
         aliases = [registry.alias] + ([cfg.challenger.alias] if cfg.challenger.alias != registry.alias else [])
         self.slots = Slots(registry, aliases, lambda loaded: Engine(loaded, b.mode, b.num_blocks,
-                                                                   b.max_batch_tokens),
+                                                                   b.max_batch_tokens, b.unbatched_pause_ms),
                            on_change=self._models_changed)
         self.metrics = Metrics(cfg.cost.price_per_cpu_hour, cfg.cost.price_per_gpu_hour, self._occupancy)
         self.guard = Guard(cfg.guard, self.root, self.metrics.registry) if cfg.guard.enabled else None
