@@ -483,3 +483,32 @@ def test_langchain_chat_openai_stop_and_structured_output(srv):
     tooled = ChatOpenAI(model="m", base_url=srv["url"] + "/v1", api_key=KEY, temperature=0, max_tokens=48,
                         max_retries=0, timeout=180).with_structured_output(City, method="function_calling")
     assert isinstance(tooled.invoke("Which city is the capital of France?"), City)
+
+
+def test_the_one_at_a_time_path_gives_way_to_batched_requests_at_most_its_pause():
+    """serve.batching.unbatched_pause_ms: before each forward the one-at-a-time loop waits while batched requests
+    generate, never longer than the pause, and not at all when none does (bench_serve --mixed --pauses measures
+    what it buys). The wait only: no model is loaded."""
+    import threading
+    import time
+
+    from pipelines.serving.engine import Engine
+
+    engine = Engine.__new__(Engine)  # the scheduling state alone
+    engine.active, engine.batched_active, engine._count_lock = 0, 0, threading.Lock()
+    engine._batch_idle = threading.Event()
+    engine._batch_idle.set()
+    engine.unbatched_pause_s = 0.4
+
+    def waited() -> float:
+        t = time.perf_counter()
+        engine._yield_to_batch()
+        return time.perf_counter() - t
+
+    assert waited() < 0.1  # no batched request: no wait
+    engine._enter(True)
+    assert engine.batched_active == 1 and 0.35 <= waited() < 2.0  # a batch generating: waits the whole pause
+    threading.Timer(0.1, engine._leave, args=(True,)).start()
+    assert waited() < 0.35 and engine.batched_active == 0  # the batch ends: the wait ends with it
+    engine._enter(False)  # an unbatched request does not make another one wait
+    assert engine.batched_active == 0 and waited() < 0.1
