@@ -133,3 +133,10 @@ def guard_models(repo_root, tmp_path_factory):
                        cache_dir=str(repo_root / "data/cache/embeddings"))
     report = train_guard.run(cfg)
     return {"dir": tmp / "models", "report": report, "metrics": json.loads((tmp / "guard.json").read_text())}
+
+
+def pytest_collection_modifyitems(config, items):
+    """The tests on the session's Airflow and server (`airflow_loop`) run last, in their collection order: the
+    fixture is torn down at the end of the session, and until then its scheduler, DAG processor (re-parsing the
+    DAGs every few seconds), triggerer, API server and model server would tax every test that came after them."""
+    items.sort(key=lambda item: "airflow_loop" in getattr(item, "fixturenames", ()))  # stable: order kept
