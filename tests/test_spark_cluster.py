@@ -65,7 +65,9 @@ def _master_state(ui_port: int) -> dict:
 def cluster(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("spark_cluster")
     # SPARK_HOME explicit: the venv's bin/spark-class would look for it with whatever `python3` is on PATH.
+    # C1 only in the daemons, as in the driver (engines.spark.driver_java_options): the test's jobs last seconds.
     env = {**os.environ, "SPARK_HOME": str(_spark_home()), "SPARK_LOCAL_IP": "127.0.0.1",
+           "SPARK_DAEMON_JAVA_OPTS": "-XX:TieredStopAtLevel=1",
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     port, ui, worker_ui = _free_port(), _free_port(), _free_port()
     master = _start(["org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
@@ -106,7 +108,8 @@ def test_ingest_and_dedup_on_standalone_cluster(cluster):
     n_lines = _tiny_source(tmp / "tiny.jsonl")
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["engines"]["spark"].update(master=cluster["url"], app_name=APP, shuffle_partitions=2,
-                                      driver_memory="1g")
+                                      driver_memory="1g",
+                                      conf={"spark.executor.extraJavaOptions": "-XX:TieredStopAtLevel=1"})
     xquad = next(s for s in params["ingest"]["sources"] if s["name"] == "xquad_en")
     params["ingest"].update(sources=[{**xquad, "path": str(tmp / "tiny.jsonl")}], input_dir=str(tmp),
                             output_dir=str(tmp / "ingested"), rejects_dir=str(tmp / "rej_ingest"),

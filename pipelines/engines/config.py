@@ -14,6 +14,10 @@ class SparkConfig(StageConfig):
     driver_memory: str
     shuffle_partitions: int = Field(ge=1)
     conf: dict[str, str]  # any spark.* setting
+    # JVM flags of the driver (in local mode also the executors), before any spark.driver.extraJavaOptions in conf.
+    driver_java_options: str
+    # Map an AppCDS archive of Spark's classes into the driver JVM, built once per machine (engines/spark_cds.py).
+    class_data_sharing: bool
 
 
 class RayConfig(StageConfig):

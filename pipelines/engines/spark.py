@@ -6,6 +6,7 @@ import os
 import sys
 from pathlib import Path
 
+from pipelines.engines import spark_cds
 from pipelines.engines.config import EnginesConfig, SparkConfig
 
 
@@ -28,7 +29,13 @@ def get_spark(cfg: SparkConfig):
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
     )
-    for key, value in cfg.conf.items():
+    conf = dict(cfg.conf)
+    java_options = " ".join(filter(None, (
+        spark_cds.java_options(spark_cds.ensure_archive()) if cfg.class_data_sharing else "",
+        cfg.driver_java_options, conf.pop("spark.driver.extraJavaOptions", ""))))
+    if java_options:  # read when spark-submit starts the driver JVM: a session already running keeps its own
+        builder = builder.config("spark.driver.extraJavaOptions", java_options)
+    for key, value in conf.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
