@@ -115,7 +115,7 @@ def test_rated_answers_retrain_a_preferred_candidate_through_the_data_plane(
         return key, liked
 
     try:
-        with ThreadPoolExecutor(4) as pool:  # concurrent users: the server batches their decoding
+        with ThreadPoolExecutor(8) as pool:  # concurrent users: the server batches their decoding
             rated = list(pool.map(ask_and_rate, enumerate(questions(repo_root, N_QUESTIONS))))
     finally:
         server.stop()
