@@ -87,7 +87,7 @@ def plain_run(steps: int, base: str, train: Path) -> dict:
     from pipelines.stages import finetune
     from pipelines.stages.registry import stage_config
     from pipelines.training import dpo
-    from pipelines.training.sft import build_model, seed_everything, shard_batches
+    from pipelines.training.sft import build_model, global_batches, seed_everything
 
     cfg = stage_config("finetune", objective="dpo", base_model_dir=base)
     wc = finetune.worker_config(cfg)
@@ -102,22 +102,15 @@ def plain_run(steps: int, base: str, train: Path) -> dict:
     ref = dpo.reference_logps(model, pairs, bs, pad_id, 0, 1, use_base=False)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate)
     model.train()
-    step, epoch, tokens, loss = 0, 0, 0, None
+    tokens, loss = 0, None
     t0 = time.time()
-    while step < steps:
-        per_rank = [shard_batches(len(pairs), bs, r, world, seed, epoch) for r in range(world)]
-        for i in range(len(per_rank[0])):
-            if step >= steps:
-                break
-            idx = [j for r in range(world) for j in per_rank[r][i]]
-            c, rj, n_tok = dpo.pair_logps(model, [pairs[j] for j in idx], pad_id)
-            tokens += n_tok
-            loss, _, _ = dpo.dpo_sigmoid_loss(c, rj, ref[idx, 0].to(c), ref[idx, 1].to(c), beta)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            step += 1
-        epoch += 1
+    for _, idx in global_batches(len(pairs), bs, world, seed, steps):
+        c, rj, n_tok = dpo.pair_logps(model, [pairs[j] for j in idx], pad_id)
+        tokens += n_tok
+        loss, _, _ = dpo.dpo_sigmoid_loss(c, rj, ref[idx, 0].to(c), ref[idx, 1].to(c), beta)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
     secs = time.time() - t0
     return {"tokens_per_second": tokens / secs, "train_seconds": secs, "losses_last": float(loss)}
 

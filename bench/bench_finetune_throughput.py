@@ -55,7 +55,7 @@ def plain_run(steps: int, threads: int | None = None) -> dict:
 
     from pipelines.stages import finetune
     from pipelines.stages.registry import stage_config
-    from pipelines.training.sft import build_model, collate, seed_everything, shard_batches, tokenize_split
+    from pipelines.training.sft import build_model, collate, global_batches, seed_everything, tokenize_split
     from transformers import AutoTokenizer
 
     cfg = stage_config("finetune")
@@ -69,22 +69,16 @@ def plain_run(steps: int, threads: int | None = None) -> dict:
     model = build_model(wc)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate)
     model.train()
-    step, epoch, tokens = 0, 0, 0
+    tokens = 0
     t0 = time.time()
-    while step < steps:
-        per_rank = [shard_batches(len(examples), bs, r, world, seed, epoch) for r in range(world)]
-        for i in range(len(per_rank[0])):
-            if step >= steps:
-                break
-            torch.manual_seed(seed + 1000 * step)
-            batch = collate([examples[j] for r in range(world) for j in per_rank[r][i]], pad_id)
-            tokens += int(batch["attention_mask"].sum())
-            loss = model(**batch).loss
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            step += 1
-        epoch += 1
+    for step, idx in global_batches(len(examples), bs, world, seed, steps):
+        torch.manual_seed(seed + 1000 * step)
+        batch = collate([examples[j] for j in idx], pad_id)
+        tokens += int(batch["attention_mask"].sum())
+        loss = model(**batch).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
     secs = time.time() - t0
     return {"tokens_per_second": tokens / secs, "train_seconds": secs}
 

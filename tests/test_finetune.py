@@ -12,7 +12,7 @@ import pytest
 
 from pipelines.stages import finetune
 from pipelines.stages.registry import shared_config, stage_config
-from pipelines.training.sft import IGNORE_INDEX, format_example, shard_batches, tokenize_split
+from pipelines.training.sft import IGNORE_INDEX, format_example, global_batches, shard_batches, tokenize_split
 
 REPO = Path(__file__).resolve().parents[1]
 RAW = REPO / "data" / "sample" / "raw" / "gpteacher_roleplay.json"
@@ -84,6 +84,15 @@ def test_data_path_is_deterministic(tokenizer, tmp_path):
     assert sorted(i for b in bucketed for i in b) == sorted(i for b in plain for i in b)
     spread = lambda bs: sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in bs)  # noqa: E731
     assert spread(bucketed) <= spread(plain)
+
+    # one process's view of a 2-rank run (the benchmarks' baselines): each step joins the ranks' batches, and the
+    # steps go on into the next epoch's shuffle
+    steps = list(global_batches(10, 2, 2, 42, 5))
+    epoch0 = [r0[i] + r1[i] for i in range(len(r0))]
+    assert [s for s, _ in steps] == [0, 1, 2, 3, 4] and [b for _, b in steps[:2]] == epoch0
+    assert steps[2][1] == shard_batches(10, 2, 0, 2, 42, 1)[0] + shard_batches(10, 2, 1, 2, 42, 1)[0]
+    with pytest.raises(ValueError, match="no batch"):
+        list(global_batches(3, 2, 2, 42, 1))
 
 
 def test_finetune_two_workers_survives_a_worker_failure(ray_local, base_model_dir, tmp_path, s3_bucket,

@@ -95,6 +95,22 @@ def shard_batches(n_examples: int, batch_size: int, rank: int, world: int, seed:
     return batches
 
 
+def global_batches(n_examples: int, batch_size: int, world: int, seed: int, steps: int):
+    """(step, row indices) of the first `steps` steps of a `world`-rank run, every rank's batch of a step joined:
+    what one process trains on to see the same data as the DDP run, epoch after epoch (the benchmarks' baselines)."""
+    step, epoch = 0, 0
+    while step < steps:
+        per_rank = [shard_batches(n_examples, batch_size, r, world, seed, epoch) for r in range(world)]
+        if not per_rank[0]:
+            raise ValueError(f"{n_examples} examples make no batch of {batch_size} per rank on {world} rank(s)")
+        for i in range(len(per_rank[0])):
+            if step >= steps:
+                return
+            yield step, [j for r in range(world) for j in per_rank[r][i]]
+            step += 1
+        epoch += 1
+
+
 TRAIN_STATE = "train_state.pt"  # inside every checkpoint: trainable weights, optimizer, step, data position, history
 
 
