@@ -5,14 +5,14 @@ In the reproduced e2e workspace (tests/e2e_support.py) this starts the serving A
 drops batches into the landing inbox exactly as a producer would (data files, then the `_READY` flag) and follows
 what happens through Airflow's REST API, with bounded waits:
 
-1. a corrupt drop: refused into rejects, nothing lands, and the watcher still fires for the next drop;
-2. a same-distribution batch: approved, landed, monitored, no drift, no retrain;
-3. a drifted batch (a topic shift): approved through the REST API, landed, monitor reports drift, the lifecycle
+1. a same-distribution batch with a corrupt file beside it: the corrupt file is refused into rejects with its
+   reason and named in the approval; the rest is approved, landed, monitored: no drift, no retrain;
+2. a drifted batch (a topic shift): approved through the REST API, landed, monitor reports drift, the lifecycle
    retrains (evaluate, audit and gate run), the promotion is approved through the REST API, promote moves the
    alias, and the running server answers with the new version;
-4. a second drifted batch inside the cooldown: drift again, but the retrain policy skips the lifecycle;
-5. the Airflow UI in headless Chromium renders the lifecycle run's graph and the LLMOps plugin view;
-6. `llmops airflow down` leaves no process behind (checked when the session's `airflow_loop` fixture stops).
+3. a second drifted batch inside the cooldown: drift again, but the retrain policy skips the lifecycle;
+4. the Airflow UI in headless Chromium renders the lifecycle run's graph and the LLMOps plugin view;
+5. `llmops airflow down` leaves no process behind (checked when the session's `airflow_loop` fixture stops).
 """
 from __future__ import annotations
 
@@ -85,24 +85,15 @@ def test_airflow_up_is_loopback_and_fitted_to_the_machine(loop):
     settings = airflow_env(AirflowConfig(**params["airflow"]), loop["ws"])
     assert int(settings["AIRFLOW__CORE__PARALLELISM"]) == (os.cpu_count() or 2)
     assert env["AIRFLOW_HOME"] == str(loop["home"])
+    # the running dag-processor got the session's parse interval (airflow.dag_reparse_s)
+    from pipelines.orchestration.airflow_services import STATE_FILE
+
+    services = {s["name"]: s["pid"] for s in json.loads((loop["home"] / STATE_FILE).read_text())}
+    environ = Path(f"/proc/{services['dag-processor']}/environ").read_bytes().split(b"\0")
+    assert f"AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL={params['airflow']['dag_reparse_s']}".encode() in environ
 
 
-def test_corrupt_drop_is_refused_and_nothing_lands(loop):
-    ws, api = loop["ws"], loop["api"]
-    _drop(ws, "broken_feed", [], T0_MANIFEST, raw=b"\x00\xff\xfe binary \x00" * 50)
-    mark("corrupt drop written")
-    run_id = api.new_run("llmops_ingest", loop["seen"]["llmops_ingest"], timeout=90)
-    mark("watcher fired (ingest run)")
-    assert api.finished("llmops_ingest", run_id, timeout=180) == "success"
-    tasks = api.tasks("llmops_ingest", run_id)
-    assert tasks["land_batches"] == "skipped", tasks
-    rejected = list((ws / "data" / "rejects" / "landing").rglob("reason.json"))
-    assert rejected and "not UTF-8" in rejected[0].read_text()
-    assert not (ws / "data" / "landing" / "broken_feed" / "batch.jsonl").exists()
-    mark("corrupt file in rejects, nothing landed")
-
-
-def test_same_distribution_batch_lands_without_retrain(loop):
+def test_same_distribution_batch_lands_without_retrain_and_a_corrupt_file_beside_it_is_refused(loop):
     ws, api, seen = loop["ws"], loop["api"], loop["seen"]
     # A seeded sample of the shipped sources' held-out rows, in the proportions the workspace trained on (it took
     # the first 60 role-play and code rows and the paragraphs of the first 8 XQuAD articles). A random sample, not
@@ -122,13 +113,24 @@ def test_same_distribution_batch_lands_without_retrain(loop):
         (inbox / source).mkdir(parents=True, exist_ok=True)
         (inbox / source / "source.yaml").write_text(yaml.safe_dump(manifest))
         (inbox / source / name).write_text(payload)
+    # In the same drop, a producer's broken file: refused into rejects with its reason, while the rest lands.
+    (inbox / "broken_feed").mkdir(parents=True, exist_ok=True)
+    (inbox / "broken_feed" / "source.yaml").write_text(yaml.safe_dump(T0_MANIFEST))
+    (inbox / "broken_feed" / "batch.jsonl").write_bytes(b"\x00\xff\xfe binary \x00" * 50)
     (inbox / "_READY").write_text("")
-    mark("same-distribution drop written")
+    mark("same-distribution drop written, with a corrupt file beside it")
     run_id = api.new_run("llmops_ingest", seen["llmops_ingest"], timeout=90)
+    mark("watcher fired (ingest run)")
     detail = api.approve("llmops_ingest", run_id, "approve_new_sources", timeout=180)
-    assert "licence: **MIT**" in detail["body"]
-    mark("new source approved through the REST API")
+    assert "licence: **MIT**" in detail["body"] and "broken_feed/batch.jsonl" in detail["body"], detail["body"]
+    mark("new source approved through the REST API (the approval lists the refused file)")
     assert api.finished("llmops_ingest", run_id, timeout=180) == "success"
+    assert api.tasks("llmops_ingest", run_id)["land_batches"] == "success"
+    rejected = list((ws / "data" / "rejects" / "landing").rglob("reason.json"))
+    assert rejected and any("not UTF-8" in r.read_text() for r in rejected)
+    assert not (ws / "data" / "landing" / "broken_feed" / "batch.jsonl").exists()
+    assert not (ws / "data" / "landed" / "broken_feed").exists()
+    mark("corrupt file in rejects, not landed")
     monitor = api.new_run("llmops_monitor", seen["llmops_monitor"], timeout=120)
     assert api.finished("llmops_monitor", monitor, timeout=300) == "success"
     tasks = api.tasks("llmops_monitor", monitor)

@@ -30,6 +30,8 @@ import urllib.request
 from pathlib import Path
 from typing import TypedDict
 
+from pydantic import Field
+
 from pipelines.config import StageConfig, project_root
 
 SERVICES = ("scheduler", "dag-processor", "triggerer", "api-server")
@@ -45,6 +47,11 @@ class AirflowConfig(StageConfig):
     parallelism: int | None  # LocalExecutor task slots; null: the CPU count
     metadata_db: str | None  # SQLAlchemy URL; null: SQLite in AIRFLOW_HOME (production: postgresql+psycopg2://...)
     dag_refresh_s: int  # how often the dag-processor lists the dags folder for new files
+    # how often each DAG file is parsed again (edits show after this); every parse is a process importing the file,
+    # a steady CPU cost beside the tasks. Keep it short: in Airflow 3.3 a DAG's "max active runs exceeded" flag set
+    # while it was paused clears only on a re-parse, and until then its asset-triggered runs wait (measured: an
+    # interval of 3600 s held tests/test_e2e_rollout.py's triggered rollout for good)
+    dag_reparse_s: int = Field(ge=1)
     start_timeout_s: int  # how long `up` waits for the API server to answer
     stop_timeout_s: int  # SIGTERM, then SIGKILL of a service's process group after this many seconds
     lineage_file: str | None  # OpenLineage file transport; null: AIRFLOW_HOME/openlineage/events.jsonl
@@ -107,6 +114,7 @@ def airflow_env(cfg: AirflowConfig, root: Path | None = None) -> dict[str, str]:
         "AIRFLOW__API_AUTH__JWT_SECRET": _jwt_secret(home),
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": str(cfg.dag_refresh_s),
+        "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": str(cfg.dag_reparse_s),
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "True",
         "AIRFLOW__OPENLINEAGE__NAMESPACE": "llmops",
         "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps({"type": "file", "log_file_path": str(lineage),
