@@ -29,9 +29,13 @@ def get_spark(cfg: SparkConfig):
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
     )
+    from pyspark import SparkContext
+
     conf = dict(cfg.conf)
+    # JVM flags only matter when this call starts the driver JVM: with one running, no archive is built or looked up
+    starts_jvm = SparkContext._active_spark_context is None
     java_options = " ".join(filter(None, (
-        spark_cds.java_options(spark_cds.ensure_archive()) if cfg.class_data_sharing else "",
+        spark_cds.java_options(spark_cds.ensure_archive()) if cfg.class_data_sharing and starts_jvm else "",
         cfg.driver_java_options, conf.pop("spark.driver.extraJavaOptions", ""))))
     if java_options:  # read when spark-submit starts the driver JVM: a session already running keeps its own
         builder = builder.config("spark.driver.extraJavaOptions", java_options)
