@@ -134,6 +134,16 @@ def test_failing_challenger_rolls_back(tmp_path, repo_root):
     assert report["metrics"]["error_rate"]["roles"]["guardrail"]["status"] == "worse"
 
 
+def test_a_worse_guardrail_names_the_test_that_found_it():
+    """Few events: the normal-mixture sequence is still wide while the exact test already rejects; the reason must
+    say which, never claim an interval above the margin that the record contradicts."""
+    by_cs = analysis._worse_reason("error_rate", {"diff_lo": 0.08, "diff_hi": 0.3, "margin": 0.02})
+    assert "surely above the guardrail margin 0.02" in by_cs
+    by_e = analysis._worse_reason("negative_feedback_rate", {"diff_lo": -0.19, "diff_hi": 0.9, "margin": 0.0,
+                                                              "log_e": 3.9, "e_threshold": 3.69})
+    assert "surely above" not in by_e and "log e 3.9 >= 3.69" in by_e
+
+
 def test_shadow_reports_agreement_and_skips_feedback(tmp_path, repo_root):
     cfg = _cfg(tmp_path, repo_root, min_shadow_agreement=0.8)
     state = _start(cfg, strategy="shadow", steps=[Step(0.0, 0, 50, 0)])

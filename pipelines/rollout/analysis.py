@@ -337,6 +337,16 @@ def _arm_interval(metric: str, st: dict[str, Any], alpha: float) -> tuple[float 
     return _f(lo), _f(hi)
 
 
+def _worse_reason(metric: str, r: dict[str, Any]) -> str:
+    """Which of the two tests found the guardrail worse: the confidence sequence lying above the margin, or (rates)
+    the exact test's e-value crossing its threshold while the normal-mixture sequence is still wide (few events)."""
+    where = f"{metric}: challenger - champion in [{r['diff_lo']}, {r['diff_hi']}]"
+    if r["diff_lo"] is not None and r["diff_lo"] > r["margin"]:
+        return f"{where}, surely above the guardrail margin {r['margin']}"
+    return (f"{where}; the exact test rejects 'difference <= {r['margin']}' (log e {r.get('log_e')} >= "
+            f"{r.get('e_threshold')})")
+
+
 def step_check(state: RolloutState, ch: dict[str, Any], now: datetime) -> dict[str, Any]:
     step = state.step
     age = state.step_age_s(now)
@@ -416,8 +426,7 @@ def decide(state: RolloutState, arms: dict[str, dict[str, Any]], extra: dict[str
     for metric, m in metrics.items():
         for role, r in m["roles"].items():
             if role == "guardrail" and r["status"] == "worse":
-                reasons.append(f"{metric}: challenger - champion in [{r['diff_lo']}, {r['diff_hi']}], surely above "
-                               f"the guardrail margin {r['margin']}")
+                reasons.append(_worse_reason(metric, r))
     if code == ROLLBACK:
         decision = "rollback"
     else:
