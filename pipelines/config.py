@@ -45,6 +45,16 @@ def project_root() -> Path:
     return here
 
 
+def absolute_path(path: str) -> str:
+    """A relative local path taken from the project root; absolute paths and URIs (s3://...) as they are (a URI
+    must not go through Path, which folds its "//"). Paths handed to Ray workers go through this: on a Ray this
+    process joined (`make ray-up`, a cluster) the workers do not share this process's working directory."""
+    if "://" in path:
+        return path
+    p = Path(path)
+    return str(p if p.is_absolute() else (project_root() / p).resolve())
+
+
 def load_params(path: str | Path | None = None) -> dict[str, Any]:
     params_path = Path(path) if path else project_root() / DEFAULT_PARAMS
     if not params_path.exists():

@@ -96,7 +96,19 @@ def s3_bucket(s3_server):
 
 
 @pytest.fixture(scope="session")
-def e2e_reproduced(tmp_path_factory, repo_root, base_model_dir) -> Path:
+def stage_ray(ray_local) -> str:
+    """The session's Ray, joined by the e2e workspace's stages run as subprocesses (`dvc repro`, Airflow tasks):
+    one Ray for the whole session. Returns its GCS address."""
+    import e2e_support
+
+    address = ray_local.get_runtime_context().gcs_address
+    e2e_support.STAGE_ENV["LLMOPS_RAY_ADDRESS"] = address
+    yield address
+    e2e_support.STAGE_ENV.pop("LLMOPS_RAY_ADDRESS", None)
+
+
+@pytest.fixture(scope="session")
+def e2e_reproduced(tmp_path_factory, repo_root, base_model_dir, stage_ray) -> Path:
     """A test-sized copy of the repository after one `dvc repro` (tests/e2e_support.py), shared by the e2e tests.
     LLMOPS_E2E_WORKSPACE names one made before (a developer iterating on the loop test reuses it)."""
     from e2e_support import make_workspace, reproduce

@@ -55,6 +55,12 @@ TEST_PARAMS = {
 }
 
 
+# Set by tests/conftest.py `stage_ray`: the stages that `dvc repro` and Airflow run in subprocesses join the test
+# session's Ray (LLMOPS_RAY_ADDRESS, read by pipelines/engines/ray_engine.py) as a person's stages join `make ray-up`,
+# instead of each starting and stopping a Ray of its own (measured: ~7 s of `ray.init` per Ray stage on 2 cores).
+STAGE_ENV: dict[str, str] = {}
+
+
 def env_for(ws: Path, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
@@ -64,6 +70,7 @@ def env_for(ws: Path, **extra: str) -> dict[str, str]:
         TRANSFORMERS_OFFLINE="1",
         TOKENIZERS_PARALLELISM="false",
         SPARK_LOCAL_IP="127.0.0.1",
+        **STAGE_ENV,
     )
     env.update(extra)
     return env
@@ -201,7 +208,7 @@ class Airflow:
         tis = self.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", limit=100)["task_instances"]
         return {t["task_id"]: t["state"] for t in tis}
 
-    def wait(self, what: str, check, timeout: float, every: float = 2.0):
+    def wait(self, what: str, check, timeout: float, every: float = 1.0):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             value = check()
@@ -224,6 +231,18 @@ class Airflow:
             return state if state in ("success", "failed") else None
         return self.wait(f"{dag_id} {run_id} to finish", check, timeout)
 
+    def _wait_worker_gone(self, dag_id: str, run_id: str, task_id: str, settle_s: float = 2.0,
+                          timeout: float = 30.0) -> None:
+        ti = self.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}")
+        pid = ti.get("pid")
+        if not pid:  # not recorded: the old fixed wait
+            time.sleep(10)
+            return
+        deadline = time.monotonic() + timeout
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.25)
+        time.sleep(settle_s)
+
     def approve(self, dag_id: str, run_id: str, task_id: str, timeout: float, option: str = "Approve") -> dict:
         """Answer like a person in the UI (`option`: Approve, or one of a choice's options): once the task is
         waiting for input (answering while it is still starting races its own transition), then check the answer
@@ -241,9 +260,10 @@ class Airflow:
             detail = self.wait(f"the approval {task_id} of {dag_id}", waiting, max(1.0, deadline - time.monotonic()))
             # Airflow 3.3.2: an answer within about a second of AWAITING_INPUT resumes the task while its first
             # worker is still exiting, and the server kills the resumed run ("shouldn't be running anymore"); the
-            # answer is lost. A person never answers that fast; the test waits as long (longer on a loaded box: at
+            # answer is lost. A person never answers that fast. The test waits until that worker process (the
+            # task instance's pid, on this machine) is gone, then a little more; a fixed wait had to be long (at
             # load ~10-16 on 2 cores, 3 s lost the answer twice in a row).
-            time.sleep(10)
+            self._wait_worker_gone(dag_id, run_id, task_id)
             resp = self.http.patch(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/-1/hitlDetails",
                                    json={"chosen_options": [option], "params_input": {}})
             assert resp.status_code == 200, resp.text

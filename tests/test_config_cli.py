@@ -141,3 +141,15 @@ def test_cli_missing_params_file_and_unknown_stage(tmp_path):
 def test_cli_lists_stages_in_pipeline_order():
     proc = subprocess.run([LLMOPS, "stages"], capture_output=True, text=True, check=True)
     assert proc.stdout.split() == list(STAGES)
+
+
+def test_paths_for_ray_workers_are_absolute_from_the_project_root(tmp_path, monkeypatch):
+    """Stages hand paths to Ray actors and Train workers; on a Ray they joined (`make ray-up`, a cluster) the
+    workers run in the raylet's working directory, so a relative path would open another checkout's file."""
+    from pipelines.config import absolute_path
+
+    monkeypatch.setenv("LLMOPS_ROOT", str(tmp_path))
+    monkeypatch.chdir("/")
+    assert absolute_path("models/candidate") == str(tmp_path.resolve() / "models" / "candidate")
+    assert absolute_path("/data/x.parquet") == "/data/x.parquet"
+    assert absolute_path("s3://bucket/key//x") == "s3://bucket/key//x"

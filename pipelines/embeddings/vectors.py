@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from pipelines.config import absolute_path
 from pipelines.embeddings.cache import EmbeddingCache
 from pipelines.embeddings.encoder import Embedder
 from pipelines.engines.config import RayConfig
@@ -47,7 +48,7 @@ def embed_texts_ray(ray: Any, model_dir: str | Path, keys: list[str], texts: lis
     ds = ray.data.from_arrow(blocks).map_batches(
         Embedder,
         fn_constructor_kwargs={
-            "model_dir": str(model_dir),
+            "model_dir": absolute_path(str(model_dir)),  # the actors may run in another working directory
             "threads": max(1, int(num_cpus)),
             "encode_batch_size": batch_size,
         },

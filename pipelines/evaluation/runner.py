@@ -17,6 +17,7 @@ from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
+from pipelines.config import absolute_path
 from pipelines.engines.config import RayConfig
 from pipelines.evaluation.tasks import FAMILIES, TaskSpec
 
@@ -219,8 +220,9 @@ def _collect(rows: list[dict]) -> RunResult:
 def evaluator_kwargs(*, base_model_dir: str, candidate_dir: str, champion_dir: str | None,
                      specs: Sequence[TaskSpec], threads: int, batch_size: int, max_prompt_tokens: int,
                      max_length: int, use_gpu: bool) -> dict:
-    return {"base_model_dir": str(base_model_dir), "candidate_dir": str(candidate_dir),
-            "champion_dir": str(champion_dir) if champion_dir else None, "specs": [s.model_dump() for s in specs],
+    # absolute: the actors may run on a Ray this process joined, in another working directory
+    return {"base_model_dir": absolute_path(str(base_model_dir)), "candidate_dir": absolute_path(str(candidate_dir)),
+            "champion_dir": absolute_path(str(champion_dir)) if champion_dir else None, "specs": [s.model_dump() for s in specs],
             "threads": threads, "batch_size": batch_size, "max_prompt_tokens": max_prompt_tokens,
             "max_length": max_length, "use_gpu": use_gpu}
 

@@ -39,7 +39,7 @@ from typing import Literal, NotRequired, TypedDict
 
 from pydantic import Field
 
-from pipelines.config import StageConfig, project_root
+from pipelines.config import StageConfig, absolute_path
 from pipelines.engines.config import EnginesConfig
 from pipelines.io import atomic_dir, write_json, write_text
 from pipelines.models.registry import RegistryConfig
@@ -180,21 +180,12 @@ class TrainingMeta(TypedDict):
     mlflow_tracking_uri: NotRequired[str]
 
 
-def _abs(path: str) -> str:
-    """A relative local path taken from the project root; absolute paths and URIs (s3://...) as they are (a URI
-    must not go through Path, which folds its "//")."""
-    if "://" in path:
-        return path
-    p = Path(path)
-    return str(p if p.is_absolute() else (project_root() / p).resolve())
-
-
 def worker_config(cfg: Config) -> dict:
     """The plain dict each Train worker receives (absolute paths: workers run in their own working dir)."""
     return {
-        "base_model_dir": _abs(cfg.base_model_dir),
-        "train_path": _abs(cfg.train_path),
-        "eval_path": _abs(cfg.eval_path),
+        "base_model_dir": absolute_path(cfg.base_model_dir),
+        "train_path": absolute_path(cfg.train_path),
+        "eval_path": absolute_path(cfg.eval_path),
         "max_steps": cfg.max_steps,
         "per_device_batch_size": cfg.per_device_batch_size,
         "max_length": cfg.max_length,
@@ -273,7 +264,7 @@ def run(cfg: Config, engines: EnginesConfig, registry: RegistryConfig,
     from pipelines.training.sft import train_loop_per_worker
     from pipelines.training.trainer import LeanTorchTrainer
 
-    storage, storage_fs, own_storage = checkpoint_storage(None if cfg.storage_path is None else _abs(cfg.storage_path))
+    storage, storage_fs, own_storage = checkpoint_storage(None if cfg.storage_path is None else absolute_path(cfg.storage_path))
     try:
         trainer = LeanTorchTrainer(
             train_loop_per_worker,
@@ -339,7 +330,7 @@ def run(cfg: Config, engines: EnginesConfig, registry: RegistryConfig,
 
             meta["mlflow_run_id"] = log_finetune_run(registry, cfg, wc, meta, losses, eval_history)
             meta["mlflow_tracking_uri"] = registry.tracking_uri
-        with atomic_dir(_abs(cfg.output_dir)) as out:
+        with atomic_dir(absolute_path(cfg.output_dir)) as out:
             with result.checkpoint.as_directory() as ckpt:
                 shutil.copytree(ckpt, out, dirs_exist_ok=True)
             write_json(out / "training_meta.json", meta)
@@ -351,7 +342,7 @@ def run(cfg: Config, engines: EnginesConfig, registry: RegistryConfig,
             shutil.rmtree(champion_tmp, ignore_errors=True)
     t_end = time.time()
 
-    write_text(_abs(cfg.loss_plot), loss_curve_csv(losses, eval_history))
+    write_text(absolute_path(cfg.loss_plot), loss_curve_csv(losses, eval_history))
 
     report: FinetuneReport = {
         "train_loss_first": losses[0],
@@ -395,7 +386,7 @@ def run(cfg: Config, engines: EnginesConfig, registry: RegistryConfig,
                          "eval_reward_accuracy": d["eval_reward_accuracy"],
                          "eval_reward_margin": d["eval_reward_margin"], "eval_pairs": d["eval_pairs"],
                          "reference_seconds": round(d["reference_seconds"], 2)}
-    write_json(_abs(cfg.metrics), report)
+    write_json(absolute_path(cfg.metrics), report)
     if prestart is not None:
         prestart.join(timeout=60)
     return report
