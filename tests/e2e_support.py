@@ -43,6 +43,10 @@ TEST_PARAMS = {
     ("embed", "concurrency"): 1,              # one model actor: one process start instead of two
     ("engines", "spark", "shuffle_partitions"): 2,  # ~160 rows: one shuffle task per core
     ("evaluate_retrieval", "max_questions"): 60,
+    # the flywheel's feedback-volume watcher (parse time): checked every 3 s, firing at a volume the rollout tests'
+    # ratings (~85 lines) stay under, so tests/test_e2e_rollout.py tops it up and watches the live trigger fire
+    ("flywheel", "volume_check_s"): 3,
+    ("flywheel", "min_feedback_lines"): 150,
     # The candidate must be promotable twice (the reproduction's, then the drift loop's retrain): the floors and
     # versus-champion margins are tests/test_gate.py's business. Set before the first `dvc repro`, so the loop's
     # set-up does not rerun gate and promote.

@@ -317,3 +317,42 @@ def test_a_shadow_rollout_returns_only_the_champions_answers(rollout):
         lifecycle.abort(load_rollout_config(), env["registry"], by="test", reason="shadow scenario done")
     mark(f"shadow: {len(answers)} answers all from v{champion}; {len(lines)} shadow answers of v{version} logged")
     TIMINGS["c_shadow"] = time.monotonic() - started
+
+
+def test_feedback_volume_fires_the_flywheel_on_the_live_scheduler(rollout):
+    """Issue 31's volume trigger on the real triggerer and scheduler: once `flywheel.min_feedback_lines` ratings
+    wait (the rollout tests' plus users rating now, through the API), the llmops_flywheel DAG's AssetWatcher fires
+    and its harvest runs on them. These users have no API keys (loopback), so nobody consented to training use:
+    every line is accounted for as excluded (no_key) and nothing reaches the landing inbox."""
+    started = time.monotonic()
+    env, api = rollout, rollout["api"]
+    with in_workspace(env["ws"]):
+        from pipelines.flywheel.config import load
+        from pipelines.flywheel.harvest import pending_feedback
+
+        cfg = load(env["ws"] / "params.yaml")[0]
+        need = cfg.min_feedback_lines - pending_feedback(cfg)
+    before = {r["dag_run_id"] for r in api.runs("llmops_flywheel")}
+    if need > 0:  # below the volume: the watcher has not fired
+        assert not [r for r in api.runs("llmops_flywheel") if r["run_type"] == "asset_triggered"]
+    traffic = Traffic(env)
+    while need > 0:
+        answers = traffic.burst([f"rater-{i}" for i in range(min(need, 16))])
+        traffic.rate(answers, like=lambda a: len(a["text"] or "") % 2 == 0)
+        need -= len(answers)
+    assert traffic.failed == []
+    run_id = api.wait("a run of llmops_flywheel triggered by the feedback volume", lambda: next(
+        (r["dag_run_id"] for r in api.runs("llmops_flywheel")
+         if r["run_type"] == "asset_triggered" and r["dag_run_id"] not in before), None), timeout=120)
+    try:
+        assert api.finished("llmops_flywheel", run_id, timeout=180) == "success"
+    finally:
+        api.set_paused("llmops_flywheel", True)  # no batch written: the volume stays up and would fire again
+    assert api.tasks("llmops_flywheel", run_id)["harvest"] == "success"
+    report = json.loads((env["ws"] / cfg.report).read_text())
+    assert report["lines"] >= cfg.min_feedback_lines and report["balanced"], report
+    assert report["excluded"] == {"no_key": report["lines"]} and not report["written"], report
+    assert not list((env["ws"] / "data" / "landing").glob("*/flywheel_*")), "a batch without consent landed"
+    mark(f"flywheel: {report['lines']} ratings waiting fired the volume watcher -> {run_id}; all excluded "
+         f"(no key, no consent), nothing landed")
+    TIMINGS["d_flywheel_volume"] = time.monotonic() - started
