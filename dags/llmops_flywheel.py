@@ -2,7 +2,8 @@
 
 Scheduled on `flywheel.schedule` (a cron, UTC) and on feedback volume: the `llmops/feedback_volume` Asset's
 watcher (llmops_airflow.triggers.FeedbackVolumeTrigger, every `flywheel.volume_check_s`) fires once
-`flywheel.min_feedback_lines` ratings wait that no batch took yet. Each run harvests the window ending now
+`flywheel.min_feedback_lines` ratings wait that no batch took yet (after a run that saw them and wrote nothing,
+once as many more came). Each run harvests the window ending now
 (pipelines/flywheel/harvest.py): rated interactions of keys that consented to training use, with the exclusions
 (guard-blocked, non-200, shadow, answer PII, injection, near-duplicates of the corpus) and the poisoning bounds
 (records per key, distinct keys), after the last written batch's window (its report's `harvested_until`: ratings

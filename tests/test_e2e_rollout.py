@@ -347,7 +347,7 @@ def test_feedback_volume_fires_the_flywheel_on_the_live_scheduler(rollout):
     try:
         assert api.finished("llmops_flywheel", run_id, timeout=180) == "success"
     finally:
-        api.set_paused("llmops_flywheel", True)  # no batch written: the volume stays up and would fire again
+        api.set_paused("llmops_flywheel", True)  # the rest of the session needs no harvests
     assert api.tasks("llmops_flywheel", run_id)["harvest"] == "success"
     report = json.loads((env["ws"] / cfg.report).read_text())
     assert report["lines"] >= cfg.min_feedback_lines and report["balanced"], report

@@ -289,7 +289,8 @@ def test_a_written_batch_moves_the_watermark_and_the_volume_trigger_fires_on_new
                                                                                         repo_root):
     """Ratings a written batch took are never harvested again (already_harvested, every line still accounted); the
     llmops_flywheel DAG's feedback-volume watcher (FeedbackVolumeTrigger, reading params.yaml as the DAG does)
-    stays quiet below min_feedback_lines new ratings and fires at it."""
+    stays quiet below min_feedback_lines new ratings and fires at it, and after a harvest that saw the volume but
+    wrote nothing, fires again only once min_feedback_lines more ratings came."""
     import asyncio
 
     from pipelines.flywheel.harvest import pending_feedback
@@ -331,4 +332,15 @@ def test_a_written_batch_moves_the_watermark_and_the_volume_trigger_fires_on_new
     a.rate("alice", a.answer("alice", "One more question?", "One more answer."), 1)
     assert asyncio.run(first_event(trigger, 1.0)) is None  # 1 new rating < 2
     a.rate("bob", a.answer("bob", "And another question?", "And another answer."), 1)
-    assert asyncio.run(first_event(trigger, 5.0)) == {"pending_feedback": 2}
+    assert asyncio.run(first_event(trigger, 5.0)) == {"pending_feedback": 2, "since_last_look": 2}
+
+    # the run it fires sees the volume but writes nothing (2 keys < min_distinct_keys 3): the lines stay pending,
+    # and the watcher waits for min_lines more ratings after that run instead of firing a no-op harvest each check
+    looked = _run(world, until=datetime.now(timezone.utc))
+    assert not looked["written"] and not looked["skipped"] and looked["reason"].startswith("too_few_keys")
+    assert pending_feedback(world["cfg"]) == 2
+    assert asyncio.run(first_event(trigger, 1.0)) is None
+    a.rate("carol", a.answer("carol", "A third question?", "A third answer."), 1)
+    assert asyncio.run(first_event(trigger, 1.0)) is None  # 1 rating since that run < 2
+    a.rate("dave", a.answer("dave", "A fourth question?", "A fourth answer."), 1)
+    assert asyncio.run(first_event(trigger, 5.0)) == {"pending_feedback": 4, "since_last_look": 2}

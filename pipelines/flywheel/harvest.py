@@ -126,16 +126,46 @@ def previous_watermark(report_path: str) -> datetime | None:
     return datetime.fromisoformat(value).astimezone(timezone.utc) if value else None
 
 
-def pending_feedback(cfg: FlywheelConfig, until: datetime | None = None) -> int:
-    """Ratings a harvest ending at `until` (default now) would read: in the window, after the last written batch.
-    The llmops_flywheel DAG's feedback-volume watcher fires when this reaches `min_feedback_lines`."""
+def _pending(cfg: FlywheelConfig, until: datetime | None) -> list[dict[str, Any]]:
     from pipelines.rollout.logs import read_records
 
     until = (until or datetime.now(timezone.utc)).astimezone(timezone.utc)
     since = until - timedelta(hours=cfg.window_hours)
     watermark = previous_watermark(cfg.report)
     feedback, _ = read_records(cfg.feedback_log, max(since, watermark) if watermark else since, until)
-    return len(feedback)
+    return feedback
+
+
+def pending_feedback(cfg: FlywheelConfig, until: datetime | None = None) -> int:
+    """Ratings a harvest ending at `until` (default now) would read: in the window, after the last written batch."""
+    return len(_pending(cfg, until))
+
+
+def _last_look(report_path: str) -> tuple[datetime | None, bool]:
+    """(the window end of the last harvest that saw the volume and wrote nothing, None if the last run wrote a batch,
+    was below the volume, was a dry run, or there is none) and whether a report exists."""
+    try:
+        report = json.loads(_root_path(report_path).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None, False
+    if not isinstance(report, dict) or report.get("written") or report.get("skipped") \
+            or str(report.get("reason") or "").startswith("dry run") or not report.get("until"):
+        return None, True
+    return datetime.fromisoformat(report["until"]).astimezone(timezone.utc), True
+
+
+def volume_check(cfg: FlywheelConfig, until: datetime | None = None) -> dict[str, Any]:
+    """What the llmops_flywheel DAG's feedback-volume watcher decides on: fire once `min_feedback_lines` ratings
+    wait after the last written batch. A harvest that saw that volume and still wrote nothing (no consenting key,
+    too few distinct keys) leaves its lines waiting, so the volume stays up: the watcher then waits for another
+    `min_feedback_lines` ratings after that run's window before it fires again, instead of a no-op harvest at every
+    check. Returns {pending, since_last_look, fire}."""
+    feedback = _pending(cfg, until)
+    looked, _ = _last_look(cfg.report)
+    newer = len(feedback) if looked is None else sum(1 for fb in feedback if (_ts(fb) or looked) >= looked)
+    threshold = max(cfg.min_feedback_lines, 1)
+    return {"pending": len(feedback), "since_last_look": newer,
+            "fire": len(feedback) >= threshold and newer >= (threshold if looked is not None else 1)}
 
 
 def harvest(cfg: FlywheelConfig, nd, *, injection: InjectionCheck | None, inbox: str, flag_file: str = READY,

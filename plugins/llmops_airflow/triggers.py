@@ -54,10 +54,10 @@ class S3FlagTrigger(BaseEventTrigger):
 
 class FeedbackVolumeTrigger(BaseEventTrigger):
     """Fires when enough ratings wait for the flywheel: `flywheel.min_feedback_lines` feedback lines in the harvest
-    window and after the last written batch (pipelines.flywheel.harvest.pending_feedback), counted every
-    `poke_interval` s. The llmops_flywheel DAG runs on it as well as on its cron. Until that run writes a batch
-    (and moves the watermark) the count stays high and the watcher may fire again; the DAG's max_active_runs=1
-    queues such runs, and each harvests only what no batch took yet (or skips below the volume)."""
+    window and after the last written batch, counted every `poke_interval` s (pipelines.flywheel.harvest.
+    volume_check). The llmops_flywheel DAG runs on it as well as on its cron. A run that saw the volume and wrote
+    nothing (no consent, too few keys) leaves the count high: the watcher then waits for `min_lines` more ratings
+    after that run before it fires again, instead of a no-op harvest at every check."""
 
     def __init__(self, *, min_lines: int, poke_interval: float = 300.0) -> None:
         super().__init__()
@@ -68,18 +68,19 @@ class FeedbackVolumeTrigger(BaseEventTrigger):
         return ("llmops_airflow.triggers.FeedbackVolumeTrigger",
                 {"min_lines": self.min_lines, "poke_interval": self.poke_interval})
 
-    @staticmethod
-    def _pending() -> int:
+    def _check(self) -> dict:
         from pipelines.flywheel.config import load
-        from pipelines.flywheel.harvest import pending_feedback
+        from pipelines.flywheel.harvest import volume_check
 
-        return pending_feedback(load()[0])
+        return volume_check(load(min_feedback_lines=self.min_lines)[0])
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         while True:
-            pending = await asyncio.to_thread(self._pending)
-            if pending >= max(self.min_lines, 1):
-                self.log.info("%d new ratings wait for the flywheel (>= %d)", pending, self.min_lines)
-                yield TriggerEvent({"pending_feedback": pending})
+            check = await asyncio.to_thread(self._check)
+            if check["fire"]:
+                self.log.info("%d new ratings wait for the flywheel (>= %d), %d since the last harvest that saw "
+                              "the volume", check["pending"], self.min_lines, check["since_last_look"])
+                yield TriggerEvent({"pending_feedback": check["pending"],
+                                    "since_last_look": check["since_last_look"]})
                 return
             await asyncio.sleep(self.poke_interval)
