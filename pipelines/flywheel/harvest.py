@@ -141,17 +141,17 @@ def pending_feedback(cfg: FlywheelConfig, until: datetime | None = None) -> int:
     return len(_pending(cfg, until))
 
 
-def _last_look(report_path: str) -> tuple[datetime | None, bool]:
-    """(the window end of the last harvest that saw the volume and wrote nothing, None if the last run wrote a batch,
-    was below the volume, was a dry run, or there is none) and whether a report exists."""
+def _last_look(report_path: str) -> datetime | None:
+    """The window end of the last harvest if it saw the volume and wrote nothing; None if it wrote a batch, was
+    below the volume, was a dry run, or there is none."""
     try:
         report = json.loads(_root_path(report_path).read_text())
     except (FileNotFoundError, json.JSONDecodeError):
-        return None, False
+        return None
     if not isinstance(report, dict) or report.get("written") or report.get("skipped") \
             or str(report.get("reason") or "").startswith("dry run") or not report.get("until"):
-        return None, True
-    return datetime.fromisoformat(report["until"]).astimezone(timezone.utc), True
+        return None
+    return datetime.fromisoformat(report["until"]).astimezone(timezone.utc)
 
 
 def volume_check(cfg: FlywheelConfig, until: datetime | None = None) -> dict[str, Any]:
@@ -161,7 +161,7 @@ def volume_check(cfg: FlywheelConfig, until: datetime | None = None) -> dict[str
     `min_feedback_lines` ratings after that run's window before it fires again, instead of a no-op harvest at every
     check. Returns {pending, since_last_look, fire}."""
     feedback = _pending(cfg, until)
-    looked, _ = _last_look(cfg.report)
+    looked = _last_look(cfg.report)
     newer = len(feedback) if looked is None else sum(1 for fb in feedback if (_ts(fb) or looked) >= looked)
     threshold = max(cfg.min_feedback_lines, 1)
     return {"pending": len(feedback), "since_last_look": newer,
