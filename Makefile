@@ -61,8 +61,13 @@ docs: install
 docs-serve: install
 	$(BIN)/mkdocs serve -a 127.0.0.1:8001
 
+# Two pytest-xdist workers: serially the 2-core box is about two-thirds busy (single-threaded process start-up and
+# waits on other processes); tests/conftest.py groups what must share one process (the e2e workspace and its
+# Airflow, the in-process Airflow modules) and orders the groups longest first. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
 test: install browser
-	$(BIN)/python -m pytest -ra --durations=30 --junitxml=reports/tests.xml  # the recorded run `llmops maturity` reads
+	$(BIN)/python -m pytest -ra --durations=30 --junitxml=reports/tests.xml -n $(TEST_WORKERS) --dist loadgroup \
+		--no-loadscope-reorder  # the recorded run `llmops maturity` reads
 
 # Debian's Chromium for the Airflow UI test (Playwright drives it; `playwright install` would need a download).
 browser:

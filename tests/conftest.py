@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -51,17 +52,30 @@ def ray_local():
     ray.shutdown()
 
 
+def built_once(tmp_path_factory, name: str) -> tuple[Path, FileLock]:
+    """Where a session fixture's output goes so that it is built once per run, not once per pytest-xdist worker
+    (xdist's documented pattern: the workers' common temp dir and a file lock). Returns (dir, lock)."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    return root / name, FileLock(str(root / f"{name}.lock"))
+
+
 @pytest.fixture(scope="session")
 def base_model_dir(tmp_path_factory) -> Path:
-    """The shipped base model converted once per test session (reuses models/base when the demo built it)."""
+    """The shipped base model converted once per test run (reuses models/base when the demo built it)."""
     built = REPO / "models" / "base"
     if (built / "config.json").exists():
         return built
     from pipelines.stages import prepare_base_model
     from pipelines.stages.registry import stage_config
 
-    out = tmp_path_factory.mktemp("base_model") / "base"
-    prepare_base_model.run(stage_config("prepare_base_model", output_dir=str(out), metrics=str(out.parent / "m.json")))
+    root, lock = built_once(tmp_path_factory, "base_model")
+    out = root / "base"
+    with lock:
+        if not (out / "config.json").exists():
+            prepare_base_model.run(stage_config("prepare_base_model", output_dir=str(out),
+                                                metrics=str(root / "m.json")))
     return out
 
 
@@ -130,25 +144,67 @@ def airflow_loop(e2e_reproduced, tmp_path_factory):
 @pytest.fixture(scope="session")
 def guard_models(repo_root, tmp_path_factory):
     """train_guard (issue 15) on a slice of the shipped sample (every source kept), once per session: the guard's
-    detectors for the guard, audit and serving tests. Returns {dir, report, metrics}."""
+    detectors for the guard, audit and serving tests, built once per run. Returns {dir, metrics}."""
     import json
 
     from e2e_support import slice_guard_sample
     from pipelines.stages import train_guard
     from pipelines.stages.registry import stage_config
 
-    tmp = tmp_path_factory.mktemp("guard")
-    sample = tmp / "sample"
-    slice_guard_sample(repo_root / "data" / "sample", sample)
-    cfg = stage_config("train_guard", source="retrain", sample_root=str(sample), output_dir=str(tmp / "models"),
-                       metrics=str(tmp / "guard.json"), report=str(tmp / "guard.md"),
-                       cache_dir=str(repo_root / "data/cache/embeddings"))
-    report = train_guard.run(cfg)
-    return {"dir": tmp / "models", "report": report, "metrics": json.loads((tmp / "guard.json").read_text())}
+    tmp, lock = built_once(tmp_path_factory, "guard")
+    with lock:
+        if not (tmp / "guard.json").exists():
+            sample = tmp / "sample"
+            slice_guard_sample(repo_root / "data" / "sample", sample)
+            cfg = stage_config("train_guard", source="retrain", sample_root=str(sample),
+                               output_dir=str(tmp / "models"), metrics=str(tmp / "guard.json"),
+                               report=str(tmp / "guard.md"), cache_dir=str(repo_root / "data/cache/embeddings"))
+            train_guard.run(cfg)
+    return {"dir": tmp / "models", "metrics": json.loads((tmp / "guard.json").read_text())}
+
+
+# ------------------------------------------------------------------ parallel runs (make test: pytest -n 2)
+# Serially, a 2-core box is about two-thirds busy: most of the suite is single-threaded process start-up (Python
+# imports, JVMs, Ray workers, Airflow tasks) and waits on other processes, so `make test` runs two pytest-xdist
+# workers with `--dist loadgroup`: each group below goes to one worker whole.
+# - e2e: the tests on the e2e workspace and its Airflow (one `dvc repro`, one Airflow, one server per run);
+# - airflow: the modules that import Airflow in-process share the AIRFLOW_HOME that `make test` exports (one
+#   SQLite metadata DB);
+# - every other module is a group of its own (its module fixtures are built once).
+# Longest first (tests/durations.json: seconds per module from a serial CI run; a module not in it counts 0), so
+# the last group to start is a short one. Inside a group the collection order is kept, with the tests on the
+# session's Airflow last: their fixture stays up until the worker's session ends.
+E2E_FIXTURES = {"e2e_reproduced", "airflow_loop"}
+SHARED_AIRFLOW_HOME = {"test_dag_integrity", "test_rollout_airflow", "test_maturity_rollout", "test_mcp", "test_docs",
+                       "test_infra"}
+DURATIONS = REPO / "tests" / "durations.json"
+
+
+def xdist_groups(items) -> dict:
+    """{item: group name} for `--dist loadgroup`."""
+    module_of = {item: item.module.__name__.rsplit(".", 1)[-1] for item in items}
+    e2e_modules = {module_of[item] for item in items if E2E_FIXTURES & set(getattr(item, "fixturenames", ()))}
+    return {item: "e2e" if m in e2e_modules else "airflow" if m in SHARED_AIRFLOW_HOME else m
+            for item, m in module_of.items()}
 
 
 def pytest_collection_modifyitems(config, items):
     """The tests on the session's Airflow and server (`airflow_loop`) run last, in their collection order: the
     fixture is torn down at the end of the session, and until then its scheduler, DAG processor (re-parsing the
-    DAGs every few seconds), triggerer, API server and model server would tax every test that came after them."""
-    items.sort(key=lambda item: "airflow_loop" in getattr(item, "fixturenames", ()))  # stable: order kept
+    DAGs every few seconds), triggerer, API server and model server would tax every test that came after them.
+    Under `--dist loadgroup`, each test also gets its group (above), and the groups are ordered longest first."""
+    last = {item: "airflow_loop" in getattr(item, "fixturenames", ()) for item in items}
+    if config.getoption("dist", "no") != "loadgroup":
+        items.sort(key=last.__getitem__)  # stable: order kept
+        return
+    import json
+
+    groups = xdist_groups(items)
+    seconds = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
+    group_of_module = {item.module.__name__.rsplit(".", 1)[-1]: group for item, group in groups.items()}
+    weight: dict[str, float] = {}
+    for module, group in group_of_module.items():
+        weight[group] = weight.get(group, 0.0) + float(seconds.get(module, 0.0))
+    for item, group in groups.items():
+        item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=lambda item: (-weight[groups[item]], groups[item], last[item]))  # stable inside a group

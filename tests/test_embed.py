@@ -296,3 +296,23 @@ def test_cli_retrieve(embedded):
     assert len(hits) == 2 and hits[0]["doc_id"] == "xq-00" and {h["source"] for h in hits} == {"xquad_en"}
     missing = CliRunner().invoke(app, ["retrieve", query, "--index-dir", str(Path(cfg.output_dir) / "nope")])
     assert missing.exit_code == 2
+
+
+def test_cache_survives_a_shard_compacted_away_by_another_process(tmp_path):
+    """Two stages (or two test workers) share one embedding cache: a shard listed by one process may be removed by
+    the other's `compact` before it is read. The reader skips it (at worst a miss), it does not fail."""
+    import numpy as np
+
+    from pipelines.embeddings.cache import EmbeddingCache
+
+    cache = EmbeddingCache(tmp_path, "f" * 32, dim=2, max_shards=8)
+    cache.add(["a"], np.array([[1.0, 0.0]]))
+    cache.add(["b"], np.array([[0.0, 1.0]]))
+    listed = cache.shards()
+    compacted_away = listed[0]
+    compacted_away.unlink()
+    cache.shards = lambda: listed  # the listing taken before the other process compacted
+    found = cache.lookup(["a", "b"])
+    assert len(found) == 1 and not compacted_away.exists()
+    cache.compact()  # compacting from the stale listing skips the vanished shard too
+    assert len(EmbeddingCache(tmp_path, "f" * 32, dim=2).lookup(["a", "b"])) == 1

@@ -52,12 +52,12 @@ class EmbeddingCache:
 
     def lookup(self, keys: list[str]) -> dict[str, np.ndarray]:
         """The cached vectors of those keys that are present (float32, one row each)."""
-        import pyarrow.parquet as pq
-
         wanted = set(keys)
         found: dict[str, np.ndarray] = {}
         for shard in self.shards():
-            table = pq.read_table(shard)
+            table = _read_shard(shard)
+            if table is None:
+                continue
             shard_keys = table.column("key").to_pylist()
             if not wanted.intersection(shard_keys):
                 continue
@@ -81,12 +81,12 @@ class EmbeddingCache:
         return path
 
     def compact(self) -> None:
-        import pyarrow.parquet as pq
-
         old = self.shards()
         keys, vecs, seen = [], [], set()
         for shard in old:
-            table = pq.read_table(shard)
+            table = _read_shard(shard)
+            if table is None:
+                continue
             col = table.column("vector").combine_chunks()
             ks = table.column("key").to_pylist()
             vs = col.flatten().to_numpy().reshape(len(ks), col.type.list_size)
@@ -117,3 +117,14 @@ class EmbeddingCache:
         pq.write_table(table, tmp)
         os.replace(tmp, path)
         return path
+
+
+def _read_shard(path: Path):
+    """The shard's table, or None when another process's `compact` removed it after our listing (two stages
+    sharing one cache: its vectors are in that compacted shard now, so here they are at worst a miss)."""
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path)
+    except FileNotFoundError:
+        return None
