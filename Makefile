@@ -66,7 +66,7 @@ docs-serve: install
 # Airflow, the in-process Airflow modules) and orders the groups longest first. TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
 test: install browser
-	$(BIN)/python -m pytest -ra --durations=30 --junitxml=reports/tests.xml -n $(TEST_WORKERS) --dist loadgroup \
+	$(BIN)/python -m pytest -ra --durations=30 --junitxml=reports/tests.xml -n $(TEST_WORKERS) --dist loadscope \
 		--no-loadscope-reorder  # the recorded run `llmops maturity` reads
 
 # Debian's Chromium for the Airflow UI test (Playwright drives it; `playwright install` would need a download).

@@ -166,45 +166,63 @@ def guard_models(repo_root, tmp_path_factory):
 # ------------------------------------------------------------------ parallel runs (make test: pytest -n 2)
 # Serially, a 2-core box is about two-thirds busy: most of the suite is single-threaded process start-up (Python
 # imports, JVMs, Ray workers, Airflow tasks) and waits on other processes, so `make test` runs two pytest-xdist
-# workers with `--dist loadgroup`: each group below goes to one worker whole.
-# - e2e: the tests on the e2e workspace and its Airflow (one `dvc repro`, one Airflow, one server per run);
+# workers. `ModuleGroupScheduling` sends each group below to one worker whole:
+# - e2e: the modules on the e2e workspace and its Airflow (one `dvc repro`, one Airflow, one server per run);
 # - airflow: the modules that import Airflow in-process share the AIRFLOW_HOME that `make test` exports (one
 #   SQLite metadata DB);
 # - every other module is a group of its own (its module fixtures are built once).
-# Longest first (tests/durations.json: seconds per module from a serial CI run; a module not in it counts 0), so
-# the last group to start is a short one. Inside a group the collection order is kept, with the tests on the
-# session's Airflow last: their fixture stays up until the worker's session ends.
+# The groups go out longest first (tests/durations.json: seconds per module from a serial CI run; a module not in it
+# counts 0), so the last group to start is a short one. Inside a group the collection order is kept, with the tests
+# on the session's Airflow last: their fixture stays up until the worker's session ends.
+# (Not xdist's own `--dist loadgroup`: with pytest 9 its `xdist_group` marks never reach the scheduler, because it
+# renames `item._nodeid`, which pytest 9 no longer reads; measured: both workers built the e2e workspace.)
+E2E_MODULES = {"test_e2e", "test_e2e_loop", "test_e2e_rollout", "test_mcp_airflow"}
 E2E_FIXTURES = {"e2e_reproduced", "airflow_loop"}
 SHARED_AIRFLOW_HOME = {"test_dag_integrity", "test_rollout_airflow", "test_maturity_rollout", "test_mcp", "test_docs",
                        "test_infra"}
 DURATIONS = REPO / "tests" / "durations.json"
 
 
-def xdist_groups(items) -> dict:
-    """{item: group name} for `--dist loadgroup`."""
-    module_of = {item: item.module.__name__.rsplit(".", 1)[-1] for item in items}
-    e2e_modules = {module_of[item] for item in items if E2E_FIXTURES & set(getattr(item, "fixturenames", ()))}
-    return {item: "e2e" if m in e2e_modules else "airflow" if m in SHARED_AIRFLOW_HOME else m
-            for item, m in module_of.items()}
+def module_group(module: str) -> str:
+    return "e2e" if module in E2E_MODULES else "airflow" if module in SHARED_AIRFLOW_HOME else module
+
+
+def _module_of_nodeid(nodeid: str) -> str:
+    return nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removesuffix(".py")
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)  # optional: `-p no:xdist` runs without it
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleGroupScheduling(LoadScopeScheduling):
+        """LoadScope scheduling with `module_group` as the scope: a group's tests all go to one worker."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return module_group(_module_of_nodeid(nodeid))
+
+    return ModuleGroupScheduling(config, log)
 
 
 def pytest_collection_modifyitems(config, items):
     """The tests on the session's Airflow and server (`airflow_loop`) run last, in their collection order: the
     fixture is torn down at the end of the session, and until then its scheduler, DAG processor (re-parsing the
     DAGs every few seconds), triggerer, API server and model server would tax every test that came after them.
-    Under `--dist loadgroup`, each test also gets its group (above), and the groups are ordered longest first."""
-    last = {item: "airflow_loop" in getattr(item, "fixturenames", ()) for item in items}
-    if config.getoption("dist", "no") != "loadgroup":
-        items.sort(key=last.__getitem__)  # stable: order kept
-        return
+    On an xdist worker (which collects for the scheduler) the groups above are also ordered longest first."""
     import json
 
-    groups = xdist_groups(items)
+    module_of = {item: item.module.__name__.rsplit(".", 1)[-1] for item in items}
+    strays = sorted({m for item, m in module_of.items()
+                     if E2E_FIXTURES & set(getattr(item, "fixturenames", ())) and m not in E2E_MODULES})
+    if strays:  # a second worker would build a second e2e workspace and Airflow
+        raise pytest.UsageError(f"tests/conftest.py: add {strays} to E2E_MODULES (they use {sorted(E2E_FIXTURES)})")
+    last = {item: "airflow_loop" in getattr(item, "fixturenames", ()) for item in items}
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(key=last.__getitem__)  # stable: order kept
+        return
     seconds = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
-    group_of_module = {item.module.__name__.rsplit(".", 1)[-1]: group for item, group in groups.items()}
     weight: dict[str, float] = {}
-    for module, group in group_of_module.items():
+    for module in set(module_of.values()):
+        group = module_group(module)
         weight[group] = weight.get(group, 0.0) + float(seconds.get(module, 0.0))
-    for item, group in groups.items():
-        item.add_marker(pytest.mark.xdist_group(group))
-    items.sort(key=lambda item: (-weight[groups[item]], groups[item], last[item]))  # stable inside a group
+    items.sort(key=lambda item: (-weight[module_group(module_of[item])], module_group(module_of[item]), last[item]))

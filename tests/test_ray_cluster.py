@@ -73,6 +73,16 @@ def _ray_pids(temp_dir: Path) -> set[int]:
     return pids
 
 
+def _running(pid: int) -> bool:
+    """Whether the process is still there and not a zombie: `ray start` daemonizes its processes, and where PID 1
+    does not reap orphans (a container) a killed one stays in /proc as a zombie, which waiting cannot change."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2:].split(" ", 1)[0] != "Z"
+
+
 @pytest.fixture(scope="module")
 def two_node_ray(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ray_cluster")
@@ -111,10 +121,10 @@ def two_node_ray(tmp_path_factory):
                 except ProcessLookupError:
                     pass
             deadline = time.monotonic() + 15
-            while time.monotonic() < deadline and (pids := {p for p in pids if Path(f"/proc/{p}").exists()}):
+            while time.monotonic() < deadline and (pids := {p for p in pids if _running(p)}):
                 time.sleep(0.5)
         shutil.rmtree(temp_dir, ignore_errors=True)
-        assert not _ray_pids(temp_dir), "ray processes left behind"
+        assert not {p for p in _ray_pids(temp_dir) if _running(p)}, "ray processes left behind"
 
 
 def test_nodes_are_pinned_to_loopback(two_node_ray):
