@@ -61,10 +61,11 @@ docs: install
 docs-serve: install
 	$(BIN)/mkdocs serve -a 127.0.0.1:8001
 
-# Two pytest-xdist workers: serially the 2-core box is about two-thirds busy (single-threaded process start-up and
-# waits on other processes); tests/conftest.py groups what must share one process (the e2e workspace and its
-# Airflow, the in-process Airflow modules) and orders the groups longest first. TEST_WORKERS=0: one process.
-TEST_WORKERS ?= 2
+# pytest-xdist workers where the machine has 4 cores or more (tests/conftest.py keeps what must share one process
+# on one worker: the e2e workspace and its Airflow, the in-process Airflow modules). On 2 cores the suite runs in one
+# process: two workers there saturate both cores (vmstat: 0% idle, run queue 8-24), the e2e tests ran 2.4x slower,
+# and the whole run was 1,425 s against about 1,570 s serially (docs/development.md). TEST_WORKERS=N overrides.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -ge 4 ] && echo 2 || echo 0)
 test: install browser
 	$(BIN)/python -m pytest -ra --durations=30 --junitxml=reports/tests.xml -n $(TEST_WORKERS) --dist loadscope \
 		--no-loadscope-reorder  # the recorded run `llmops maturity` reads

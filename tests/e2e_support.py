@@ -21,6 +21,10 @@ VENV_BIN = Path(sys.executable).parent
 # Smaller than the demo so the suite stays within its time budget; the code path is the same.
 TEST_PARAMS = {
     ("finetune", "max_steps"): 2,
+    # one Train worker: a second one is a second process importing torch, transformers and peft and loading the
+    # model, twice per session (the reproduction and the loop's retrain); two workers, their DDP and a worker's
+    # failure are tests/test_finetune.py's and tests/test_ray_cluster.py's business
+    ("finetune", "num_workers"): 1,
     # every task family on 1 example (each family's own behaviour is tests/test_evaluate.py's business): the
     # e2e proves the wiring, twice (reproduction and the loop's retrain), x2 models
     **{("evaluate", "tasks", i, "max_examples"): 1 for i in range(8)},
