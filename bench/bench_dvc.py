@@ -10,9 +10,8 @@
    never ran here get small placeholders) where `dvc commit -f` records every stage, so `dvc repro` has nothing to
    run. Timed in four interpreter set-ups to show what dominates and what cut it:
    pure-Python YAML vs the C parser (`ruamel.yaml.clib`), and modules compiled from source on every start vs
-   cached bytecode (the Makefile lets everything it runs cache .pyc files as modules are first imported, even
-   where PYTHONDONTWRITEBYTECODE is set; run `make demo` or `make test` once first). Without each, the setting is
-   simulated: a stub `_ruamel_yaml` module that fails to import (ruamel falls back to pure Python) and an empty
+   precompiled bytecode (`uv pip install --compile-bytecode`). Without each, the setting is simulated: a stub
+   `_ruamel_yaml` module that fails to import (ruamel falls back to pure Python) and an empty
    `PYTHONPYCACHEPREFIX` (Python finds no .pyc and compiles every module). One profiled run is summarised.
 
     .venv/bin/python bench/bench_dvc.py        # writes bench/results/dvc.json
