@@ -64,8 +64,8 @@ docs-serve: install
 # Two pytest-xdist workers wherever there are 2 cores or more (tests/conftest.py keeps what must share one process on
 # one worker: the e2e workspace and its Airflow, the in-process Airflow modules). One process leaves a third of a
 # 2-core box idle (single-threaded start-ups); two workers keep it 95% busy: `make test` from a fresh clone took
-# 1,370 s against 1,650 s in one process, all tests passing (docs/development.md). TEST_WORKERS=N overrides (0: one
-# process).
+# 1,370-1,578 s against 1,570-1,783 s in one process, all tests passing; the box's speed varies between runs
+# (docs/development.md). TEST_WORKERS=N overrides (0: one process).
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ $$n -ge 2 ] && echo 2 || echo 0)
 test: install browser
 	$(BIN)/python -m pytest -ra --durations=30 --junitxml=reports/tests.xml -n $(TEST_WORKERS) --dist loadscope \
